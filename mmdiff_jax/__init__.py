@@ -1,0 +1,1 @@
+"""mmdiff_jax: multimodal, multitask diffusion models (MT-Diffusion) in JAX/Flax."""
