@@ -1,0 +1,491 @@
+"""Input pipeline: TFDS array_record data sources + a checkpointable grain loader.
+
+No TensorFlow is needed and nothing is ever downloaded.
+
+``data_config`` is an ``ml_collections.ConfigDict`` (a plain mapping works too)
+with the keys:
+
+  name:       "fashion_mnist_offline" -> the offline Fashion-MNIST builder in
+              ``mmdiff_jax.data.fashion_mnist``, prepared on first use into
+              ``data_dir`` from the raw IDX files in ``raw_dir``. Any other name
+              -> a TFDS dataset (``"name"``, ``"name:1.2.3"``,
+              ``"name/config"``) that was already prepared in array_record
+              format under ``data_dir``.
+  data_dir:   TFDS data directory; None -> $TFDS_DATA_DIR or
+              ~/tensorflow_datasets.
+  raw_dir:    directory of the raw Fashion-MNIST .gz files; None ->
+              /usr/share/datasets/fashion-mnist.
+  image_key:  feature holding the uint8 image, default "image".
+  label_key:  feature holding the integer label, default "label".
+  image_size: output side S (``make_iterator`` only), default: native size.
+              Native (28 for Fashion-MNIST) -> as is; native + 4 (32) -> padded
+              by 2 pixels on each side with the background value -1.
+
+Batches (``make_iterator``) are dicts of numpy arrays:
+
+  image: float32 (B, S, S, C) in [-1, 1] (C = 1 for Fashion-MNIST; 0 -> -1,
+         255 -> +1),
+  label: int32 (B,),
+
+where B = global_batch_size // process_count is the per-process batch.
+
+Ordering: with ``shuffle=True`` every epoch e is a permutation of the split
+drawn from (seed, e) only (grain's stateless ``index_shuffle``), identical on
+all processes. The epochs are concatenated into one stream that is cut into
+global batches of ``global_batch_size`` consecutive elements (a global batch
+may straddle an epoch boundary; nothing is dropped between epochs). Process i
+of P takes elements [i*B, (i+1)*B) of every global batch, so the processes'
+batches are disjoint and, concatenated in process order, give exactly the
+global batch. Every batch is a pure function of its step number, so the
+iterator state is just the step (see ``DataIterator``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+from typing import Any, Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmdiff_jax.data import fashion_mnist
+
+OFFLINE_FASHION_MNIST = fashion_mnist.NAME
+
+_STATE_VERSION = 1
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """A TFDS dataset is not prepared (in array_record format) in data_dir."""
+
+
+# ----------------------------------------------------------------------------
+# Config helpers.
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+  """config.get(key, default) for ConfigDicts and mappings (None -> default)."""
+  if isinstance(config, Mapping) or hasattr(config, "get"):
+    value = config.get(key, default)
+  else:
+    value = getattr(config, key, default)
+  return default if value is None else value
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
+  if data_dir:
+    return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  # Read at call time so a TFDS_DATA_DIR set after import is honoured.
+  return os.path.abspath(tfds.core.constants.get_default_data_dir())
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+  """Exclusive advisory lock (fcntl.flock) held for the ``with`` body."""
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(fd, fcntl.LOCK_UN)
+  finally:
+    os.close(fd)
+
+
+# ----------------------------------------------------------------------------
+# Builders and data sources.
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+  # Checking the file first avoids TFDS's "Variant folder ... has no
+  # dataset_info.json" warning on every first use.
+  info_file = os.path.join(os.fspath(builder.data_dir), "dataset_info.json")
+  return os.path.isfile(info_file) and builder.is_prepared()
+
+
+def prepare_fashion_mnist(
+    *, data_dir: str | os.PathLike | None = None,
+    raw_dir: str | os.PathLike | None = None,
+) -> fashion_mnist.FashionMnistOffline:
+  """Prepares ``fashion_mnist_offline`` into data_dir once; returns the builder.
+
+  Safe when several processes call it at once: preparation runs under an
+  exclusive file lock ``<data_dir>/.fashion_mnist_offline.lock`` and TFDS
+  writes into a temporary ``incomplete.*`` directory that is renamed into place
+  when done, so readers never see partial data. Later calls (in any process)
+  just open the prepared files; the raw files are then not needed.
+
+  Raises:
+    fashion_mnist.RawDataNotFoundError: raw files missing (message names the
+      directory, `apt-get install dataset-fashion-mnist` and `data.raw_dir`).
+    fashion_mnist.IdxFormatError: a raw file is malformed.
+  """
+  data_dir = _resolve_data_dir(data_dir)
+  raw_dir = os.fspath(raw_dir) if raw_dir else fashion_mnist.DEFAULT_RAW_DIR
+  builder = fashion_mnist.FashionMnistOffline(data_dir=data_dir, raw_dir=raw_dir)
+  if _is_prepared(builder):
+    return builder
+  # Check before creating anything on disk, for a clear error.
+  fashion_mnist.check_raw_files(raw_dir)
+  os.makedirs(data_dir, exist_ok=True)
+  with _file_lock(os.path.join(data_dir, f".{OFFLINE_FASHION_MNIST}.lock")):
+    # Another process may have finished while we waited: re-open.
+    builder = fashion_mnist.FashionMnistOffline(data_dir=data_dir,
+                                                raw_dir=raw_dir)
+    if not _is_prepared(builder):
+      logging.info("Preparing %s from %s into %s (one-time).",
+                   OFFLINE_FASHION_MNIST, raw_dir, data_dir)
+      builder.download_and_prepare(
+          file_format="array_record",
+          download_config=tfds.download.DownloadConfig(
+              # The default (True) makes TFDS ask GCS over the network.
+              try_download_gcs=False,
+              compute_stats=tfds.download.ComputeStatsMode.SKIP,
+          ),
+      )
+      builder = fashion_mnist.FashionMnistOffline(data_dir=data_dir,
+                                                  raw_dir=raw_dir)
+  return builder
+
+
+def _not_prepared_message(name: str, data_dir: str, reason: str) -> str:
+  return (
+      f"TFDS dataset {name!r} is not available in array_record format under "
+      f"data_dir={data_dir} ({reason}). mmdiff_jax never downloads data. "
+      "Prepare it once on a machine with internet access and copy the "
+      f"directory {os.path.join(data_dir, name.split(':')[0].split('/')[0])} "
+      f"here, e.g. `tfds build {name} --data_dir={data_dir} "
+      "--file_format=array_record` (or `tfds.builder(name, data_dir=...)"
+      ".download_and_prepare(file_format='array_record')`), or set "
+      "`data.data_dir` to the directory that holds it. For Fashion-MNIST "
+      f"without internet use data.name='{OFFLINE_FASHION_MNIST}'."
+  )
+
+
+def get_builder(data_config) -> tfds.core.DatasetBuilder:
+  """Returns the prepared TFDS builder for ``data_config`` (see module doc).
+
+  For ``fashion_mnist_offline`` this prepares the dataset on first use.
+
+  Raises:
+    DatasetNotPreparedError: any other dataset that is not prepared in
+      array_record format in data_dir (names the dataset, data_dir and how to
+      prepare it).
+  """
+  name = _get(data_config, "name", OFFLINE_FASHION_MNIST)
+  data_dir = _resolve_data_dir(_get(data_config, "data_dir"))
+  if name == OFFLINE_FASHION_MNIST:
+    return prepare_fashion_mnist(data_dir=data_dir,
+                                 raw_dir=_get(data_config, "raw_dir"))
+  try:
+    # For registered names TFDS returns the code builder; for unknown names it
+    # falls back to the prepared files (builder_from_directory).
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError and friends.
+    first_line = (str(e).strip().splitlines() or [""])[0]
+    raise DatasetNotPreparedError(
+        _not_prepared_message(name, data_dir,
+                              f"{type(e).__name__}: {first_line}")
+    ) from e
+  if not _is_prepared(builder):
+    raise DatasetNotPreparedError(
+        _not_prepared_message(name, data_dir, f"nothing at {builder.data_dir}"))
+  file_format = builder.info.file_format
+  if file_format is None or file_format.value != "array_record":
+    raise DatasetNotPreparedError(_not_prepared_message(
+        name, data_dir,
+        f"prepared as {getattr(file_format, 'value', file_format)!r} at "
+        f"{builder.data_dir}, which cannot be read without TensorFlow"))
+  return builder
+
+
+def load_source(data_config, split: str):
+  """Returns a random-access data source for one split.
+
+  Args:
+    data_config: see the module docstring (name, data_dir, raw_dir, ...).
+    split: a TFDS split, e.g. "train", "test" or "train[:10%]".
+
+  Returns:
+    A TFDS ``ArrayRecordDataSource``: ``len(src)`` examples, ``src[i]`` and
+    ``src.__getitems__([i, ...])`` return dicts of numpy values; for
+    Fashion-MNIST ``image`` uint8 (28, 28, 1) and ``label`` int in 0..9.
+  """
+  return get_builder(data_config).as_data_source(split=split)
+
+
+def num_examples(data_config, split: str) -> int:
+  """Number of examples in ``split`` (e.g. 60000 for Fashion-MNIST train)."""
+  return len(load_source(data_config, split))
+
+
+def class_names(data_config) -> list[str] | None:
+  """Names of the label classes (index -> name), or None if not a ClassLabel."""
+  builder = get_builder(data_config)
+  feature = builder.info.features[_get(data_config, "label_key", "label")]
+  names = getattr(feature, "names", None)
+  return list(names) if names is not None else None
+
+
+# ----------------------------------------------------------------------------
+# Batching.
+
+
+class _ReadBatch:
+  """Maps a local batch number to a preprocessed batch (vectorized).
+
+  Global stream position q holds record ``order[q]``; local batch b of process
+  p covers positions b*G + p*B + [0, B) (clipped to the stream length).
+  """
+
+  def __init__(self, *, source, order, stream_len, global_batch_size,
+               local_batch_size, process_index, image_key, label_key,
+               image_size, with_index):
+    self._source = source
+    self._order = order
+    self._stream_len = stream_len
+    self._g = global_batch_size
+    self._b = local_batch_size
+    self._p = process_index
+    self._image_key = image_key
+    self._label_key = label_key
+    self._image_size = image_size
+    self._with_index = with_index
+
+  def record_indices(self, batch_index: int) -> list[int]:
+    start = batch_index * self._g + self._p * self._b
+    stop = min(start + self._b, self._stream_len)
+    return [int(self._order[q]) for q in range(start, stop)]
+
+  def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+    keys = self.record_indices(batch_index)
+    getitems = getattr(self._source, "__getitems__", None)
+    records = (getitems(keys) if getitems is not None
+               else [self._source[k] for k in keys])
+    images = np.stack([np.asarray(r[self._image_key]) for r in records])
+    labels = np.asarray([r[self._label_key] for r in records], dtype=np.int32)
+    batch = {"image": preprocess_images(images, image_size=self._image_size),
+             "label": labels}
+    if self._with_index:
+      batch["index"] = np.asarray(keys, dtype=np.int64)
+    return batch
+
+
+def preprocess_images(images: np.ndarray, *, image_size: int) -> np.ndarray:
+  """uint8 (B, H, W[, C]) -> float32 (B, S, S, C) in [-1, 1], S = image_size.
+
+  S == H: unchanged geometry; S == H + 4: 2 px of background (-1) on each side.
+  """
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., None]
+  b, h, w, c = images.shape
+  _check_image_size((h, w), image_size)
+  x = images.astype(np.float32)
+  x *= np.float32(2.0 / 255.0)
+  x -= np.float32(1.0)
+  if image_size == h:
+    return x
+  pad = (image_size - h) // 2
+  out = np.full((b, image_size, image_size, c), -1.0, dtype=np.float32)
+  out[:, pad:pad + h, pad:pad + w, :] = x
+  return out
+
+
+def _check_image_size(native_hw: tuple[int, int], image_size: int) -> None:
+  h, w = native_hw
+  if h != w:
+    raise ValueError(f"Only square images are supported, got {h}x{w}.")
+  if image_size not in (h, h + 4):
+    raise ValueError(
+        f"data.image_size={image_size} is not supported for {h}x{w} images: "
+        f"use {h} (as is) or {h + 4} (pad 2 px of background on each side).")
+
+
+class DataIterator(grain.DatasetIterator):
+  """Checkpointable iterator over preprocessed batches.
+
+  A ``grain.DatasetIterator`` (so grain's Orbax ``CheckpointHandler`` /
+  ``grain.checkpoint.CheckpointSave`` accept it). ``get_state()`` returns a
+  JSON-serializable dict: the grain state (the number of batches produced so
+  far) plus the pipeline settings that define the batch order; ``set_state``
+  refuses a state whose settings differ. ``process_index``/``process_count``
+  are not part of them: a state saved with P processes restores with any
+  other process count (same global batch size) and continues the same global
+  batch sequence.
+
+  Attributes:
+    num_batches: batches this process will yield in total (None = infinite).
+    settings: dict of the settings that define the batch order.
+  """
+
+  def __init__(self, inner: grain.DatasetIterator, *, settings: dict,
+               num_batches: int | None):
+    super().__init__(inner)
+    self._inner = inner
+    self.settings = dict(settings)
+    self.num_batches = num_batches
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._inner)
+
+  def get_state(self) -> dict[str, Any]:
+    return {
+        "version": _STATE_VERSION,
+        "settings": dict(self.settings),
+        "grain": self._inner.get_state(),
+    }
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if state.get("version") != _STATE_VERSION:
+      raise ValueError(f"Unsupported data iterator state version "
+                       f"{state.get('version')!r}; expected {_STATE_VERSION}.")
+    saved = state["settings"]
+    diff = {k: (saved.get(k), v) for k, v in self.settings.items()
+            if saved.get(k) != v}
+    if diff:
+      raise ValueError(
+          "Data iterator state was saved with different settings "
+          f"(name: (saved, current)): {diff}")
+    self._inner.set_state(state["grain"])
+
+  def __str__(self) -> str:
+    return f"DataIterator({self.settings})"
+
+
+def make_iterator(
+    data_config,
+    *,
+    split: str,
+    global_batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    drop_remainder: bool = True,
+    read_threads: int = 2,
+    prefetch_batches: int = 4,
+    with_index: bool = False,
+) -> DataIterator:
+  """Builds this process's checkpointable batch iterator.
+
+  Args:
+    data_config: see the module docstring; ``image_size`` picks S.
+    split: TFDS split name, e.g. "train" or "test".
+    global_batch_size: examples per step summed over all processes; must be
+      divisible by process_count.
+    seed: shuffle seed in [0, 2**32); the same on every process.
+    shuffle: False -> records in stored order (epoch after epoch).
+    num_epochs: passes over the split; None = forever.
+    process_index: this process, in [0, process_count).
+    process_count: number of processes sharing the global batch.
+    drop_remainder: with finite num_epochs, drop the last global batch when it
+      is incomplete. If kept, it is split like the others, so some processes
+      may get a short (or no) last batch.
+    read_threads: grain threads reading/preprocessing batches ahead (0 = read
+      in the calling thread). Batch order and state restore do not depend on it.
+    prefetch_batches: batches read ahead when read_threads > 0.
+    with_index: also yield "index": int64 (B,), the record indices in the
+      split (for debugging and tests).
+
+  Returns:
+    A ``DataIterator`` yielding {"image": float32 (B, S, S, C) in [-1, 1],
+    "label": int32 (B,)} with B = global_batch_size // process_count.
+
+  Raises:
+    ValueError: bad sizes/indices, unsupported image_size, or a finite run
+      too short to fill one global batch with drop_remainder.
+  """
+  if global_batch_size <= 0 or process_count <= 0:
+    raise ValueError(f"global_batch_size ({global_batch_size}) and "
+                     f"process_count ({process_count}) must be positive.")
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"global_batch_size={global_batch_size} is not divisible by "
+        f"process_count={process_count}.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in "
+                     f"[0, {process_count}).")
+  if num_epochs is not None and num_epochs <= 0:
+    raise ValueError(f"num_epochs must be positive or None, got {num_epochs}.")
+  if shuffle and not (isinstance(seed, (int, np.integer))
+                      and 0 <= seed < 2**32):
+    raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}.")
+  local_batch_size = global_batch_size // process_count
+
+  name = _get(data_config, "name", OFFLINE_FASHION_MNIST)
+  image_key = _get(data_config, "image_key", "image")
+  label_key = _get(data_config, "label_key", "label")
+  source = load_source(data_config, split)
+  n = len(source)
+  if n == 0:
+    raise ValueError(f"Split {split!r} of {name!r} is empty.")
+  native_hw = tuple(np.asarray(source[0][image_key]).shape[:2])
+  image_size = int(_get(data_config, "image_size", native_hw[0]))
+  _check_image_size(native_hw, image_size)
+
+  order = grain.MapDataset.range(n)
+  if shuffle:
+    order = order.shuffle(seed=int(seed))  # New permutation for each epoch.
+  order = order.repeat(num_epochs)
+  if num_epochs is None:
+    stream_len = sys.maxsize
+    num_batches = None
+    n_local_batches = sys.maxsize // global_batch_size
+  else:
+    stream_len = n * num_epochs
+    full, rest = divmod(stream_len, global_batch_size)
+    if drop_remainder or rest == 0:
+      n_local_batches = full
+    else:
+      n_local_batches = full + int(rest > process_index * local_batch_size)
+    num_batches = n_local_batches
+    if full == 0 and drop_remainder:
+      raise ValueError(
+          f"{n} examples x {num_epochs} epochs of split {split!r} do not fill "
+          f"one global batch of {global_batch_size} (drop_remainder=True).")
+
+  read_batch = _ReadBatch(
+      source=source, order=order, stream_len=stream_len,
+      global_batch_size=global_batch_size, local_batch_size=local_batch_size,
+      process_index=process_index, image_key=image_key, label_key=label_key,
+      image_size=image_size, with_index=with_index)
+  batches = grain.MapDataset.range(n_local_batches).map(read_batch)
+  read_options = grain.ReadOptions(
+      num_threads=max(0, int(read_threads)),
+      prefetch_buffer_size=max(1, int(prefetch_batches)) if read_threads else 0)
+  inner = iter(batches.to_iter_dataset(read_options=read_options))
+
+  settings = {
+      "name": str(name),
+      "split": str(split),
+      "num_examples": int(n),
+      "global_batch_size": int(global_batch_size),
+      "seed": int(seed) if shuffle else None,
+      "shuffle": bool(shuffle),
+      "num_epochs": num_epochs if num_epochs is None else int(num_epochs),
+      "drop_remainder": bool(drop_remainder),
+      "image_size": int(image_size),
+  }
+  return DataIterator(inner, settings=settings, num_batches=num_batches)
+
+
+__all__ = [
+    "DataIterator",
+    "DatasetNotPreparedError",
+    "OFFLINE_FASHION_MNIST",
+    "class_names",
+    "get_builder",
+    "load_source",
+    "make_iterator",
+    "num_examples",
+    "prepare_fashion_mnist",
+    "preprocess_images",
+]

@@ -1,0 +1,66 @@
+"""Per-modality aggregation weights w_t^(i): choose the marginal profile lambda_t, derive the steps.
+
+Sampling starts from N(0, I), so every modality's lambda_T must be ~0 (METHOD.md, "The prior must
+match"). A constant w_t does not give that; the "bump" profile lambda_t = c sqrt(abar_t)(1 - sqrt(abar_t))
+does, and vanishes at t = 0 as well.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from mmdiff_jax.diffusion.process import aggregation_coefficients
+from mmdiff_jax.diffusion.schedules import Schedule
+
+PROFILES = ("bump", "zero")
+STEP_WEIGHTS = ("bump", "constant", "zero")
+
+
+def marginal_profile(schedule: Schedule, name: str, scale: float = 1.0) -> jnp.ndarray:
+  """A (T,) marginal coefficient profile lambda_t for one modality.
+
+  "bump": scale * sqrt(abar_t) * (1 - sqrt(abar_t)); its peak, scale / 4, is at abar_t = 1/4.
+  "zero": the modality is not injected.
+  """
+  sqrt_abar = jnp.sqrt(schedule.alpha_bars)
+  if name == "bump":
+    return scale * sqrt_abar * (1.0 - sqrt_abar)
+  if name == "zero":
+    return jnp.zeros_like(sqrt_abar)
+  raise ValueError(f"profile: unknown {name!r}; expected one of {PROFILES}")
+
+
+def weights_from_profile(schedule: Schedule, profiles) -> jnp.ndarray:
+  """Step weights whose marginal coefficients are `profiles`: w_t = lambda_t - sqrt(alpha_t) lambda_{t-1}.
+
+  Args:
+    profiles: (T,) or (T, N) lambda_t, row t-1 is step t (lambda_0 = 0).
+  Returns:
+    weights of the same shape.
+  """
+  profiles = jnp.asarray(profiles, jnp.float32)
+  if profiles.ndim not in (1, 2) or profiles.shape[0] != schedule.num_steps:
+    raise ValueError(
+        f"profiles: expected shape (T,) or (T, N) with T = {schedule.num_steps}, got {profiles.shape}")
+  sqrt_alphas = jnp.sqrt(schedule.alphas).reshape((-1,) + (1,) * (profiles.ndim - 1))
+  previous = jnp.concatenate([jnp.zeros_like(profiles[:1]), profiles[:-1]], axis=0)
+  return profiles - sqrt_alphas * previous
+
+
+def step_weights(schedule: Schedule, name: str, scale: float = 1.0) -> jnp.ndarray:
+  """(T,) step weights w_t for one modality by name.
+
+  "bump": derived from the bump marginal profile (lambda_T ~ 0: the prior matches).
+  "constant": w_t = scale (lambda_T does NOT vanish; kept for comparison with the paper's wording).
+  "zero": no injection.
+  """
+  if name in ("bump", "zero"):
+    return weights_from_profile(schedule, marginal_profile(schedule, name, scale))
+  if name == "constant":
+    return jnp.full((schedule.num_steps,), scale, jnp.float32)
+  raise ValueError(f"step weights: unknown {name!r}; expected one of {STEP_WEIGHTS}")
+
+
+def final_coefficients(schedule: Schedule, weights) -> jnp.ndarray:
+  """(N,) lambda_T^(i): how much of each encoding is left in z_T (should be ~0)."""
+  return aggregation_coefficients(schedule, weights)[-1]

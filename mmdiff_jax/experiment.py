@@ -1,0 +1,71 @@
+"""Builds the pieces an experiment config describes: modalities, network, forward process, sampler."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+
+from mmdiff_jax.diffusion import aggregation, bound, process
+from mmdiff_jax.diffusion.schedules import Schedule, get_schedule
+from mmdiff_jax.models.modalities import ModalitySpec, aggregation_weights, specs_from_config
+from mmdiff_jax.models.mtdiffusion import MTDiffusion
+from mmdiff_jax.models.unet import UNet
+from mmdiff_jax.sampling.samplers import Sampler
+from mmdiff_jax.training.losses import Objective
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """The model and forward process of one config."""
+  specs: tuple[ModalitySpec, ...]
+  model: MTDiffusion
+  schedule: Schedule
+  weights: jnp.ndarray  # (T, N) aggregation weights of specs[1:]
+  parameterization: str
+
+  def objective(self) -> Objective:
+    return Objective(self.model, self.schedule, self.weights, self.parameterization)
+
+  def sampler(self, kind: str, num_steps: int, *, eta: float = 0.0,
+              clip_denoised: bool = True) -> Sampler:
+    return Sampler(self.model, self.schedule, self.weights, self.parameterization, kind=kind,
+                   num_steps=num_steps, eta=eta, clip_denoised=clip_denoised)
+
+  def prior_report(self) -> dict[str, float]:
+    """lambda_T per aggregated modality, and the prior KL per dimension of a unit encoding (nats)."""
+    final = aggregation.final_coefficients(self.schedule, self.weights)
+    report = {}
+    for i, spec in enumerate(self.specs[1:]):
+      report[f"lambda_T/{spec.name}"] = float(final[i])
+      unit = jnp.ones((1, 1))
+      single = self.weights[:, i:i + 1]
+      excess = (bound.prior_kl(self.schedule, single, jnp.zeros((1,)), unit)
+                - bound.prior_kl(self.schedule, single * 0, jnp.zeros((1,)), unit))
+      report[f"prior_kl_excess_per_dim/{spec.name}"] = float(excess[0])
+    return report
+
+
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+  """Validates the modality, model and diffusion parts of `config` and builds them."""
+  specs = specs_from_config(config.modalities)
+  image_size = int(config.data.image_size)
+  z_shape = (image_size, image_size, int(config.data.get("channels", 1)))
+  m = config.model
+  if m.dtype not in DTYPES:
+    raise ValueError(f"config.model.dtype: got {m.dtype!r}; expected one of {sorted(DTYPES)}")
+  if config.diffusion.parameterization not in process.PARAMETERIZATIONS:
+    raise ValueError(f"config.diffusion.parameterization: got {config.diffusion.parameterization!r};"
+                     f" expected one of {process.PARAMETERIZATIONS}")
+  backbone = UNet(base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
+                  num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
+                  num_heads=m.num_heads, dropout=m.dropout, num_groups=m.num_groups,
+                  dtype=DTYPES[m.dtype])
+  model = MTDiffusion(specs=specs, z_shape=z_shape, backbone=backbone)
+  schedule = get_schedule(config.diffusion.schedule, config.diffusion.num_steps)
+  return Experiment(specs=specs, model=model, schedule=schedule,
+                    weights=aggregation_weights(schedule, specs),
+                    parameterization=config.diffusion.parameterization)

@@ -1,0 +1,129 @@
+"""The shared denoising backbone: an ADM-style U-Net (Dhariwal & Nichol 2021), without output layer.
+
+It returns features; task-specific heads (mmdiff_jax/models/heads.py) map them to each modality.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmdiff_jax.models.layers import conv, dense, group_norm, timestep_embedding
+
+Dtype = Any
+
+
+class UNetFeatures(NamedTuple):
+  """features: (B, H, W, base_channels) at full resolution; bottleneck: (B, h, w, C_mid)."""
+  features: jnp.ndarray
+  bottleneck: jnp.ndarray
+
+
+class ResBlock(nn.Module):
+  """GroupNorm-SiLU-conv, plus the time embedding, GroupNorm-SiLU-dropout-conv, residual."""
+  channels: int
+  num_groups: int
+  dropout: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, *, train: bool):
+    h = conv(self.channels, dtype=self.dtype)(nn.silu(group_norm(self.num_groups, dtype=self.dtype)(x)))
+    h = h + dense(self.channels, dtype=self.dtype)(nn.silu(temb))[:, None, None, :]
+    h = nn.silu(group_norm(self.num_groups, dtype=self.dtype)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = conv(self.channels, zero_init=True, dtype=self.dtype)(h)
+    if x.shape[-1] != self.channels:
+      x = conv(self.channels, kernel_size=(1, 1), dtype=self.dtype, name="skip")(x)
+    return x + h
+
+
+class AttentionBlock(nn.Module):
+  """Multi-head self-attention over spatial positions, residual."""
+  num_heads: int
+  num_groups: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    head_dim = c // self.num_heads
+    qkv = dense(3 * c, dtype=self.dtype, name="qkv")(group_norm(self.num_groups, dtype=self.dtype)(x))
+    q, k, v = jnp.split(qkv.reshape(b, h * w, 3, self.num_heads, head_dim), 3, axis=2)
+    out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+    out = dense(c, zero_init=True, dtype=self.dtype, name="proj")(out.reshape(b, h, w, c))
+    return x + out
+
+
+class UNet(nn.Module):
+  """ADM-style U-Net.
+
+  Attributes:
+    base_channels: channels at full resolution.
+    channel_mults: one multiplier per resolution level; each level but the last halves H and W.
+    num_res_blocks: residual blocks per level (the decoder has one more, as in ADM).
+    attention_resolutions: feature-map sizes (H) at which self-attention is applied.
+    num_heads: attention heads.
+    dropout: dropout rate inside residual blocks.
+    num_groups: GroupNorm groups.
+    dtype: activation dtype (parameters stay float32).
+  """
+  base_channels: int = 64
+  channel_mults: Sequence[int] = (1, 2, 2)
+  num_res_blocks: int = 2
+  attention_resolutions: Sequence[int] = (8,)
+  num_heads: int = 4
+  dropout: float = 0.0
+  num_groups: int = 8
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t, *, train: bool) -> UNetFeatures:
+    """x: (B, H, W, C) noisy z_t; t: (B,) steps. H and W divisible by 2^(len(channel_mults)-1)."""
+    chex.assert_rank(x, 4)
+    chex.assert_shape(t, (x.shape[0],))
+    factor = 2 ** (len(self.channel_mults) - 1)
+    if x.shape[1] % factor or x.shape[2] % factor:
+      raise ValueError(f"UNet input: H, W = {x.shape[1:3]} must be divisible by {factor} "
+                       f"(len(channel_mults) = {len(self.channel_mults)})")
+    res_block = lambda ch: ResBlock(ch, self.num_groups, self.dropout, self.dtype)
+    attention = lambda: AttentionBlock(self.num_heads, self.num_groups, self.dtype)
+
+    temb_dim = 4 * self.base_channels
+    temb = timestep_embedding(t, self.base_channels)
+    temb = dense(temb_dim, dtype=self.dtype)(nn.silu(dense(temb_dim, dtype=self.dtype)(temb)))
+
+    h = conv(self.base_channels, dtype=self.dtype)(x.astype(self.dtype))
+    skips = [h]
+    for level, mult in enumerate(self.channel_mults):
+      for _ in range(self.num_res_blocks):
+        h = res_block(self.base_channels * mult)(h, temb, train=train)
+        if h.shape[1] in self.attention_resolutions:
+          h = attention()(h)
+        skips.append(h)
+      if level != len(self.channel_mults) - 1:
+        h = conv(h.shape[-1], strides=(2, 2), dtype=self.dtype)(h)
+        skips.append(h)
+
+    h = res_block(h.shape[-1])(h, temb, train=train)
+    h = attention()(h)
+    h = res_block(h.shape[-1])(h, temb, train=train)
+    bottleneck = h
+
+    for level, mult in reversed(list(enumerate(self.channel_mults))):
+      for _ in range(self.num_res_blocks + 1):
+        h = res_block(self.base_channels * mult)(
+            jnp.concatenate([h, skips.pop()], axis=-1), temb, train=train)
+        if h.shape[1] in self.attention_resolutions:
+          h = attention()(h)
+      if level != 0:
+        b, hh, ww, c = h.shape
+        h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
+        h = conv(c, dtype=self.dtype)(h)
+    assert not skips
+    h = nn.silu(group_norm(self.num_groups, dtype=self.dtype)(h))
+    return UNetFeatures(features=h, bottleneck=bottleneck)

@@ -1,0 +1,53 @@
+"""Orbax checkpoints of the train state and the input position, saved asynchronously, last K kept.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data}. Orbax writes each step into a temporary directory
+and renames it when complete, so an interrupted save is never listed or restored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores (train state, data-iterator state) pairs under `directory`."""
+
+  def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        item_names=("state", "data"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict | None) -> None:
+    """Starts an (async) save of `state` and the input position at `step`."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})))
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores into `abstract_state`'s shapes, dtypes and shardings (any mesh shape)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["data"] or {})
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def is_primary() -> bool:
+  return jax.process_index() == 0

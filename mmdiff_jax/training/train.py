@@ -1,0 +1,208 @@
+"""The training loop: `train_and_evaluate(config, workdir)` is what main, tests and notebooks call.
+
+Rerunning with the same workdir resumes from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mmdiff_jax.data import pipeline
+from mmdiff_jax.evaluation.classify import label_accuracy
+from mmdiff_jax.experiment import Experiment, build_experiment
+from mmdiff_jax.sampling import grids
+from mmdiff_jax.training import sharding as sharding_lib
+from mmdiff_jax.training import state as state_lib
+from mmdiff_jax.training.checkpoint import Checkpointer
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = jax.process_index() == 0
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n")
+
+
+def _plain(value):
+  value = np.asarray(value)
+  return value.item() if value.ndim == 0 else value.tolist()
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _progress_line(step: int, total: int, steps_per_s: float, metrics: dict[str, float]) -> str:
+  shown = ("loss", "denoise_mse", "bound/image_bits_per_dim")
+  terms = " ".join(f"{k} {metrics[k]:.4g}" for k in metrics
+                   if k in shown or k.startswith("recovery/"))
+  eta = (total - step) / steps_per_s if steps_per_s > 0 else float("nan")
+  return (f"step {step}/{total} ({100 * step / total:.0f}%) | {steps_per_s:.2f} steps/s | "
+          f"ETA {_format_duration(eta)} | {terms}")
+
+
+def save_sample_grids(experiment: Experiment, params, config, workdir: str, step: int,
+                      class_names: list[str] | None = None) -> list[str]:
+  """Joint samples (each image captioned with its generated label) and, where the experiment has a
+  label modality, class-conditional samples (one row per class). Returns the PNG paths."""
+  if jax.process_index() != 0:
+    return []
+  s = config.sampling
+  sampler = experiment.sampler(s.sampler, s.num_steps, eta=s.eta, clip_denoised=s.clip_denoised)
+  sample = jax.jit(sampler.sample, static_argnums=(2,))
+  base = experiment.specs[0]
+  label_spec = next((x for x in experiment.specs if x.kind == "label"), None)
+  rng = jax.random.PRNGKey(config.seed + 1)
+  name = lambda i: class_names[i] if class_names else str(i)
+  out_dir = os.path.join(workdir, "samples")
+  paths = []
+  joint = jax.device_get(sample(params, rng, s.num_samples))
+  captions = [name(int(c)) for c in joint[label_spec.name]] if label_spec else None
+  paths.append(grids.save_grid(os.path.join(out_dir, f"joint_step{step}.png"), joint[base.name],
+                               captions=captions))
+  if label_spec is not None:
+    per_class = max(1, s.num_samples // label_spec.num_classes)
+    labels = np.repeat(np.arange(label_spec.num_classes, dtype=np.int32), per_class)
+    conditional = jax.device_get(jax.jit(
+        lambda p, r, y: sampler.sample(p, r, y.shape[0], observed={label_spec.name: y}))(
+            params, jax.random.fold_in(rng, 1), labels))
+    paths.append(grids.save_grid(
+        os.path.join(out_dir, f"class_conditional_step{step}.png"), conditional[base.name],
+        captions=[name(int(c)) for c in labels], num_columns=per_class))
+  return paths
+
+
+def _restore_or_init(experiment, tx, mesh, config, checkpointer, train_iter):
+  abstract, shardings = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
+                                                  seed=config.seed)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    return state_lib.create_train_state(experiment.model, tx, shardings, config.seed), shardings
+  print(f"Resuming from step {latest}", flush=True)
+  state, data_state = checkpointer.restore(latest, abstract)
+  if data_state:
+    train_iter.set_state(data_state)
+  return state, shardings
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints), then samples and evaluates.
+
+  Returns:
+    the final metrics (also appended to WORKDIR/metrics.jsonl).
+  """
+  # ---------------------------------------------------------------- set-up and validation
+  experiment = build_experiment(config)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  t = config.training
+  if t.batch_size % mesh.size:
+    raise ValueError(f"config.training.batch_size: {t.batch_size} is not divisible by the "
+                     f"{mesh.size} devices of the mesh")
+  os.makedirs(workdir, exist_ok=True)
+  writer = MetricsWriter(workdir)
+  print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+        f"{jax.process_count()} process(es). Prior check: {experiment.prior_report()}", flush=True)
+
+  # ---------------------------------------------------------------- input
+  train_iter = pipeline.make_iterator(
+      config.data, split="train", global_batch_size=t.batch_size, seed=config.seed, shuffle=True,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  # ---------------------------------------------------------------- state: restore or init
+  tx = state_lib.make_optimizer(config)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
+  state, shardings = _restore_or_init(experiment, tx, mesh, config, checkpointer, train_iter)
+  train_step = state_lib.make_train_step(experiment.objective(), tx, ema_decay=t.ema_decay,
+                                         mesh=mesh, shardings=shardings)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  start = int(state.step)
+  print(f"{num_params / 1e6:.2f}M parameters; training steps {start} -> {t.num_steps}", flush=True)
+
+  # ---------------------------------------------------------------- loop
+  pending: list[dict] = []
+  last_time, last_step = time.perf_counter(), start
+  for step in range(start + 1, t.num_steps + 1):
+    batch = sharding_lib.global_batch(next(train_iter), mesh)
+    state, metrics = train_step(state, batch)
+    pending.append(metrics)
+    if step % t.log_every == 0 or step == t.num_steps:
+      fetched = jax.device_get(pending)
+      pending = []
+      means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      means["skipped"] = float(np.sum([m["skipped"] for m in fetched]))
+      now = time.perf_counter()
+      steps_per_s = (step - last_step) / (now - last_time)
+      last_time, last_step = now, step
+      means["steps_per_s"] = steps_per_s
+      writer.write(step, means)
+      if jax.process_index() == 0:
+        print(_progress_line(step, t.num_steps, steps_per_s, means), flush=True)
+    streak = int(state.nonfinite_streak) if t.max_nonfinite_steps else 0
+    if t.max_nonfinite_steps and streak >= t.max_nonfinite_steps:
+      checkpointer.close()
+      raise FloatingPointError(
+          f"{streak} updates in a row had a non-finite loss or gradients (step {step}); stopping. "
+          f"The last checkpoint holds finite values. Lower config.optimizer.learning_rate or check "
+          f"the data (limit: config.training.max_nonfinite_steps={t.max_nonfinite_steps}).")
+    if step % t.save_every == 0 or step == t.num_steps:
+      checkpointer.save(step, state, train_iter.get_state())
+    if step % t.sample_every == 0 and step != t.num_steps:
+      save_sample_grids(experiment, state.ema_params, config, workdir, step)
+  checkpointer.wait()
+
+  # ---------------------------------------------------------------- samples and evaluation
+  final_step = int(state.step)
+  results: dict[str, Any] = {}
+  names = pipeline.class_names(config.data)
+  results["sample_grids"] = save_sample_grids(experiment, state.ema_params, config, workdir,
+                                              final_step, class_names=names)
+  label_spec = next((s for s in experiment.specs if s.kind == "label"), None)
+  if label_spec is not None and config.eval.num_classify > 0:
+    e = config.eval
+    classify_sampler = experiment.sampler(e.classify_sampler, e.classify_steps)
+    accuracy = label_accuracy(classify_sampler, state.ema_params, config.data,
+                              label_modality=label_spec.name, num_examples=e.num_classify,
+                              batch_size=e.batch_size, seed=config.seed)
+    results[f"eval/{label_spec.name}_accuracy"] = accuracy["accuracy"]
+    results[f"eval/{label_spec.name}_accuracy_examples"] = accuracy["num_examples"]
+  writer.write(final_step, {k: v for k, v in results.items() if k != "sample_grids"})
+  if jax.process_index() == 0:
+    print(f"Done at step {final_step}: {json.dumps(results)}", flush=True)
+  checkpointer.close()
+  return results
+
+
+def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Writes sample grids from the newest checkpoint's EMA parameters; returns the PNG paths."""
+  experiment = build_experiment(config)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  tx = state_lib.make_optimizer(config)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              max_to_keep=config.training.keep_checkpoints)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {checkpointer.directory}; "
+                            f"train first (--mode=train)")
+  abstract, _ = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
+                                          seed=config.seed)
+  state, _ = checkpointer.restore(latest, abstract)
+  checkpointer.close()
+  paths = save_sample_grids(experiment, state.ema_params, config, workdir, latest,
+                            class_names=pipeline.class_names(config.data))
+  print(f"Wrote {paths}", flush=True)
+  return paths
