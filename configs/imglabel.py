@@ -24,7 +24,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       name="fashion_mnist_offline",  # built from raw idx files; any other TFDS name must be prepared
       data_dir=None,  # TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
       raw_dir="/usr/share/datasets/fashion-mnist",  # apt-get install dataset-fashion-mnist
-      image_size=32,  # 28 is padded to 32 so the U-Net can halve it three times
+      image_size=32,  # 28 (as stored) or 32 (padded, so the U-Net can halve it three times)
       image_key="image",
       label_key="label",
   ))
@@ -71,8 +71,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       classify_sampler="ddim", classify_steps=20, batch_size=500))
 
   if variant == "smoke":
+    config.data.image_size = 28
     config.model.update(base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
-                        attention_resolutions=(16,), num_heads=1, dropout=0.0, num_groups=4)
+                        attention_resolutions=(14,), num_heads=1, dropout=0.0, num_groups=4)
     config.diffusion.update(schedule="cosine", num_steps=100)  # short chains need cosine for lambda_T ~ 0
     config.training.update(batch_size=16, num_steps=20, ema_decay=0.9, log_every=5, save_every=10,
                            sample_every=20)
@@ -80,11 +81,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.sampling.update(num_steps=5, num_samples=20)
     config.eval.update(num_classify=64, classify_steps=3, batch_size=32)
   elif variant == "small":
-    config.model.update(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
-                        attention_resolutions=(8,), num_heads=2, dropout=0.0, num_groups=8)
-    config.training.update(batch_size=64, num_steps=3000, ema_decay=0.999, log_every=100,
-                           save_every=500, sample_every=3000)
-    config.optimizer.update(learning_rate=1e-3, warmup_steps=200)
+    # Sized by measurement: ~0.5 s/step on 2 CPU cores, so training takes ~12 of the 15 minutes.
+    config.data.image_size = 28
+    config.model.update(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1,
+                        attention_resolutions=(7,), num_heads=2, dropout=0.0, num_groups=8)
+    config.training.update(batch_size=48, num_steps=1500, ema_decay=0.995, log_every=50,
+                           save_every=250, sample_every=1500)
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=100)
     config.sampling.update(num_steps=50, num_samples=100)
     config.eval.update(num_classify=2000, classify_steps=10, batch_size=500)
   elif variant:

@@ -13,8 +13,18 @@ import pathlib
 import sys
 import types
 
+import tempfile
+
+import jax
 import numpy as np
 import pytest
+
+# The whole session runs on 8 simulated CPU devices (set before any backend starts), so sharded code
+# paths are exercised everywhere. Identical programs compiled by different tests (each train run builds
+# its own jitted step) are served from a persistent compilation cache.
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="mmdiff_jax_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 # Make the package importable from a plain checkout (it is not pip-installed in CI or here).
 _ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -60,9 +60,9 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
                       class_names: list[str] | None = None) -> list[str]:
   """Joint samples (each image captioned with its generated label) and, where the experiment has a
   label modality, class-conditional samples (one row per class). Returns the PNG paths."""
-  if jax.process_index() != 0:
-    return []
   s = config.sampling
+  if jax.process_index() != 0 or s.num_samples == 0:
+    return []
   sampler = experiment.sampler(s.sampler, s.num_steps, eta=s.eta, clip_denoised=s.clip_denoised)
   sample = jax.jit(sampler.sample, static_argnums=(2,))
   base = experiment.specs[0]
