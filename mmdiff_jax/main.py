@@ -6,6 +6,9 @@
 Any config key can be overridden: --config.training.num_steps=500.
 """
 
+import os
+
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -22,6 +25,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Reruns (resume, --mode=sample) reuse compiled programs; JAX_COMPILATION_CACHE_DIR overrides.
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.expanduser("~"), ".cache", "mmdiff_jax", "xla"))
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:

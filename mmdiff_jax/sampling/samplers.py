@@ -92,7 +92,7 @@ class Sampler:
     eps = process.eps_from_z0(self.schedule, self.weights, t_vec, z_t, z0, encodings)
     return z0, eps, encodings, outputs
 
-  def _step(self, z0, eps, encodings, z_t, t, s, noise):
+  def step(self, z0, eps, encodings, z_t, t, s, noise):
     """z_s from z_t given the predictions (s < t; s = 0 returns z0-hat)."""
     t_vec = jnp.full((z_t.shape[0],), t, jnp.int32)
     if self.kind == "ancestral":
@@ -145,7 +145,7 @@ class Sampler:
       t, s = timesteps[i], timesteps[i + 1]
       z0, eps, encodings, outputs = self.predict(params, z, t, observed_encodings, observed_z0)
       noise = jax.random.normal(jax.random.fold_in(loop_rng, i), z_shape)
-      return self._step(z0, eps, encodings, z, t, s, noise), outputs
+      return self.step(z0, eps, encodings, z, t, s, noise), outputs
 
     z, outputs = jax.lax.fori_loop(0, timesteps.shape[0] - 1, body, (z, outputs))
     return self._collect(z, outputs, observed)
