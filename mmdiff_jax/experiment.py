@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 import ml_collections
 
-from mmdiff_jax.diffusion import aggregation, bound, process
+from mmdiff_jax.diffusion import aggregation, bound
 from mmdiff_jax.diffusion.schedules import Schedule, get_schedule
 from mmdiff_jax.models.modalities import ModalitySpec, aggregation_weights, specs_from_config
 from mmdiff_jax.models.mtdiffusion import MTDiffusion
@@ -50,16 +50,11 @@ class Experiment:
 
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-  """Validates the modality, model and diffusion parts of `config` and builds them."""
+  """Builds the modality, model and diffusion parts of a config (see mmdiff_jax.config.validate_config)."""
   specs = specs_from_config(config.modalities)
   image_size = int(config.data.image_size)
-  z_shape = (image_size, image_size, int(config.data.get("channels", 1)))
+  z_shape = (image_size, image_size, int(config.data.channels))
   m = config.model
-  if m.dtype not in DTYPES:
-    raise ValueError(f"config.model.dtype: got {m.dtype!r}; expected one of {sorted(DTYPES)}")
-  if config.diffusion.parameterization not in process.PARAMETERIZATIONS:
-    raise ValueError(f"config.diffusion.parameterization: got {config.diffusion.parameterization!r};"
-                     f" expected one of {process.PARAMETERIZATIONS}")
   backbone = UNet(base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
                   num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
                   num_heads=m.num_heads, dropout=m.dropout, num_groups=m.num_groups,

@@ -101,7 +101,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, e
     new_state = TrainState(
         step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state, rng=state.rng,
         nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), skipped=1 - finite.astype(jnp.int32))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), skipped=1 - finite.astype(jnp.int32),
+                   nonfinite_streak=new_state.nonfinite_streak)
     return new_state, metrics
 
   replicated = NamedSharding(mesh, P())

@@ -5,15 +5,20 @@ Rerunning with the same workdir resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
+from mmdiff_jax.config import validate_config
 from mmdiff_jax.data import pipeline
 from mmdiff_jax.evaluation.classify import label_accuracy
 from mmdiff_jax.experiment import Experiment, build_experiment
@@ -34,6 +39,36 @@ class MetricsWriter:
     if self.enabled:
       with open(self.path, "a") as f:
         f.write(json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n")
+
+
+class StopRequest:
+  """Turns SIGTERM (a preemption notice) into a request that the loop honours after the current step.
+
+  With several processes, the request is agreed on by all of them (any process asked), so that every
+  process saves the same step.
+  """
+
+  def __init__(self):
+    self._asked = False
+
+  @contextlib.contextmanager
+  def on_sigterm(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield self  # signal handlers can only be installed from the main thread
+      return
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_asked", True))
+    try:
+      yield self
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
+  def requested(self, *, synchronise: bool) -> bool:
+    """Single process: whether SIGTERM arrived. Several: only when `synchronise` (a collective)."""
+    if jax.process_count() == 1:
+      return self._asked
+    if not synchronise:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self._asked))))
 
 
 def _plain(value):
@@ -107,12 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     the final metrics (also appended to WORKDIR/metrics.jsonl).
   """
   # ---------------------------------------------------------------- set-up and validation
+  validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   t = config.training
-  if t.batch_size % mesh.size:
-    raise ValueError(f"config.training.batch_size: {t.batch_size} is not divisible by the "
-                     f"{mesh.size} devices of the mesh")
   os.makedirs(workdir, exist_ok=True)
   writer = MetricsWriter(workdir)
   print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
@@ -136,33 +169,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- loop
   pending: list[dict] = []
   last_time, last_step = time.perf_counter(), start
-  for step in range(start + 1, t.num_steps + 1):
-    batch = sharding_lib.global_batch(next(train_iter), mesh)
-    state, metrics = train_step(state, batch)
-    pending.append(metrics)
-    if step % t.log_every == 0 or step == t.num_steps:
-      fetched = jax.device_get(pending)
-      pending = []
-      means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      means["skipped"] = float(np.sum([m["skipped"] for m in fetched]))
-      now = time.perf_counter()
-      steps_per_s = (step - last_step) / (now - last_time)
-      last_time, last_step = now, step
-      means["steps_per_s"] = steps_per_s
-      writer.write(step, means)
-      if jax.process_index() == 0:
-        print(_progress_line(step, t.num_steps, steps_per_s, means), flush=True)
-    streak = int(state.nonfinite_streak) if t.max_nonfinite_steps else 0
-    if t.max_nonfinite_steps and streak >= t.max_nonfinite_steps:
-      checkpointer.close()
-      raise FloatingPointError(
-          f"{streak} updates in a row had a non-finite loss or gradients (step {step}); stopping. "
-          f"The last checkpoint holds finite values. Lower config.optimizer.learning_rate or check "
-          f"the data (limit: config.training.max_nonfinite_steps={t.max_nonfinite_steps}).")
-    if step % t.save_every == 0 or step == t.num_steps:
-      checkpointer.save(step, state, train_iter.get_state())
-    if step % t.sample_every == 0 and step != t.num_steps:
-      save_sample_grids(experiment, state.ema_params, config, workdir, step)
+  stop = StopRequest()
+  with stop.on_sigterm():
+    for step in range(start + 1, t.num_steps + 1):
+      batch = sharding_lib.global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)
+      if step % t.log_every == 0 or step == t.num_steps:
+        fetched = jax.device_get(pending)
+        pending = []
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        means["skipped"] = float(np.sum([m["skipped"] for m in fetched]))
+        means["nonfinite_streak"] = max(int(m["nonfinite_streak"]) for m in fetched)
+        now = time.perf_counter()
+        steps_per_s = (step - last_step) / (now - last_time)
+        last_time, last_step = now, step
+        means["steps_per_s"] = steps_per_s
+        writer.write(step, means)
+        if jax.process_index() == 0:
+          print(_progress_line(step, t.num_steps, steps_per_s, means), flush=True)
+        if t.max_nonfinite_steps and means["nonfinite_streak"] >= t.max_nonfinite_steps:
+          checkpointer.close()
+          raise FloatingPointError(
+              f"{means['nonfinite_streak']} updates in a row had a non-finite loss or gradients "
+              f"(by step {step}); they were skipped and no checkpoint holds them. Stopping: lower "
+              f"config.optimizer.learning_rate or check the data (the limit is "
+              f"config.training.max_nonfinite_steps={t.max_nonfinite_steps}).")
+      if step % t.save_every == 0 or step == t.num_steps:
+        checkpointer.save(step, state, train_iter.get_state())
+      if stop.requested(synchronise=step % t.log_every == 0):
+        if step % t.save_every and step != t.num_steps:
+          checkpointer.save(step, state, train_iter.get_state())
+        checkpointer.close()
+        print(f"Received SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
+              f"exiting. Rerun the same command to resume.", flush=True)
+        return {"stopped_at_step": step}
+      if step % t.sample_every == 0 and step != t.num_steps:
+        save_sample_grids(experiment, state.ema_params, config, workdir, step)
   checkpointer.wait()
 
   # ---------------------------------------------------------------- samples and evaluation
@@ -189,6 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Writes sample grids from the newest checkpoint's EMA parameters; returns the PNG paths."""
+  validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   tx = state_lib.make_optimizer(config)

