@@ -27,7 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="fashion_mnist_offline",  # our offline builder; any other TFDS name must be prepared
-      data_dir=None,  # TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      data_dir=ml_collections.config_dict.placeholder(str),  # TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
       raw_dir="/usr/share/datasets/fashion-mnist",  # raw idx files (apt-get install dataset-fashion-mnist)
       image_size=32,  # 28 (as stored) or 32 (padded with background, so the U-Net can halve it 3 times)
       channels=1,  # image channels (the diffusion space is image_size x image_size x channels)

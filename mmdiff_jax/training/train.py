@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from mmdiff_jax.config import validate_config
 from mmdiff_jax.data import pipeline
+from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.evaluation.classify import label_accuracy
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.sampling import grids
@@ -39,6 +40,19 @@ class MetricsWriter:
     if self.enabled:
       with open(self.path, "a") as f:
         f.write(json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n")
+
+
+def _check_writable(workdir: str) -> None:
+  """Fails early, naming the workdir, if checkpoints and metrics cannot be written there."""
+  probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"--workdir={workdir} is not writable ({e.strerror}); checkpoints, metrics "
+                          f"and samples go there. Choose another --workdir.") from e
 
 
 class StopRequest:
@@ -146,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   t = config.training
-  os.makedirs(workdir, exist_ok=True)
+  _check_writable(workdir)
   writer = MetricsWriter(workdir)
   print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es). Prior check: {experiment.prior_report()}", flush=True)
@@ -172,7 +186,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   stop = StopRequest()
   with stop.on_sigterm():
     for step in range(start + 1, t.num_steps + 1):
-      batch = sharding_lib.global_batch(next(train_iter), mesh)
+      local_batch = next(train_iter)
+      check_batch(local_batch, experiment.specs, experiment.model.z_shape,
+                  where=f"dataset {config.data.name!r} (train)")
+      batch = sharding_lib.global_batch(local_batch, mesh)
       state, metrics = train_step(state, batch)
       pending.append(metrics)
       if step % t.log_every == 0 or step == t.num_steps:
