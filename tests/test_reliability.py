@@ -208,3 +208,34 @@ def test_bad_batches_name_the_feature():
       check_batch({**good, **change}, specs, (28, 28, 1), where="ds")
   with pytest.raises(ValueError, match=r"feature 'label' is missing"):
     check_batch({"image": good["image"]}, specs, (28, 28, 1), where="ds")
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+  """A 5 MB tmpfs (needs root, as CI has); unmounted afterwards."""
+  if os.geteuid() != 0:
+    pytest.skip("mounting a tmpfs to fill the disk needs root (CI runs as root)")
+  mount_point = tmp_path / "tiny"
+  mount_point.mkdir()
+  subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount_point)], check=True)
+  yield str(mount_point)
+  subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_disk_full_during_save_is_explained_and_earlier_checkpoints_survive(tiny_filesystem):
+  checkpointer = Checkpointer(os.path.join(tiny_filesystem, "checkpoints"), max_to_keep=10)
+  states = {}
+  with pytest.raises(OSError, match=r"No space left on device.*complete checkpoints \[1, 2.*\] are "
+                                    r"intact") as error:
+    for step in range(1, 10):  # 1.6 MB of incompressible floats each: the disk fills in a few
+      states[step] = {"w": jax.random.normal(jax.random.PRNGKey(step), (400_000,))}
+      checkpointer.save(step, states[step], {"position": step})
+      checkpointer.wait()
+  intact = checkpointer.all_steps()
+  assert f"complete checkpoints {intact} are intact" in str(error.value)
+  assert intact == list(range(1, step))  # all but the one that failed
+  abstract = {"w": jax.ShapeDtypeStruct((400_000,), np.float32)}
+  for step in intact:
+    restored, data_state = checkpointer.restore(step, abstract)
+    np.testing.assert_array_equal(restored["w"], states[step]["w"])
+    assert data_state == {"position": step}

@@ -6,6 +6,7 @@ and renames it when complete, so an interrupted save is never listed or restored
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -31,9 +32,30 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict | None) -> None:
-    """Starts an (async) save of `state` and the input position at `step`."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})))
+    """Starts an (async) save of `state` and the input position at `step`.
+
+    A failed earlier async save (disk full, workdir gone) surfaces here or in wait(), as an OSError
+    that names the directory and the checkpoints still intact.
+    """
+    with self._explain_failures():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})))
+
+  @contextlib.contextmanager
+  def _explain_failures(self):
+    try:
+      yield
+    except (OSError, ValueError) as e:
+      message = str(e)
+      if not isinstance(e, OSError) and "RESOURCE_EXHAUSTED" not in message and (
+          "Failed writing" not in message):
+        raise
+      reason = ("No space left on device" if "No space left on device" in message
+                else message.splitlines()[-1][-300:])
+      raise OSError(
+          f"Writing a checkpoint under {self.directory} failed ({reason}). "
+          f"The complete checkpoints {self.all_steps()} are intact and the next run resumes from "
+          f"the newest; free disk space or choose another --workdir.") from e
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores into `abstract_state`'s shapes, dtypes and shardings (any mesh shape)."""
@@ -42,10 +64,11 @@ class Checkpointer:
     return restored["state"], dict(restored["data"] or {})
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._explain_failures():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
 
