@@ -10,10 +10,12 @@ import math
 
 import ml_collections
 
+from mmdiff_jax.data.derived import DERIVED
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.diffusion.aggregation import final_coefficients
 from mmdiff_jax.diffusion.schedules import _BETA_FNS, get_schedule
 from mmdiff_jax.models.modalities import aggregation_weights, specs_from_config
+from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES
 from mmdiff_jax.experiment import DTYPES
 from mmdiff_jax.sampling.samplers import SAMPLERS
 
@@ -33,6 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
       channels=1,  # image channels (the diffusion space is image_size x image_size x channels)
       image_key="image",  # feature names in the TFDS dataset
       label_key="label",
+      derived=(),  # derived features (mmdiff_jax/data/derived.py), e.g. ("garment_segmentation",)
   ))
 
   # name -> {kind, feature, encoder, head, recovery_loss, loss_weight, profile, profile_scale,
@@ -79,10 +82,49 @@ def default_config() -> ml_collections.ConfigDict:
       num_samples=100,  # images per sample grid; 0: no grids
   ))
 
+  # Evaluation (mmdiff_jax/evaluation/harness.py): pinned test split, counts and seed.
   c.eval = ml_collections.ConfigDict(dict(
-      num_classify=10_000,  # test images labelled through the joint model (image -> label); 0: skip
-      classify_sampler="ddim", classify_steps=20, batch_size=500))
+      sampler="ddim", num_steps=20,  # the sampler of every evaluator
+      batch_size=500,
+      num_examples=10_000,  # test examples for image -> label, image -> segmentation, inpainting
+      num_generated=10_000,  # joint samples for the Frechet AlexNet distance and precision/recall
+      mask_ratios=(0.1, 0.3, 0.5, 0.7),  # inpainting is reported per masked fraction
+      bound_batches=20,  # test batches for the variational bound in bits/dim
+      after_training=("label_accuracy", "segmentation_miou", "inpainting"),  # run by main at the end
+      seed=0,
+  ))
   return c
+
+
+def apply_size(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """Sizes an experiment config: "smoke" (the whole pipeline in about a minute on 2 CPU cores; tests
+  and CI), "small" (a meaningful run on 2 CPU cores in about 15 minutes), "" (the defaults, for one
+  accelerator)."""
+  if variant == "smoke":
+    config.data.image_size = 28
+    config.model.update(base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(14,), num_heads=1, dropout=0.0, num_groups=4)
+    config.diffusion.update(schedule="cosine", num_steps=100)  # short chains need cosine for lambda_T ~ 0
+    config.training.update(batch_size=16, num_steps=20, ema_decay=0.9, log_every=5, save_every=10,
+                           sample_every=20)
+    config.optimizer.warmup_steps = 5
+    config.sampling.update(num_steps=5, num_samples=20)
+    config.eval.update(num_examples=64, num_generated=64, num_steps=3, batch_size=32,
+                       bound_batches=2)
+  elif variant == "small":
+    # Sized by measurement: ~0.4 s/step on 2 CPU cores, so training takes ~10 of the 15 minutes.
+    config.data.image_size = 28
+    config.model.update(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1,
+                        attention_resolutions=(7,), num_heads=2, dropout=0.0, num_groups=8)
+    config.training.update(batch_size=48, num_steps=1500, ema_decay=0.995, log_every=50,
+                           save_every=250, sample_every=1500)
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=100)
+    config.sampling.update(num_steps=50, num_samples=100)
+    config.eval.update(num_examples=2000, num_generated=2000, num_steps=10, batch_size=500,
+                       bound_batches=10)
+  elif variant:
+    raise ValueError(f"config variant: unknown {variant!r}; expected 'smoke', 'small' or '' (default)")
+  return config
 
 
 def _check_keys(config, reference, prefix: str) -> None:
@@ -108,6 +150,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   """Raises ValueError naming the key, its value and what is allowed, for the first problem found."""
   _check_keys(config, default_config(), "")
   specs = specs_from_config(config.modalities)
+  for name in config.data.derived:
+    _require(name in DERIVED, "data.derived", tuple(config.data.derived),
+             f"names from {sorted(DERIVED)}")
 
   d = config.diffusion
   _require(d.schedule in _BETA_FNS, "diffusion.schedule", d.schedule, f"one of {sorted(_BETA_FNS)}")
@@ -150,7 +195,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   _require(s.eta >= 0.0, "sampling.eta", s.eta, "a value >= 0")
   _require(int(s.num_samples) >= 0, "sampling.num_samples", s.num_samples, "an integer >= 0")
   e = config.eval
-  _require(e.classify_sampler in SAMPLERS, "eval.classify_sampler", e.classify_sampler,
-           f"one of {SAMPLERS}")
-  _require(1 <= e.classify_steps <= d.num_steps, "eval.classify_steps", e.classify_steps,
+  _require(e.sampler in SAMPLERS, "eval.sampler", e.sampler, f"one of {SAMPLERS}")
+  _require(1 <= e.num_steps <= d.num_steps, "eval.num_steps", e.num_steps,
            f"1..{d.num_steps} (diffusion.num_steps)")
+  unknown = set(e.after_training) - set(EVALUATOR_NAMES)
+  _require(not unknown, "eval.after_training", tuple(e.after_training),
+           f"names from {list(EVALUATOR_NAMES)}")

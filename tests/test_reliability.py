@@ -40,7 +40,7 @@ def data_dir(tmp_path_factory):
 
 
 def _main_command(data_dir, workdir, **overrides):
-  flags = {"data.data_dir": data_dir, "eval.num_classify": 0, "sampling.num_samples": 0,
+  flags = {"data.data_dir": data_dir, "eval.after_training": "()", "sampling.num_samples": 0,
            "training.log_every": 1, **overrides}
   return [sys.executable, "-u", "-m", "mmdiff_jax.main", "--config=configs/imglabel.py:smoke",
           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
@@ -132,7 +132,7 @@ def test_repeated_nonfinite_updates_stop_the_run_and_checkpoints_stay_finite(dat
   config.data.data_dir = data_dir
   config.optimizer.update(learning_rate=1e30, warmup_steps=1)  # the first update makes it diverge
   config.training.update(num_steps=40, log_every=1, save_every=1, max_nonfinite_steps=3)
-  config.eval.num_classify = 0
+  config.eval.after_training = ()
   config.sampling.num_samples = 0
   workdir = str(tmp_path / "wd")
   with pytest.raises(FloatingPointError, match="max_nonfinite_steps=3"):

@@ -51,7 +51,7 @@ def test_smoke_end_to_end_and_rerun_resumes(data_dir, tmp_path, capsys):
   results = train.train_and_evaluate(config, workdir)
 
   assert 0.0 <= results["eval/label_accuracy"] <= 1.0
-  assert results["eval/label_accuracy_examples"] == config.eval.num_classify
+  assert results["eval/label_accuracy_examples"] == config.eval.num_examples
   for path in results["sample_grids"]:
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -83,7 +83,7 @@ def _restore(config, workdir, step=None):
 
 def test_resume_gives_identical_state(data_dir, tmp_path):
   k = 4
-  no_eval = {"eval.num_classify": 0, "sampling.num_samples": 0, "training.save_every": k,
+  no_eval = {"eval.after_training": (), "sampling.num_samples": 0, "training.save_every": k,
              "training.log_every": k}
   straight = smoke_config(data_dir, **{"training.num_steps": 2 * k}, **no_eval)
   train.train_and_evaluate(straight, str(tmp_path / "straight"))

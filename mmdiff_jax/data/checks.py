@@ -26,7 +26,7 @@ def check_batch(batch: Mapping[str, np.ndarray], specs: Sequence[ModalitySpec],
       _fail(where, spec.feature, f"is missing (modality {spec.name!r}); the batch has {sorted(batch)}")
     x = np.asarray(batch[spec.feature])
     b = x.shape[0] if x.ndim else 0
-    if spec.kind == "image":
+    if spec.kind in ("image", "masked_image"):
       expected, integer = (b, *z_shape), False
     elif spec.kind == "label":
       expected, integer = (b,), True

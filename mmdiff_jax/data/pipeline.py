@@ -54,6 +54,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmdiff_jax.data import fashion_mnist
+from mmdiff_jax.data.derived import derive
 
 OFFLINE_FASHION_MNIST = fashion_mnist.NAME
 
@@ -246,7 +247,7 @@ class _ReadBatch:
 
   def __init__(self, *, source, order, stream_len, global_batch_size,
                local_batch_size, process_index, image_key, label_key,
-               image_size, with_index):
+               image_size, with_index, derived=(), seed=0):
     self._source = source
     self._order = order
     self._stream_len = stream_len
@@ -257,6 +258,8 @@ class _ReadBatch:
     self._label_key = label_key
     self._image_size = image_size
     self._with_index = with_index
+    self._derived = tuple(derived)
+    self._seed = int(seed)
 
   def record_indices(self, batch_index: int) -> list[int]:
     start = batch_index * self._g + self._p * self._b
@@ -274,7 +277,8 @@ class _ReadBatch:
              "label": labels}
     if self._with_index:
       batch["index"] = np.asarray(keys, dtype=np.int64)
-    return batch
+    return derive(batch, self._derived, seed=self._seed, batch_index=batch_index,
+                  process_index=self._p)
 
 
 def preprocess_images(images: np.ndarray, *, image_size: int) -> np.ndarray:
@@ -456,7 +460,8 @@ def make_iterator(
       source=source, order=order, stream_len=stream_len,
       global_batch_size=global_batch_size, local_batch_size=local_batch_size,
       process_index=process_index, image_key=image_key, label_key=label_key,
-      image_size=image_size, with_index=with_index)
+      image_size=image_size, with_index=with_index,
+      derived=tuple(_get(data_config, "derived", ())), seed=int(seed))
   batches = grain.MapDataset.range(n_local_batches).map(read_batch)
   read_options = grain.ReadOptions(
       num_threads=max(0, int(read_threads)),
@@ -473,6 +478,7 @@ def make_iterator(
       "num_epochs": num_epochs if num_epochs is None else int(num_epochs),
       "drop_remainder": bool(drop_remainder),
       "image_size": int(image_size),
+      "derived": list(_get(data_config, "derived", ())),
   }
   return DataIterator(inner, settings=settings, num_batches=num_batches)
 

@@ -48,7 +48,11 @@ class CategoricalEncoder(nn.Module):
 
 
 class PixelCategoricalEncoder(nn.Module):
-  """A learned unit-RMS vector per class in each pixel. Maps (B, H, W) ints -> (B, H, W, C)."""
+  """A learned code per class in each pixel. Maps (B, H, W) ints -> (B, H, W, C).
+
+  The table is rescaled to unit RMS as a whole (not per class): with C = 1 (grayscale z) each class
+  is a scalar, and per-class normalisation would leave only +-1.
+  """
   num_classes: int
   z_shape: Sequence[int]
 
@@ -58,7 +62,7 @@ class PixelCategoricalEncoder(nn.Module):
         (self.num_classes, self.z_shape[-1]))
 
   def _table(self):
-    return unit_rms(self.codes, axes=(1,))
+    return unit_rms(self.codes, axes=(0, 1))
 
   def encode(self, class_map):
     chex.assert_rank(class_map, 3)
@@ -89,7 +93,20 @@ class EmbeddingEncoder(nn.Module):
     return self.encode(x_hat)
 
 
+class IdentityEncoder(nn.Module):
+  """Pixel-space data that already has the shape of z (e.g. a masked image): E(x) = x."""
+  z_shape: Sequence[int]
+
+  def encode(self, x):
+    chex.assert_shape(x, (None, *self.z_shape))
+    return x
+
+  def encode_prediction(self, x_hat):
+    return self.encode(x_hat)
+
+
 ENCODERS = {
+    "identity": IdentityEncoder,
     "categorical": CategoricalEncoder,
     "pixel_categorical": PixelCategoricalEncoder,
     "linear": EmbeddingEncoder,

@@ -25,6 +25,7 @@ KINDS: dict[str, dict[str, tuple[str, ...]]] = {
     "segmentation": {"encoder": ("pixel_categorical",), "head": ("conv",),
                      "recovery_loss": ("pixel_cross_entropy",)},
     "embedding": {"encoder": ("linear",), "head": ("pooled_mlp",), "recovery_loss": ("mse",)},
+    "masked_image": {"encoder": ("identity",), "head": ("conv",), "recovery_loss": ("mse",)},
 }
 PROFILES = ("bump", "zero", "constant")
 

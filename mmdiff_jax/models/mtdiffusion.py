@@ -17,7 +17,8 @@ from mmdiff_jax.models.unet import UNet
 def _head(spec: ModalitySpec, z_shape: Sequence[int]) -> nn.Module:
   if spec.is_base:
     return HEADS[spec.head](z_shape[-1])
-  out = {"label": spec.num_classes, "segmentation": spec.num_classes, "embedding": spec.dim}[spec.kind]
+  out = {"label": spec.num_classes, "segmentation": spec.num_classes, "embedding": spec.dim,
+         "masked_image": z_shape[-1]}[spec.kind]
   return HEADS[spec.head](out)
 
 

@@ -40,8 +40,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def example_batch(model: MTDiffusion, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a batch for this model's modalities (for init and compilation)."""
-  shapes = {"image": (model.z_shape, jnp.float32), "label": ((), jnp.int32),
-            "segmentation": (model.z_shape[:-1], jnp.int32)}
+  shapes = {"image": (model.z_shape, jnp.float32), "masked_image": (model.z_shape, jnp.float32),
+            "label": ((), jnp.int32), "segmentation": (model.z_shape[:-1], jnp.int32)}
   batch = {}
   for spec in model.specs:
     shape, dtype = shapes.get(spec.kind, ((spec.dim,), jnp.float32))

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from mmdiff_jax.config import validate_config
 from mmdiff_jax.data import pipeline
 from mmdiff_jax.data.checks import check_batch
-from mmdiff_jax.evaluation.classify import label_accuracy
+from mmdiff_jax.evaluation.harness import run_evaluators
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import sharding as sharding_lib
@@ -231,15 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   names = pipeline.class_names(config.data)
   results["sample_grids"] = save_sample_grids(experiment, state.ema_params, config, workdir,
                                               final_step, class_names=names)
-  label_spec = next((s for s in experiment.specs if s.kind == "label"), None)
-  if label_spec is not None and config.eval.num_classify > 0:
-    e = config.eval
-    classify_sampler = experiment.sampler(e.classify_sampler, e.classify_steps)
-    accuracy = label_accuracy(classify_sampler, state.ema_params, config.data,
-                              label_modality=label_spec.name, num_examples=e.num_classify,
-                              batch_size=e.batch_size, seed=config.seed)
-    results[f"eval/{label_spec.name}_accuracy"] = accuracy["accuracy"]
-    results[f"eval/{label_spec.name}_accuracy_examples"] = accuracy["num_examples"]
+  results.update(run_evaluators(experiment, state.ema_params, config,
+                                names=config.eval.after_training))
   writer.write(final_step, {k: v for k, v in results.items() if k != "sample_grids"})
   if jax.process_index() == 0:
     print(f"Done at step {final_step}: {json.dumps(results)}", flush=True)

@@ -1,0 +1,23 @@
+r"""Masked-image pretraining on Fashion-MNIST (MT-Diffusion), evaluated as inpainting.
+
+Each training image comes with a masked copy (mmdiff_jax/data/derived.py, "random_square_mask":
+random cells of a 4x4 grid, 10%..70% of the image, set to 0). The masked image is a modality of its
+own, aggregated into the forward process; observing it at sampling time inpaints the missing cells.
+
+  python -m mmdiff_jax.main --config=configs/imgmask.py:smoke --workdir=/tmp/imgmask_smoke
+  python -m mmdiff_jax.main --config=configs/imgmask.py:small --workdir=workdirs/imgmask_small
+  python -m mmdiff_jax.main --config=configs/imgmask.py --workdir=workdirs/imgmask
+"""
+
+import ml_collections
+
+from mmdiff_jax.config import apply_size, default_config
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  config = default_config()
+  config.data.derived = ("random_square_mask",)
+  config.modalities.masked_image = dict(
+      kind="masked_image", feature="masked_image", encoder="identity", head="conv",
+      recovery_loss="mse", loss_weight=0.1, profile="bump", profile_scale=2.0)
+  return apply_size(config, variant)

@@ -1,0 +1,24 @@
+r"""Joint image + segmentation map on Fashion-MNIST (MT-Diffusion).
+
+The map is derived per pixel (mmdiff_jax/data/derived.py, "garment_segmentation"): 0 = background,
+1 + class where the garment's ink is (> 0.2 of full intensity), so 11 classes. One model generates
+(image, map) pairs jointly, and maps for given images (image -> segmentation).
+
+  python -m mmdiff_jax.main --config=configs/imgseg.py:smoke --workdir=/tmp/imgseg_smoke
+  python -m mmdiff_jax.main --config=configs/imgseg.py:small --workdir=workdirs/imgseg_small
+  python -m mmdiff_jax.main --config=configs/imgseg.py --workdir=workdirs/imgseg
+"""
+
+import ml_collections
+
+from mmdiff_jax.config import apply_size, default_config
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  config = default_config()
+  config.data.derived = ("garment_segmentation",)
+  config.modalities.segmentation = dict(
+      kind="segmentation", feature="segmentation", num_classes=11, encoder="pixel_categorical",
+      head="conv", recovery_loss="pixel_cross_entropy", loss_weight=0.1, profile="bump",
+      profile_scale=2.0)
+  return apply_size(config, variant)

@@ -1,0 +1,64 @@
+"""Features derived from a preprocessed batch, named in config.data.derived.
+
+Each takes the batch (images float32 (B, H, W, C) in [-1, 1], labels int32 (B,)) and a numpy Generator
+seeded from (seed, batch number, process), so the same batch always gets the same derived features,
+also after a resume.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+# Pixels brighter than this (in [-1, 1]; 0.2 of full ink) belong to the garment.
+INK_THRESHOLD = -0.6
+MASK_RATIOS = (0.1, 0.7)
+MASK_GRID = 4  # masks are made of square cells of a MASK_GRID x MASK_GRID grid over the image
+
+
+def garment_segmentation(batch, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """"segmentation": int32 (B, H, W): 0 = background, 1 + label where the garment's ink is.
+
+  Fashion-MNIST has no segmentation labels; this per-pixel map (background vs. the garment's class)
+  is derived from the image and its label, so a model of (image, map) must get shape and class right.
+  """
+  del rng
+  ink = batch["image"][..., 0] > INK_THRESHOLD
+  return {"segmentation": np.where(ink, batch["label"][:, None, None] + 1, 0).astype(np.int32)}
+
+
+def square_masks(shape, *, ratios: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """float32 (B, H, W, 1) masks, 1 = missing: round(ratio * 16) random cells of a 4x4 grid each."""
+  b, h, w = shape[:3]
+  cells = MASK_GRID * MASK_GRID
+  masks = np.zeros((b, cells), np.float32)
+  for i, ratio in enumerate(ratios):
+    masks[i, rng.permutation(cells)[: max(1, int(round(ratio * cells)))]] = 1.0
+  grid = masks.reshape(b, MASK_GRID, MASK_GRID)
+  mask = np.repeat(np.repeat(grid, -(-h // MASK_GRID), axis=1), -(-w // MASK_GRID), axis=2)
+  return mask[:, :h, :w, None]
+
+
+def random_square_mask(batch, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """"mask" (see square_masks) with ratios drawn uniformly from MASK_RATIOS; "masked_image": the
+  image with missing pixels set to 0."""
+  images = batch["image"]
+  mask = square_masks(images.shape, ratios=rng.uniform(*MASK_RATIOS, size=len(images)), rng=rng)
+  return {"mask": mask, "masked_image": np.where(mask > 0, 0.0, images).astype(np.float32)}
+
+
+DERIVED: dict[str, Callable[..., dict[str, np.ndarray]]] = {
+    "garment_segmentation": garment_segmentation,
+    "random_square_mask": random_square_mask,
+}
+
+
+def derive(batch, names, *, seed: int, batch_index: int, process_index: int):
+  """Adds the named derived features to `batch` (a dict of numpy arrays)."""
+  rng = np.random.default_rng([seed, batch_index, process_index])
+  for name in names:
+    if name not in DERIVED:
+      raise ValueError(f"config.data.derived: unknown {name!r}; expected names from {sorted(DERIVED)}")
+    batch.update(DERIVED[name](batch, rng))
+  return batch

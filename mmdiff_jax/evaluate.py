@@ -1,0 +1,64 @@
+"""Evaluates the newest checkpoint of a run: python -m mmdiff_jax.evaluate --config=... --workdir=...
+
+Runs every evaluator of mmdiff_jax/evaluation/harness.py that applies to the experiment (or those named
+with --evaluators) and writes WORKDIR/eval_metrics.json.
+"""
+
+import json
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from mmdiff_jax.config import validate_config
+from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES, run_evaluators
+from mmdiff_jax.experiment import build_experiment
+from mmdiff_jax.training import sharding as sharding_lib
+from mmdiff_jax.training import state as state_lib
+from mmdiff_jax.training.checkpoint import Checkpointer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "The training run's directory.")
+flags.DEFINE_list("evaluators", list(EVALUATOR_NAMES), "Evaluators to run (those that apply).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES) -> dict:
+  """Restores the newest checkpoint's EMA parameters, runs the evaluators, writes eval_metrics.json."""
+  unknown = set(evaluators) - set(EVALUATOR_NAMES)
+  if unknown:
+    raise ValueError(f"--evaluators: unknown {sorted(unknown)}; expected names from {EVALUATOR_NAMES}")
+  validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  experiment = build_experiment(config)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  tx = state_lib.make_optimizer(config)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              max_to_keep=config.training.keep_checkpoints)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {checkpointer.directory}")
+  abstract, _ = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
+                                          seed=config.seed)
+  state, _ = checkpointer.restore(step, abstract)
+  checkpointer.close()
+  results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators)}
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, "eval_metrics.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(json.dumps(results, indent=1), flush=True)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  evaluate(FLAGS.config, FLAGS.workdir, tuple(FLAGS.evaluators))
+
+
+if __name__ == "__main__":
+  app.run(main)
