@@ -90,7 +90,8 @@ def default_config() -> ml_collections.ConfigDict:
       num_generated=10_000,  # joint samples for the Frechet AlexNet distance and precision/recall
       mask_ratios=(0.1, 0.3, 0.5, 0.7),  # inpainting is reported per masked fraction
       bound_batches=20,  # test batches for the variational bound in bits/dim
-      after_training=("label_accuracy", "segmentation_miou", "inpainting"),  # run by main at the end
+      after_training=("label_accuracy", "segmentation_miou", "inpainting",  # run by main at the end
+                      "embedding_consistency"),
       seed=0,
   ))
   return c

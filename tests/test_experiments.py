@@ -27,6 +27,7 @@ def data_dir(tmp_path_factory):
     ("imgseg", ["eval/segmentation_miou", "eval/frechet_alexnet_distance",
                 "eval/test_bound/image_bits_per_dim"]),
     ("imgmask", ["eval/inpainting/psnr@0.1", "eval/inpainting/lpips@0.7", "eval/precision"]),
+    ("imgemb", ["eval/embedding_cosine", "eval/recall"]),
 ])
 def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir, tmp_path):
   config = importlib.import_module(f"configs.{name}").get_config("smoke")
@@ -45,6 +46,8 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
     assert np.isfinite(metrics[key]), key
   if name == "imgseg":
     assert 0.0 <= metrics["eval/segmentation_miou"] <= 1.0
+  if name == "imgemb":
+    assert -1.0 <= metrics["eval/embedding_cosine"] <= 1.0
   assert not any(k.startswith("eval/label") for k in metrics)
 
 

@@ -106,6 +106,21 @@ def generation(experiment, params, config) -> dict[str, float]:
           "precision": pr.precision, "recall": pr.recall, "generated_examples": len(fake_features)}
 
 
+def embedding_consistency(experiment, params, config) -> dict[str, float]:
+  """Joint samples: cosine similarity between the generated embedding and the embedding of the
+  generated image (the same AlexNet features the data pipeline derives)."""
+  base, emb = experiment.specs[0], _spec(experiment, "embedding")
+  sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
+  sample = jax.jit(sampler.sample, static_argnums=(2,))
+  e, rng, cosines = config.eval, jax.random.PRNGKey(config.eval.seed + 3), []
+  for i in range(math.ceil(e.num_generated / e.batch_size)):
+    out = sample(params, jax.random.fold_in(rng, i), min(e.batch_size, e.num_generated - i * e.batch_size))
+    of_image = derived.alexnet_embedding({"image": np.asarray(out[base.name])}, None)["embedding"]
+    cosines.append(metrics.cosine_similarity(np.asarray(out[emb.name]), of_image))
+  cosines = np.concatenate(cosines)
+  return {f"{emb.name}_cosine": float(np.mean(cosines)), f"{emb.name}_cosine_examples": len(cosines)}
+
+
 def bound(experiment, params, config) -> dict[str, float]:
   """The variational bound's terms on test batches (one uniform t per example), in bits/dim."""
   objective = jax.jit(lambda p, b, r: experiment.objective()(p, b, r, train=False)[1])
@@ -124,6 +139,7 @@ EVALUATORS: dict[str, tuple[str | None, Callable[..., dict[str, Any]]]] = {
     "label_accuracy": ("label", label_accuracy),
     "segmentation_miou": ("segmentation", segmentation_miou),
     "inpainting": ("masked_image", inpainting),
+    "embedding_consistency": ("embedding", embedding_consistency),
     "generation": (None, generation),
     "bound": (None, bound),
 }

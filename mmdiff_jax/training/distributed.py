@@ -277,5 +277,25 @@ def initialize(distributed_config: Mapping[str, Any] | None = None) -> Distribut
   return info
 
 
-__all__ = ["DistributedInfo", "ENV_VARS", "MODES", "detect_cluster", "initialize", "plan",
-           "resolve_settings"]
+_barrier_counts: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: float = 1800) -> None:
+  """Waits until every process reaches `barrier(name)` (no-op with one process).
+
+  Goes through the distributed runtime's coordination service, not through device collectives, so
+  it may come before the first collective. On CPU that matters: gloo gives up when a process reaches
+  its first collective more than 30 s after another (e.g. one process compiled more slowly).
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # the runtime client has no public handle
+  client = jax_distributed.global_state.client
+  if client is None:
+    raise RuntimeError("distributed.barrier: several processes but no distributed runtime client")
+  count = _barrier_counts[name] = _barrier_counts.get(name, 0) + 1
+  client.wait_at_barrier(f"mmdiff_jax/{name}/{count}", timeout_in_ms=int(timeout_s * 1000))
+
+
+__all__ = ["DistributedInfo", "ENV_VARS", "MODES", "barrier", "detect_cluster", "initialize",
+           "plan", "resolve_settings"]

