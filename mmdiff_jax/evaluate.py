@@ -11,12 +11,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdiff_jax.config import validate_config
 from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES, run_evaluators
-from mmdiff_jax.experiment import build_experiment
-from mmdiff_jax.training import sharding as sharding_lib
-from mmdiff_jax.training import state as state_lib
-from mmdiff_jax.training.checkpoint import Checkpointer
+from mmdiff_jax.training.train import restore_latest
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
@@ -31,19 +27,7 @@ def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES) -> dict:
   unknown = set(evaluators) - set(EVALUATOR_NAMES)
   if unknown:
     raise ValueError(f"--evaluators: unknown {sorted(unknown)}; expected names from {EVALUATOR_NAMES}")
-  validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-  experiment = build_experiment(config)
-  mesh = sharding_lib.make_mesh(config.mesh)
-  tx = state_lib.make_optimizer(config)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                              max_to_keep=config.training.keep_checkpoints)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {checkpointer.directory}")
-  abstract, _ = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
-                                          seed=config.seed)
-  state, _ = checkpointer.restore(step, abstract)
-  checkpointer.close()
+  experiment, step, state = restore_latest(config, workdir)
   results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators)}
   if jax.process_index() == 0:
     path = os.path.join(workdir, "eval_metrics.json")

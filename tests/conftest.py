@@ -190,3 +190,16 @@ _REF = types.SimpleNamespace(
 def ref():
     """Independent float64 numpy references (see module docstring)."""
     return _REF
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data dir with Fashion-MNIST prepared once from the real raw files."""
+    from configs import imglabel
+    from mmdiff_jax.data import pipeline
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    config = imglabel.get_config("smoke")
+    config.data.data_dir = path
+    pipeline.load_source(config.data, "train")
+    return path

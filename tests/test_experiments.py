@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 
 from mmdiff_jax import evaluate
-from mmdiff_jax.data import derived, pipeline
+from mmdiff_jax.data import derived
 from mmdiff_jax.training import train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("tfds"))
-  config = importlib.import_module("configs.imglabel").get_config("smoke")
-  config.data.data_dir = path
-  pipeline.load_source(config.data, "train")
-  return path
 
 
 @pytest.mark.parametrize("name,expected", [

@@ -18,7 +18,6 @@ import pytest
 
 from configs import imglabel
 from mmdiff_jax.config import validate_config
-from mmdiff_jax.data import pipeline
 from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
@@ -28,15 +27,6 @@ from mmdiff_jax.training.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("tfds"))
-  config = imglabel.get_config("smoke")
-  config.data.data_dir = path
-  pipeline.load_source(config.data, "train")
-  return path
 
 
 def _main_command(data_dir, workdir, **overrides):

@@ -12,7 +12,7 @@ from configs import imglabel
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.models.mtdiffusion import MTDiffusion
-from mmdiff_jax.sampling.samplers import Sampler, ddim_timesteps
+from mmdiff_jax.sampling.samplers import ddim_timesteps
 from mmdiff_jax.training import state as state_lib
 
 B = 3
@@ -68,7 +68,7 @@ def test_observed_label_uses_true_encoding(setup):
   experiment, params = setup
   sampler = experiment.sampler("ddim", 4)
   labels = jnp.array([0, 4, 9])
-  observed = sampler._observed_encodings(params, {"label": labels}, B)
+  observed = sampler._observed_encodings(params, {"label": labels})
   true = experiment.model.apply({"params": params}, {"label": labels}, B,
                                 method=MTDiffusion.encode)[0]
   np.testing.assert_array_equal(observed[0], true)

@@ -9,28 +9,16 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import imglabel
-from mmdiff_jax.data import pipeline
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
 from mmdiff_jax.training import train
 from mmdiff_jax.training.checkpoint import Checkpointer
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """Fashion-MNIST prepared once from the real raw files."""
-  path = str(tmp_path_factory.mktemp("tfds"))
-  config = imglabel.get_config("smoke")
-  config.data.data_dir = path
-  pipeline.load_source(config.data, "train")
-  return path
 
 
 def smoke_config(data_dir, **overrides):

@@ -47,7 +47,7 @@ import fcntl
 import logging
 import os
 import sys
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import grain
 import numpy as np

@@ -61,17 +61,11 @@ class Sampler:
       return np.arange(self.schedule.num_steps, -1, -1, dtype=np.int32)
     return ddim_timesteps(self.schedule.num_steps, self.num_steps)
 
-  def _observed_encodings(self, params, observed: Mapping[str, Any], batch_size: int):
+  def _observed_encodings(self, params, observed: Mapping[str, Any]):
     """{index in the encoding stack: true encoding} for the observed aggregated modalities."""
-    aggregated = self.model.specs[1:]
-    batch = {s.feature: observed[s.name] for s in aggregated if s.name in observed}
-    result = {}
-    for i, spec in enumerate(aggregated):
-      if spec.name in observed:
-        result[i] = self.model.apply(
-            {"params": params}, batch[spec.feature],
-            method=lambda m, x, name=spec.name: m.encoders[name].encode(x))
-    return result
+    return {i: self.model.apply({"params": params}, observed[spec.name],
+                                method=lambda m, x, name=spec.name: m.encoders[name].encode(x))
+            for i, spec in enumerate(self.model.specs[1:]) if spec.name in observed}
 
   def predict(self, params, z_t, t, observed_encodings, observed_z0):
     """One network evaluation: (z0-hat, eps-hat, encodings used, head outputs)."""
@@ -131,7 +125,7 @@ class Sampler:
                        f"expected names from {[s.name for s in self.model.specs]}")
     base = self.model.specs[0]
     observed_z0 = observed.get(base.name)
-    observed_encodings = self._observed_encodings(params, observed, batch_size)
+    observed_encodings = self._observed_encodings(params, observed)
     timesteps = jnp.asarray(self.timesteps())
     init_rng, loop_rng = jax.random.split(rng)
     z_shape = (batch_size, *self.model.z_shape)

@@ -269,6 +269,9 @@ def initialize(distributed_config: Mapping[str, Any] | None = None) -> Distribut
           f"environment ({e}). Launch under srun / mpirun / on a TPU VM, or use mode 'explicit' "
           f"with coordinator_address, num_processes and process_id") from e
     return info
+  if info.local_device_count is not None:
+    # Simulated CPU devices talk over gloo (the default in recent JAX; older ones had none).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(
       coordinator_address=info.coordinator_address, num_processes=info.num_processes,
       process_id=info.process_id, initialization_timeout=timeout,

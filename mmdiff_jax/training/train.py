@@ -240,23 +240,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
-def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-  """Writes sample grids from the newest checkpoint's EMA parameters; returns the PNG paths."""
+def restore_latest(config: ml_collections.ConfigDict, workdir: str):
+  """(experiment, step, state) of the newest checkpoint in `workdir`, on this machine's mesh."""
   validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   tx = state_lib.make_optimizer(config)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               max_to_keep=config.training.keep_checkpoints)
-  latest = checkpointer.latest_step()
-  if latest is None:
+  step = checkpointer.latest_step()
+  if step is None:
     raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {checkpointer.directory}; "
                             f"train first (--mode=train)")
   abstract, _ = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
                                           seed=config.seed)
-  state, _ = checkpointer.restore(latest, abstract)
+  state, _ = checkpointer.restore(step, abstract)
   checkpointer.close()
-  paths = save_sample_grids(experiment, state.ema_params, config, workdir, latest,
+  return experiment, step, state
+
+
+def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Writes sample grids from the newest checkpoint's EMA parameters; returns the PNG paths."""
+  experiment, step, state = restore_latest(config, workdir)
+  paths = save_sample_grids(experiment, state.ema_params, config, workdir, step,
                             class_names=pipeline.class_names(config.data))
   print(f"Wrote {paths}", flush=True)
   return paths
