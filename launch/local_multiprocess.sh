@@ -22,8 +22,8 @@
 # Each process gets MMDIFF_COORDINATOR, MMDIFF_NUM_PROCESSES, MMDIFF_PROCESS_ID and
 # MMDIFF_LOCAL_DEVICE_COUNT (read by mmdiff_jax/training/distributed.py) and JAX_PLATFORMS=cpu.
 # Output lines are prefixed with [p<i>]. The script waits for all processes; when one fails, on
-# Ctrl-C / SIGTERM, or at the timeout it stops the others (SIGTERM, then SIGKILL after --grace) and
-# exits non-zero (124 at the timeout).
+# Ctrl-C / SIGTERM, or at the timeout it stops the others (SIGTERM, which the trainer treats as a
+# preemption: it saves and exits; then SIGKILL after --grace) and exits non-zero (124 at the timeout).
 set -euo pipefail
 
 usage() {
@@ -98,6 +98,7 @@ stop_all() {  # stop_all SIGNAL_REASON: SIGTERM every live child, SIGKILL after 
     waited=$((waited + 1))
   done
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 trap 'stop_all "interrupted"; exit 130' INT
 trap 'stop_all "terminated"; exit 143' TERM

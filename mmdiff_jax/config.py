@@ -74,6 +74,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # device mesh; one size may be -1
   c.fsdp = False  # shard parameters and optimizer state over the "fsdp" mesh axis
 
+  # Processes (mmdiff_jax/training/distributed.py; launch/). Each key may also come from the
+  # environment ($MMDIFF_DISTRIBUTED, $MMDIFF_COORDINATOR, $MMDIFF_NUM_PROCESSES, $MMDIFF_PROCESS_ID,
+  # $MMDIFF_LOCAL_DEVICE_COUNT), which is what the launch scripts set.
+  c.distributed = ml_collections.ConfigDict(dict(
+      mode="auto",  # auto: explicit if the three keys below are set, else JAX's detection on a
+                    # TPU VM / under srun / mpirun, else one process; or single | cluster | explicit
+      coordinator_address=ml_collections.config_dict.placeholder(str),  # "host:port" of process 0
+      num_processes=ml_collections.config_dict.placeholder(int),
+      process_id=ml_collections.config_dict.placeholder(int),
+      local_device_count=ml_collections.config_dict.placeholder(int),  # simulated CPU devices
+      initialization_timeout=300,  # seconds to wait for every process to join
+  ))
+
   c.sampling = ml_collections.ConfigDict(dict(
       sampler="ddim",  # "ddim" or "ancestral" (all T steps)
       num_steps=100,  # DDIM steps

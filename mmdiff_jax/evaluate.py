@@ -12,6 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES, run_evaluators
+from mmdiff_jax.training import distributed
 from mmdiff_jax.training.train import restore_latest
 
 FLAGS = flags.FLAGS
@@ -41,6 +42,7 @@ def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)
   evaluate(FLAGS.config, FLAGS.workdir, tuple(FLAGS.evaluators))
 
 

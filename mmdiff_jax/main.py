@@ -12,7 +12,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdiff_jax.training import train
+from mmdiff_jax.training import distributed, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
@@ -25,6 +25,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # First of all: with several processes (TPU pod, SLURM, launch/local_multiprocess.sh) the
+  # distributed runtime must start before anything touches a JAX backend.
+  print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)
   # Reruns (resume, --mode=sample) reuse compiled programs; JAX_COMPILATION_CACHE_DIR overrides.
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",

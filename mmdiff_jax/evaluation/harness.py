@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mmdiff_jax.data import derived, pipeline
 from mmdiff_jax.evaluation import features, metrics
@@ -33,6 +34,14 @@ def _test_batches(config, num_examples: int):
     seen += take
 
 
+def _host(tree):
+  """numpy copies of the sampler's outputs on every process (with several processes they are global
+  arrays spread over all of them: every process runs the evaluators, and gathers)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def _spec(experiment, kind):
   return next((s for s in experiment.specs if s.kind == kind), None)
 
@@ -40,7 +49,9 @@ def _spec(experiment, kind):
 def _conditional(experiment, params, config, observed_name: str):
   """A jitted sample(rng, observed value) with one modality observed."""
   sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
-  return jax.jit(lambda r, x: sampler.sample(params, r, x.shape[0], observed={observed_name: x}))
+  # params is an argument, not a closed-over constant (with several processes it spans all of them).
+  sample = jax.jit(lambda p, r, x: sampler.sample(p, r, x.shape[0], observed={observed_name: x}))
+  return lambda r, x: _host(sample(params, r, x))
 
 
 def label_accuracy(experiment, params, config) -> dict[str, float]:
@@ -93,7 +104,8 @@ def generation(experiment, params, config) -> dict[str, float]:
   """Joint samples vs test images: Fréchet AlexNet distance and improved precision/recall."""
   base = experiment.specs[0]
   sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
-  sample = jax.jit(sampler.sample, static_argnums=(2,))
+  jitted = jax.jit(sampler.sample, static_argnums=(2,))
+  sample = lambda *args: _host(jitted(*args))
   e, rng = config.eval, jax.random.PRNGKey(config.eval.seed + 1)
   generated = [np.asarray(sample(params, jax.random.fold_in(rng, i), min(e.batch_size, e.num_generated
                                                                         - i * e.batch_size))[base.name])
@@ -111,7 +123,8 @@ def embedding_consistency(experiment, params, config) -> dict[str, float]:
   generated image (the same AlexNet features the data pipeline derives)."""
   base, emb = experiment.specs[0], _spec(experiment, "embedding")
   sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
-  sample = jax.jit(sampler.sample, static_argnums=(2,))
+  jitted = jax.jit(sampler.sample, static_argnums=(2,))
+  sample = lambda *args: _host(jitted(*args))
   e, rng, cosines = config.eval, jax.random.PRNGKey(config.eval.seed + 3), []
   for i in range(math.ceil(e.num_generated / e.batch_size)):
     out = sample(params, jax.random.fold_in(rng, i), min(e.batch_size, e.num_generated - i * e.batch_size))
@@ -126,7 +139,7 @@ def bound(experiment, params, config) -> dict[str, float]:
   objective = jax.jit(lambda p, b, r: experiment.objective()(p, b, r, train=False)[1])
   rng, totals, count = jax.random.PRNGKey(config.eval.seed + 2), {}, 0
   for i, (batch, n) in enumerate(_test_batches(config, config.eval.bound_batches * config.eval.batch_size)):
-    values = jax.device_get(objective(params, batch, jax.random.fold_in(rng, i)))
+    values = _host(objective(params, batch, jax.random.fold_in(rng, i)))
     for k, v in values.items():
       if k.startswith("bound/"):
         totals[k] = totals.get(k, 0.0) + float(v) * n

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 
@@ -36,6 +38,12 @@ def save_grid(path: str, images: np.ndarray, *, captions: Sequence[str] | None =
     if captions is not None:
       draw.text((x, y + height * scale), str(captions[i])[: max(3, width * scale // 6)],
                 fill="black", font=font)
+  if "://" in path:  # gs://...: one object write, atomic by itself
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(path).write_bytes(buffer.getvalue())
+    return path
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.png"
   canvas.save(tmp)

@@ -18,7 +18,8 @@ class Checkpointer:
   """Saves and restores (train state, data-iterator state) pairs under `directory`."""
 
   def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    # Local paths are made absolute; URLs (gs://...) go to orbax as they are.
+    self.directory = str(directory) if "://" in str(directory) else os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_names=("state", "data"),

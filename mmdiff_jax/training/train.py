@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from mmdiff_jax.config import validate_config
@@ -24,13 +25,14 @@ from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.evaluation.harness import run_evaluators
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.sampling import grids
+from mmdiff_jax.training import distributed
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
 from mmdiff_jax.training.checkpoint import Checkpointer
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only; gs:// works too)."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
@@ -38,18 +40,22 @@ class MetricsWriter:
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n")
+      line = json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n"
+      if "://" in self.path:  # object stores cannot append: rewrite the (small) file
+        path = epath.Path(self.path)
+        path.write_text((path.read_text() if path.exists() else "") + line)
+      else:
+        with open(self.path, "a") as f:
+          f.write(line)
 
 
 def _check_writable(workdir: str) -> None:
   """Fails early, naming the workdir, if checkpoints and metrics cannot be written there."""
-  probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+  probe = epath.Path(workdir) / f".write_probe_{jax.process_index()}"  # a local path or gs://
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
   except OSError as e:
     raise PermissionError(f"--workdir={workdir} is not writable ({e.strerror}); checkpoints, metrics "
                           f"and samples go there. Choose another --workdir.") from e
@@ -105,12 +111,26 @@ def _progress_line(step: int, total: int, steps_per_s: float, metrics: dict[str,
           f"ETA {_format_duration(eta)} | {terms}")
 
 
+def fetch(tree):
+  """Host numpy copies of (possibly multi-process, sharded) arrays, on every process.
+
+  With several processes this is a collective: every process must call it.
+  """
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def save_sample_grids(experiment: Experiment, params, config, workdir: str, step: int,
                       class_names: list[str] | None = None) -> list[str]:
   """Joint samples (each image captioned with its generated label) and, where the experiment has a
-  label modality, class-conditional samples (one row per class). Returns the PNG paths."""
+  label modality, class-conditional samples (one row per class). Returns the PNG paths.
+
+  Every process must call it (the sampler runs over the whole mesh); process 0 writes the PNGs, the
+  others return [].
+  """
   s = config.sampling
-  if jax.process_index() != 0 or s.num_samples == 0:
+  if s.num_samples == 0:
     return []
   sampler = experiment.sampler(s.sampler, s.num_steps, eta=s.eta, clip_denoised=s.clip_denoised)
   sample = jax.jit(sampler.sample, static_argnums=(2,))
@@ -120,19 +140,22 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   name = lambda i: class_names[i] if class_names else str(i)
   out_dir = os.path.join(workdir, "samples")
   paths = []
-  joint = jax.device_get(sample(params, rng, s.num_samples))
+  primary = jax.process_index() == 0
+  joint = fetch(sample(params, rng, s.num_samples))
   captions = [name(int(c)) for c in joint[label_spec.name]] if label_spec else None
-  paths.append(grids.save_grid(os.path.join(out_dir, f"joint_step{step}.png"), joint[base.name],
-                               captions=captions))
+  if primary:
+    paths.append(grids.save_grid(os.path.join(out_dir, f"joint_step{step}.png"), joint[base.name],
+                                 captions=captions))
   if label_spec is not None:
     per_class = max(1, s.num_samples // label_spec.num_classes)
     labels = np.repeat(np.arange(label_spec.num_classes, dtype=np.int32), per_class)
-    conditional = jax.device_get(jax.jit(
+    conditional = fetch(jax.jit(
         lambda p, r, y: sampler.sample(p, r, y.shape[0], observed={label_spec.name: y}))(
             params, jax.random.fold_in(rng, 1), labels))
-    paths.append(grids.save_grid(
-        os.path.join(out_dir, f"class_conditional_step{step}.png"), conditional[base.name],
-        captions=[name(int(c)) for c in labels], num_columns=per_class))
+    if primary:
+      paths.append(grids.save_grid(
+          os.path.join(out_dir, f"class_conditional_step{step}.png"), conditional[base.name],
+          captions=[name(int(c)) for c in labels], num_columns=per_class))
   return paths
 
 
@@ -179,6 +202,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   start = int(state.step)
   print(f"{num_params / 1e6:.2f}M parameters; training steps {start} -> {t.num_steps}", flush=True)
+  if jax.process_count() > 1 and start < t.num_steps:
+    # Compile, then take the first step together: CPU (gloo) collectives fail when one process
+    # reaches its first collective more than 30 s after another (a slower compile on a busy host).
+    train_step = train_step.lower(
+        state, state_lib.example_batch(experiment.model, t.batch_size)).compile()
+    distributed.barrier("train_step_compiled")
 
   # ---------------------------------------------------------------- loop
   pending: list[dict] = []
