@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 
 from configs import imglabel
-from mmdiff_jax.data import pipeline
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import distributed
 from mmdiff_jax.training import sharding as sharding_lib
@@ -37,16 +36,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "launch" / "local_multiprocess.sh"
 K = 3  # steps per training segment
 RUN_TIMEOUT_S = 420
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """Fashion-MNIST prepared once (under a file lock) before any subprocess reads it."""
-  path = str(tmp_path_factory.mktemp("tfds"))
-  config = imglabel.get_config("smoke")
-  config.data.data_dir = path
-  pipeline.load_source(config.data, "train")
-  return path
 
 
 @pytest.fixture(scope="module")
