@@ -1,0 +1,140 @@
+r"""The convolutions of a config's U-Net alone: forward + both gradients, each shape timed in isolation,
+in JAX (XLA:CPU) and PyTorch (oneDNN), alternating with the matmul peak. The total says what fraction of
+the matmul peak the train step could reach if everything but its convolutions were free.
+
+  python -m benchmarks.conv_roofline --config=small
+  python -m benchmarks.conv_roofline --config=small --no_torch --json=/tmp/conv_roofline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common, setups
+from mmdiff_jax.experiment import build_experiment
+
+
+def conv_shapes(config) -> collections.Counter:
+  """{(input shape NHWC, kernel shape HWIO, strides): count} of the model's forward convolutions."""
+  experiment = build_experiment(config)
+  model = experiment.model
+  seen = collections.Counter()
+  original = jax.lax.conv_general_dilated
+
+  def recording(lhs, rhs, window_strides, *args, **kwargs):
+    seen[(tuple(lhs.shape), tuple(rhs.shape), tuple(window_strides))] += 1
+    return original(lhs, rhs, window_strides, *args, **kwargs)
+
+  batch = config.training.batch_size
+  z = jnp.zeros((batch, *model.z_shape))
+  t = jnp.ones((batch,), jnp.int32)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), z, t, train=False))
+  jax.lax.conv_general_dilated = recording
+  try:
+    jax.eval_shape(lambda p: model.apply(p, z, t, train=False), params)
+  finally:
+    jax.lax.conv_general_dilated = original
+  return seen
+
+
+def forward_flops(x_shape, k_shape, strides) -> float:
+  b, h, w, _ = x_shape
+  kh, kw, cin, cout = k_shape
+  return 2.0 * b * (h // strides[0]) * (w // strides[1]) * kh * kw * cin * cout
+
+
+def jax_conv(x_shape, k_shape, strides):
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
+
+  def f(x, k):
+    y = jax.lax.conv_general_dilated(x, k, strides, "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(y * y)
+
+  grad = jax.jit(jax.grad(f, argnums=(0, 1)))
+  return lambda: grad(x, k)
+
+
+def torch_conv(x_shape, k_shape, strides, threads: int):
+  import torch
+  b, h, w, cin = x_shape
+  kh, kw, _, cout = k_shape
+  x = torch.randn(b, cin, h, w, requires_grad=True)
+  k = (torch.randn(cout, cin, kh, kw) * 0.1).requires_grad_()
+
+  def run():
+    torch.set_num_threads(threads)
+    y = torch.nn.functional.conv2d(x, k, stride=strides, padding=kh // 2)
+    (y * y).sum().backward()
+    x.grad = None
+    k.grad = None
+  return run
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", default="small")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--torch_threads", type=int, default=0, help="0: the core count")
+  parser.add_argument("--json", default=common.default_json("conv_roofline"))
+  args = parser.parse_args()
+
+  machine = common.machine()
+  if not args.no_torch:
+    import torch
+    args.torch_threads = args.torch_threads or len(os.sched_getaffinity(0))
+    machine["torch"] = f"{torch.__version__}, {args.torch_threads} threads"
+  print(common.describe(machine), flush=True)
+  config = setups.get_config("" if args.config == "default" else args.config)
+  shapes = conv_shapes(config)
+  peak = common.MatmulPeak()
+  rows, results = [], []
+  totals = collections.Counter()
+  for (x_shape, k_shape, strides), count in sorted(shapes.items(), key=lambda kv: -forward_flops(*kv[0]) * kv[1]):
+    flops = 3 * forward_flops(x_shape, k_shape, strides)  # forward, input gradient, kernel gradient
+    contenders = {"jax": jax_conv(x_shape, k_shape, strides), "matmul": peak}
+    if not args.no_torch:
+      contenders["torch"] = torch_conv(x_shape, k_shape, strides, args.torch_threads)
+    timing = common.alternate(contenders, rounds=args.rounds, reps=args.reps)
+    s = {k: statistics.median(v) for k, v in timing["seconds"].items()}
+    peak_flops = peak.flops / s["matmul"]
+    r = {"input": x_shape, "kernel": k_shape, "strides": strides, "count": count, "flops": flops,
+         "seconds": s, "peak_flops_per_s": peak_flops, "load": timing["load"]}
+    results.append(r)
+    totals["flops"] += count * flops
+    totals["jax"] += count * s["jax"]
+    totals["torch"] += count * s.get("torch", 0.0)
+    totals["peak_weighted"] += count * s["jax"] * peak_flops
+    rows.append([f"{x_shape} * {k_shape[:2]} {k_shape[2]}->{k_shape[3]} /{strides[0]}", count,
+                 f"{count * flops / 1e9:.2f}", f"{1e3 * count * s['jax']:.1f}",
+                 f"{flops / s['jax'] / 1e9:.0f}", f"{flops / s['jax'] / peak_flops:.0%}"]
+                + ([f"{1e3 * count * s['torch']:.1f}", f"{flops / s['torch'] / 1e9:.0f}"]
+                   if "torch" in s else []))
+  mean_peak = totals["peak_weighted"] / totals["jax"]
+  rows.append(["all convolutions", sum(shapes.values()), f"{totals['flops'] / 1e9:.2f}",
+               f"{1e3 * totals['jax']:.1f}", f"{totals['flops'] / totals['jax'] / 1e9:.0f}",
+               f"{totals['flops'] / totals['jax'] / mean_peak:.0%}"]
+              + ([f"{1e3 * totals['torch']:.1f}", f"{totals['flops'] / totals['torch'] / 1e9:.0f}"]
+                 if not args.no_torch else []))
+  common.print_table(
+      f"Convolutions of config {args.config} (batch {config.training.batch_size}), forward + both "
+      f"gradients, each alone; matmul peak {mean_peak / 1e9:.0f} GFLOP/s (time-weighted)",
+      ["conv (NHWC input * kernel)", "per step", "GFLOP/step", "JAX ms/step", "JAX GFLOP/s",
+       "JAX of peak"] + ([] if args.no_torch else ["torch ms/step", "torch GFLOP/s"]), rows)
+  common.write_json(args.json, {"machine": machine, "config": args.config, "convs": results,
+                                "total": dict(totals), "matmul_peak_flops_per_s": mean_peak,
+                                "load_at_end": common.load(), "args": vars(args)})
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,204 @@
+"""The library's U-Net (mmdiff_jax/models/unet.py) plus its image head, in PyTorch, and a DDPM train step
+doing what the image-only config's JAX step does: for the side-by-side speed benchmark only.
+
+Mirrored layer for layer: the sinusoidal time embedding (cos then sin) and its two dense layers, the
+3x3 input conv, ResBlocks (GroupNorm-SiLU-conv, + dense(SiLU(temb)), GroupNorm-SiLU-dropout-conv, 1x1
+skip conv where the width changes), self-attention (GroupNorm, one qkv dense laid out (3, heads,
+head_dim), scaled dot product, output dense) at the configured resolutions and in the middle, strided
+3x3 downsampling convs, nearest 2x upsampling + 3x3 conv, skip concatenation (num_res_blocks + 1
+blocks per decoder level), final GroupNorm-SiLU, and the image head's zero-initialised 3x3 conv.
+GroupNorm eps is flax's 1e-6; initialisation is flax's (Glorot uniform, zeros where flax has zeros).
+One difference, in alignment only: a stride-2 "SAME" conv in XLA pads (0, 1), here (1, 1) (same shapes
+and FLOPs).
+
+torch is a benchmark extra (pip install -e '.[bench]'), never a dependency of the library.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, zero: bool = False) -> nn.Conv2d:
+  conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+  (nn.init.zeros_ if zero else nn.init.xavier_uniform_)(conv.weight)
+  nn.init.zeros_(conv.bias)
+  return conv
+
+
+def _dense(cin: int, cout: int, zero: bool = False) -> nn.Linear:
+  linear = nn.Linear(cin, cout)
+  (nn.init.zeros_ if zero else nn.init.xavier_uniform_)(linear.weight)
+  nn.init.zeros_(linear.bias)
+  return linear
+
+
+def _norm(groups: int, channels: int) -> nn.GroupNorm:
+  return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+  half = dim // 2
+  freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+  args = t.float()[:, None] * freqs[None]
+  return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ResBlock(nn.Module):
+
+  def __init__(self, cin: int, cout: int, temb_dim: int, groups: int, dropout: float):
+    super().__init__()
+    self.norm1, self.conv1 = _norm(groups, cin), _conv(cin, cout)
+    self.temb = _dense(temb_dim, cout)
+    self.norm2, self.conv2 = _norm(groups, cout), _conv(cout, cout, zero=True)
+    self.dropout = nn.Dropout(dropout)
+    self.skip = _conv(cin, cout, k=1) if cin != cout else None
+
+  def forward(self, x, temb):
+    h = self.conv1(F.silu(self.norm1(x)))
+    h = h + self.temb(F.silu(temb))[:, :, None, None]
+    h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+    return (self.skip(x) if self.skip is not None else x) + h
+
+
+class AttentionBlock(nn.Module):
+
+  def __init__(self, channels: int, heads: int, groups: int):
+    super().__init__()
+    self.heads = heads
+    self.norm = _norm(groups, channels)
+    self.qkv = _dense(channels, 3 * channels)
+    self.proj = _dense(channels, channels, zero=True)
+
+  def forward(self, x):
+    b, c, h, w = x.shape
+    tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+    qkv = self.qkv(tokens).reshape(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, HW, head_dim)
+    out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
+    return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class UNet(nn.Module):
+  """The ADM-style U-Net of mmdiff_jax.models.unet.UNet plus the image ConvHead (NCHW)."""
+
+  def __init__(self, *, in_channels: int, image_size: int, base_channels: int,
+               channel_mults: Sequence[int], num_res_blocks: int,
+               attention_resolutions: Sequence[int], num_heads: int, dropout: float,
+               num_groups: int):
+    super().__init__()
+    c0, temb_dim = base_channels, 4 * base_channels
+    self.base_channels = c0
+    self.temb1, self.temb2 = _dense(c0, temb_dim), _dense(temb_dim, temb_dim)
+    self.conv_in = _conv(in_channels, c0)
+    res = lambda cin, cout: ResBlock(cin, cout, temb_dim, num_groups, dropout)
+    attn = lambda ch: AttentionBlock(ch, num_heads, num_groups)
+
+    self.down = nn.ModuleList()  # ("res", block, attn or None) or ("down", conv)
+    skips, ch, size = [c0], c0, image_size
+    for level, mult in enumerate(channel_mults):
+      for _ in range(num_res_blocks):
+        out = c0 * mult
+        self.down.append(nn.ModuleList([res(ch, out)] + ([attn(out)] if size in attention_resolutions
+                                                          else [])))
+        ch = out
+        skips.append(ch)
+      if level != len(channel_mults) - 1:
+        self.down.append(nn.ModuleList([_conv(ch, ch, stride=2)]))
+        skips.append(ch)
+        size //= 2
+    self.mid = nn.ModuleList([res(ch, ch), attn(ch), res(ch, ch)])
+    self.up = nn.ModuleList()
+    for level, mult in reversed(list(enumerate(channel_mults))):
+      for _ in range(num_res_blocks + 1):
+        out = c0 * mult
+        self.up.append(nn.ModuleList([res(ch + skips.pop(), out)] +
+                                     ([attn(out)] if size in attention_resolutions else [])))
+        ch = out
+      if level != 0:
+        self.up.append(nn.ModuleList([_conv(ch, ch)]))  # after nearest 2x upsampling
+        size *= 2
+    assert not skips
+    self.norm_out = _norm(num_groups, ch)
+    self.head = _conv(ch, in_channels, zero=True)
+
+  def forward(self, x, t):
+    temb = self.temb2(F.silu(self.temb1(timestep_embedding(t, self.base_channels))))
+    h = self.conv_in(x)
+    skips = [h]
+    for block in self.down:
+      if isinstance(block[0], ResBlock):
+        h = block[0](h, temb)
+        if len(block) > 1:
+          h = block[1](h)
+      else:
+        h = block[0](h)
+      skips.append(h)
+    h = self.mid[2](self.mid[1](self.mid[0](h, temb)), temb)
+    for block in self.up:
+      if isinstance(block[0], ResBlock):
+        h = block[0](torch.cat([h, skips.pop()], dim=1), temb)
+        if len(block) > 1:
+          h = block[1](h)
+      else:
+        h = block[0](F.interpolate(h, scale_factor=2, mode="nearest"))
+    return self.head(F.silu(self.norm_out(h)))
+
+
+def unet_from_config(config) -> UNet:
+  m = config.model
+  return UNet(in_channels=int(config.data.channels), image_size=int(config.data.image_size),
+              base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
+              num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
+              num_heads=m.num_heads, dropout=m.dropout, num_groups=m.num_groups)
+
+
+class TrainStep:
+  """One DDPM update, as the image-only JAX step: t ~ U{1..T}, z_t = sqrt(abar) x0 + sqrt(1 - abar) eps,
+  MSE of the eps prediction, global-norm clipping, AdamW (config.optimizer; constant rate), EMA.
+
+  Calling the object runs one update on a fixed random batch.
+  """
+
+  def __init__(self, config, alpha_bars, *, channels_last: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    self.model = unet_from_config(config)
+    self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    self.model = self.model.to(memory_format=self.memory_format)
+    self.model.train()
+    self.params = [p for p in self.model.parameters()]
+    self.ema = [p.detach().clone() for p in self.params]
+    o = config.optimizer
+    self.opt = torch.optim.AdamW(self.params, lr=o.learning_rate, betas=(o.b1, o.b2), eps=1e-8,
+                                 weight_decay=o.weight_decay, foreach=True)
+    self.clip = float(o.grad_clip_norm)
+    self.ema_decay = float(config.training.ema_decay)
+    self.num_steps = int(config.diffusion.num_steps)
+    self.alpha_bars = torch.as_tensor(alpha_bars, dtype=torch.float32)
+    b, size, c = int(config.training.batch_size), int(config.data.image_size), int(config.data.channels)
+    self.x0 = (torch.rand(b, c, size, size) * 2 - 1).contiguous(memory_format=self.memory_format)
+    self.batch_size = b
+
+  @property
+  def num_params(self) -> int:
+    return sum(p.numel() for p in self.params)
+
+  def __call__(self):
+    x0 = self.x0
+    t = torch.randint(1, self.num_steps + 1, (x0.shape[0],))
+    noise = torch.randn_like(x0)
+    abar = self.alpha_bars[t - 1].view(-1, 1, 1, 1)
+    z_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    loss = F.mse_loss(self.model(z_t, t), noise)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
+    self.opt.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(self.ema, self.params, 1.0 - self.ema_decay)
+    return None
