@@ -14,9 +14,10 @@ from mmdiff_jax.data.derived import DERIVED
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.diffusion.aggregation import final_coefficients
 from mmdiff_jax.diffusion.schedules import _BETA_FNS, get_schedule
-from mmdiff_jax.models.modalities import aggregation_weights, specs_from_config
+from mmdiff_jax.models.modalities import aggregated_specs, aggregation_weights, specs_from_config
+from mmdiff_jax.models.predictor import INPUT_KINDS
 from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES
-from mmdiff_jax.experiment import DTYPES
+from mmdiff_jax.experiment import DTYPES, TASKS
 from mmdiff_jax.sampling.samplers import SAMPLERS
 
 
@@ -26,6 +27,13 @@ def default_config() -> ml_collections.ConfigDict:
   """The defaults of every key (sized for one accelerator)."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # parameters, data order and per-step randomness all derive from it
+  c.task = "diffusion"  # "diffusion" (MT-Diffusion / DDPM) or "prediction" (a single-task baseline)
+
+  # task "prediction": the backbone (at t = 0) maps one image-shaped modality to another modality.
+  c.prediction = ml_collections.ConfigDict(dict(
+      input="image",  # the modality fed to the network (kind image or masked_image)
+      target="label",  # the modality predicted (its head; image targets use the MSE)
+  ))
 
   c.data = ml_collections.ConfigDict(dict(
       name="fashion_mnist_offline",  # our offline builder; any other TFDS name must be prepared
@@ -39,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
   # name -> {kind, feature, encoder, head, recovery_loss, loss_weight, profile, profile_scale,
-  # num_classes, dim}; see mmdiff_jax/models/modalities.py. Exactly one has kind "image" (z_0).
+  # num_classes, dim, role}; see mmdiff_jax/models/modalities.py. Exactly one has kind "image" (z_0).
   c.modalities = ml_collections.ConfigDict(dict(image=dict(kind="image", feature="image")))
 
   c.diffusion = ml_collections.ConfigDict(dict(
@@ -105,6 +113,8 @@ def default_config() -> ml_collections.ConfigDict:
       bound_batches=20,  # test batches for the variational bound in bits/dim
       after_training=("label_accuracy", "segmentation_miou", "inpainting",  # run by main at the end
                       "embedding_consistency"),
+      classifier_workdir=ml_collections.config_dict.placeholder(str),  # a trained configs/classifier.py
+                                                                       # run, for label agreement
       seed=0,
   ))
   return c
@@ -175,7 +185,15 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
            d.parameterization, f"one of {process.PARAMETERIZATIONS}")
   schedule = get_schedule(d.schedule, d.num_steps)
   final = final_coefficients(schedule, aggregation_weights(schedule, specs))
-  for spec, value in zip(specs[1:], final.tolist()):
+  _require(config.task in TASKS, "task", config.task, f"one of {TASKS}")
+  if config.task == "prediction":
+    names = {s.name: s for s in specs}
+    p = config.prediction
+    _require(p.input in names and names[p.input].kind in INPUT_KINDS, "prediction.input", p.input,
+             f"a modality of kind {INPUT_KINDS} among {sorted(names)}")
+    _require(p.target in names and p.target != p.input, "prediction.target", p.target,
+             f"another modality among {sorted(names)}")
+  for spec, value in zip(aggregated_specs(specs), final.tolist()):
     _require(abs(value) <= d.max_final_lambda, f"modalities.{spec.name}.profile",
              f"{spec.profile} (scale {spec.profile_scale}, lambda_T = {value:.4g})",
              f"a profile whose lambda_T is ~0 (|lambda_T| <= diffusion.max_final_lambda = "

@@ -1,4 +1,8 @@
-"""Builds the pieces an experiment config describes: modalities, network, forward process, sampler."""
+"""Builds the pieces an experiment config describes: modalities, network, forward process, sampler.
+
+config.task selects what is trained: "diffusion" (MT-Diffusion, or with one modality plain DDPM) or
+"prediction" (a single-task predictor baseline: config.prediction.input -> config.prediction.target).
+"""
 
 from __future__ import annotations
 
@@ -10,37 +14,52 @@ import ml_collections
 
 from mmdiff_jax.diffusion import aggregation, bound
 from mmdiff_jax.diffusion.schedules import Schedule, get_schedule
-from mmdiff_jax.models.modalities import ModalitySpec, aggregation_weights, specs_from_config
+from mmdiff_jax.models.modalities import (ModalitySpec, aggregated_specs, aggregation_weights,
+                                          specs_from_config)
 from mmdiff_jax.models.mtdiffusion import MTDiffusion
+from mmdiff_jax.models.predictor import Predictor
 from mmdiff_jax.models.unet import UNet
-from mmdiff_jax.sampling.samplers import Sampler
-from mmdiff_jax.training.losses import Objective
+from mmdiff_jax.sampling.samplers import PredictionSampler, Sampler
+from mmdiff_jax.training.losses import Objective, PredictionObjective
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TASKS = ("diffusion", "prediction")
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   """The model and forward process of one config."""
   specs: tuple[ModalitySpec, ...]
-  model: MTDiffusion
+  model: MTDiffusion | Predictor
   schedule: Schedule
-  weights: jnp.ndarray  # (T, N) aggregation weights of specs[1:]
+  weights: jnp.ndarray  # (T, N) aggregation weights of aggregated_specs(specs)
   parameterization: str
+  task: str = "diffusion"
 
-  def objective(self) -> Objective:
+  @property
+  def is_generative(self) -> bool:
+    return self.task == "diffusion"
+
+  def objective(self) -> Objective | PredictionObjective:
+    if not self.is_generative:
+      return PredictionObjective(self.model)
     return Objective(self.model, self.schedule, self.weights, self.parameterization)
 
   def sampler(self, kind: str, num_steps: int, *, eta: float = 0.0,
-              clip_denoised: bool = True) -> Sampler:
+              clip_denoised: bool = True) -> Sampler | PredictionSampler:
+    """The diffusion sampler; for a predictor, its prediction behind the same interface."""
+    if not self.is_generative:
+      return PredictionSampler(self.model)
     return Sampler(self.model, self.schedule, self.weights, self.parameterization, kind=kind,
                    num_steps=num_steps, eta=eta, clip_denoised=clip_denoised)
 
   def prior_report(self) -> dict[str, float]:
     """lambda_T per aggregated modality, and the prior KL per dimension of a unit encoding (nats)."""
+    if not self.is_generative:
+      return {}
     final, excess = jax.device_get(_prior_terms(self.schedule, self.weights))
     report = {}
-    for i, spec in enumerate(self.specs[1:]):
+    for i, spec in enumerate(aggregated_specs(self.specs)):
       report[f"lambda_T/{spec.name}"] = float(final[i])
       report[f"prior_kl_excess_per_dim/{spec.name}"] = float(excess[i])
     return report
@@ -66,8 +85,12 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                   num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
                   num_heads=m.num_heads, dropout=m.dropout, num_groups=m.num_groups,
                   dtype=DTYPES[m.dtype])
-  model = MTDiffusion(specs=specs, z_shape=z_shape, backbone=backbone)
+  if config.task == "prediction":
+    model = Predictor(specs=specs, z_shape=z_shape, backbone=backbone,
+                      input=config.prediction.input, target=config.prediction.target)
+  else:
+    model = MTDiffusion(specs=specs, z_shape=z_shape, backbone=backbone)
   schedule = get_schedule(config.diffusion.schedule, config.diffusion.num_steps)
   return Experiment(specs=specs, model=model, schedule=schedule,
                     weights=aggregation_weights(schedule, specs),
-                    parameterization=config.diffusion.parameterization)
+                    parameterization=config.diffusion.parameterization, task=config.task)

@@ -6,7 +6,8 @@ applies only to experiments that have the modality it needs.
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import json
 from typing import Any, Callable
 
 import jax
@@ -42,8 +43,33 @@ def _host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def _spec(experiment, kind):
-  return next((s for s in experiment.specs if s.kind == kind), None)
+def _spec(experiment, kind, *, conditions: bool = False):
+  """The first modality of `kind` the model generates (or is conditioned on, with conditions=True)."""
+  return next((s for s in experiment.specs
+               if s.kind == kind and (conditions or not s.is_condition)), None)
+
+
+def _generation_conditions(experiment, config, count: int) -> list[dict[str, np.ndarray]]:
+  """Per eval batch, the observed values of a class-conditional model's conditions (the test split's
+  labels, in order, so the generated set has the test set's class balance); [] batches of {} else."""
+  conditions = [s for s in experiment.specs if s.is_condition]
+  batches = []
+  for batch, _ in _test_batches(config, count):
+    batches.append({s.name: batch[s.feature] for s in conditions})
+  return batches
+
+
+def _generate(experiment, params, config, seed_offset: int):
+  """num_generated samples from the model (joint, or given the test labels for a class-conditional
+  one), in eval batches: a list of host dicts."""
+  e = config.eval
+  sampler = experiment.sampler(e.sampler, e.num_steps)
+  jitted = jax.jit(lambda p, r, obs, n: sampler.sample(p, r, n, observed=obs), static_argnums=(3,))
+  rng, out = jax.random.PRNGKey(e.seed + seed_offset), []
+  for i, observed in enumerate(_generation_conditions(experiment, config, e.num_generated)):
+    n = min(e.batch_size, e.num_generated - i * e.batch_size)
+    out.append(_host(jitted(params, jax.random.fold_in(rng, i), observed, n)))
+  return out
 
 
 def _conditional(experiment, params, config, observed_name: str):
@@ -102,14 +128,8 @@ def inpainting(experiment, params, config) -> dict[str, float]:
 
 def generation(experiment, params, config) -> dict[str, float]:
   """Joint samples vs test images: Fréchet AlexNet distance and improved precision/recall."""
-  base = experiment.specs[0]
-  sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
-  jitted = jax.jit(sampler.sample, static_argnums=(2,))
-  sample = lambda *args: _host(jitted(*args))
-  e, rng = config.eval, jax.random.PRNGKey(config.eval.seed + 1)
-  generated = [np.asarray(sample(params, jax.random.fold_in(rng, i), min(e.batch_size, e.num_generated
-                                                                        - i * e.batch_size))[base.name])
-               for i in range(math.ceil(e.num_generated / e.batch_size))]
+  base, e = experiment.specs[0], config.eval
+  generated = [np.asarray(out[base.name]) for out in _generate(experiment, params, config, 1)]
   real = np.concatenate([b[base.feature] for b, _ in _test_batches(config, e.num_generated)])
   fake_features = features.alexnet_features(np.concatenate(generated))
   real_features = features.alexnet_features(real)
@@ -122,16 +142,63 @@ def embedding_consistency(experiment, params, config) -> dict[str, float]:
   """Joint samples: cosine similarity between the generated embedding and the embedding of the
   generated image (the same AlexNet features the data pipeline derives)."""
   base, emb = experiment.specs[0], _spec(experiment, "embedding")
-  sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
-  jitted = jax.jit(sampler.sample, static_argnums=(2,))
-  sample = lambda *args: _host(jitted(*args))
-  e, rng, cosines = config.eval, jax.random.PRNGKey(config.eval.seed + 3), []
-  for i in range(math.ceil(e.num_generated / e.batch_size)):
-    out = sample(params, jax.random.fold_in(rng, i), min(e.batch_size, e.num_generated - i * e.batch_size))
+  cosines = []
+  for out in _generate(experiment, params, config, 3):
     of_image = derived.alexnet_embedding({"image": np.asarray(out[base.name])}, None)["embedding"]
     cosines.append(metrics.cosine_similarity(np.asarray(out[emb.name]), of_image))
   cosines = np.concatenate(cosines)
   return {f"{emb.name}_cosine": float(np.mean(cosines)), f"{emb.name}_cosine_examples": len(cosines)}
+
+
+def load_classifier(workdir: str, image_shape) -> Callable[[np.ndarray], np.ndarray]:
+  """The image -> label predictor trained in `workdir` (configs/classifier.py; its config.json and
+  newest checkpoint): returns images (B, H, W, C) -> predicted labels (B,)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from mmdiff_jax.training.train import restore_latest  # here: train imports this module
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(
+        f"config.eval.classifier_workdir={workdir}: no config.json there; train the classifier first: "
+        f"python -m mmdiff_jax.main --config=configs/classifier.py:small --workdir={workdir}")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  experiment, _, state = restore_latest(config, workdir)
+  model = experiment.model
+  if experiment.is_generative or model.spec(model.target).kind != "label":
+    raise ValueError(f"config.eval.classifier_workdir={workdir}: expected an image -> label "
+                     f"predictor (task 'prediction', target of kind 'label'), got task "
+                     f"{experiment.task!r}")
+  if tuple(image_shape) != tuple(model.z_shape):
+    raise ValueError(f"config.eval.classifier_workdir={workdir}: the classifier takes images of "
+                     f"shape {model.z_shape}, the evaluated model makes {tuple(image_shape)}")
+  predict = jax.jit(lambda p, x: experiment.sampler("ddim", 1).sample(
+      p, None, x.shape[0], observed={model.input: x})[model.target])
+  return lambda images: np.asarray(_host(predict(state.ema_params, images)))
+
+
+def label_agreement(experiment, params, config) -> dict[str, float]:
+  """An independent classifier's label for each generated image vs the label generated with it (or,
+  for a class-conditional model, the label it was given); plus the classifier's own test accuracy."""
+  base = experiment.specs[0]
+  label = _spec(experiment, "label", conditions=True)
+  if not config.eval.classifier_workdir:
+    raise ValueError("config.eval.classifier_workdir is not set: label agreement needs an "
+                     "independent classifier; train one with configs/classifier.py:small and pass "
+                     "--config.eval.classifier_workdir=DIR")
+  classify = load_classifier(config.eval.classifier_workdir, experiment.model.z_shape)
+  predicted, generated = [], []
+  for out in _generate(experiment, params, config, 4):
+    predicted.append(classify(np.asarray(out[base.name])))
+    generated.append(np.asarray(out[label.name]))
+  predicted_test, test_labels = [], []
+  for batch, _ in _test_batches(config, config.eval.num_examples):
+    predicted_test.append(classify(batch[base.feature]))
+    test_labels.append(batch[label.feature])
+  generated = np.concatenate(generated)
+  return {f"{label.name}_agreement": metrics.label_agreement(np.concatenate(predicted), generated),
+          f"{label.name}_agreement_examples": len(generated),
+          "classifier_test_accuracy": metrics.label_agreement(np.concatenate(predicted_test),
+                                                              np.concatenate(test_labels))}
 
 
 def bound(experiment, params, config) -> dict[str, float]:
@@ -147,23 +214,47 @@ def bound(experiment, params, config) -> dict[str, float]:
   return {f"test_{k}": v / count for k, v in totals.items()}
 
 
-# name -> (the modality kind it needs, or None for any experiment; the evaluator)
-EVALUATORS: dict[str, tuple[str | None, Callable[..., dict[str, Any]]]] = {
-    "label_accuracy": ("label", label_accuracy),
-    "segmentation_miou": ("segmentation", segmentation_miou),
-    "inpainting": ("masked_image", inpainting),
-    "embedding_consistency": ("embedding", embedding_consistency),
-    "generation": (None, generation),
-    "bound": (None, bound),
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  """needs: the modality kind the model must generate from an observation (None: any); generative:
+  whether it samples from the model (so not for predictor baselines); conditions: whether a
+  conditioning modality of that kind counts too."""
+  evaluate: Callable[..., dict[str, Any]]
+  needs: str | None = None
+  generative: bool = False
+  conditions: bool = False
+
+  def applies(self, experiment) -> bool:
+    if self.generative and not experiment.is_generative:
+      return False
+    return self.needs is None or _spec(experiment, self.needs, conditions=self.conditions) is not None
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "label_accuracy": Evaluator(label_accuracy, needs="label"),
+    "segmentation_miou": Evaluator(segmentation_miou, needs="segmentation"),
+    "inpainting": Evaluator(inpainting, needs="masked_image"),
+    "embedding_consistency": Evaluator(embedding_consistency, needs="embedding", generative=True),
+    "generation": Evaluator(generation, generative=True),
+    "label_agreement": Evaluator(label_agreement, needs="label", generative=True, conditions=True),
+    "bound": Evaluator(bound, generative=True),
 }
 EVALUATOR_NAMES = tuple(EVALUATORS)
 
 
 def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES) -> dict[str, Any]:
-  """Runs the named evaluators that apply to this experiment; returns {"eval/<metric>": value}."""
+  """Runs the named evaluators that apply to this experiment; returns {"eval/<metric>": value}.
+
+  label_agreement is left out, with the reason in "eval/label_agreement_skipped", when
+  config.eval.classifier_workdir is not set (it needs a trained classifier).
+  """
   results = {}
   for name in names:
-    kind, evaluate = EVALUATORS[name]
-    if kind is None or _spec(experiment, kind) is not None:
-      results.update({f"eval/{k}": v for k, v in evaluate(experiment, params, config).items()})
+    evaluator = EVALUATORS[name]
+    if not evaluator.applies(experiment):
+      continue
+    if name == "label_agreement" and not config.eval.classifier_workdir:
+      results["eval/label_agreement_skipped"] = "config.eval.classifier_workdir is not set"
+      continue
+    results.update({f"eval/{k}": v for k, v in evaluator.evaluate(experiment, params, config).items()})
   return results

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 
 from mmdiff_jax.models.encoders import ENCODERS
 from mmdiff_jax.models.heads import HEADS
-from mmdiff_jax.models.modalities import ModalitySpec
+from mmdiff_jax.models.modalities import ModalitySpec, aggregated_specs, condition_specs
 from mmdiff_jax.models.unet import UNet
 
 
-def _head(spec: ModalitySpec, z_shape: Sequence[int]) -> nn.Module:
+def make_head(spec: ModalitySpec, z_shape: Sequence[int]) -> nn.Module:
   if spec.is_base:
     return HEADS[spec.head](z_shape[-1])
   out = {"label": spec.num_classes, "segmentation": spec.num_classes, "embedding": spec.dim,
@@ -29,8 +29,13 @@ def _encoder(spec: ModalitySpec, z_shape: Sequence[int]) -> nn.Module:
   return cls(z_shape=tuple(z_shape))
 
 
+def _condition_embedding(spec: ModalitySpec, dim: int) -> nn.Embed:
+  return nn.Embed(spec.num_classes, dim, embedding_init=nn.with_logical_partitioning(
+      nn.initializers.normal(1.0), ("vocab", "channels_out")))
+
+
 class MTDiffusion(nn.Module):
-  """Backbone + heads + encoders.
+  """Backbone + heads + encoders (+ condition embeddings for the class-conditional baseline).
 
   Attributes:
     specs: the modalities, base first (see modalities.specs_from_config).
@@ -43,17 +48,37 @@ class MTDiffusion(nn.Module):
 
   @property
   def aggregated(self) -> tuple[ModalitySpec, ...]:
-    return self.specs[1:]
+    return aggregated_specs(self.specs)
+
+  @property
+  def conditions(self) -> tuple[ModalitySpec, ...]:
+    return condition_specs(self.specs)
 
   def setup(self):
-    self.heads = {s.name: _head(s, self.z_shape) for s in self.specs}
+    self.heads = {s.name: make_head(s, self.z_shape) for s in (self.specs[0], *self.aggregated)}
     self.encoders = {s.name: _encoder(s, self.z_shape) for s in self.aggregated}
+    self.condition_embeddings = {s.name: _condition_embedding(s, self.backbone.embedding_dim)
+                                 for s in self.conditions}
 
-  def __call__(self, z_t, t, *, train: bool) -> dict[str, jnp.ndarray]:
-    """z_t: (B, *z_shape), t: (B,) -> {modality name: head output}; the base's is the prediction."""
+  def __call__(self, z_t, t, *, train: bool,
+               conditions: dict[str, jnp.ndarray] | None = None) -> dict[str, jnp.ndarray]:
+    """z_t: (B, *z_shape), t: (B,) -> {modality name: head output}; the base's is the prediction.
+
+    conditions: {name: (B,) labels} of every condition modality (class-conditional models only).
+    """
     chex.assert_shape(z_t, (None, *self.z_shape))
-    features = self.backbone(z_t, t, train=train)
+    features = self.backbone(z_t, t, train=train, condition=self.embed_conditions(conditions))
     return {name: head(features, train=train) for name, head in self.heads.items()}
+
+  def embed_conditions(self, conditions: dict[str, jnp.ndarray] | None):
+    """Sum of the condition embeddings, (B, embedding_dim); None for a model without conditions."""
+    if not self.conditions:
+      return None
+    missing = [s.name for s in self.conditions if s.name not in (conditions or {})]
+    if missing:
+      raise ValueError(f"the model is conditioned on {missing}: pass their values (as observed "
+                       f"modalities when sampling)")
+    return sum(self.condition_embeddings[s.name](conditions[s.name]) for s in self.conditions)
 
   def _stack(self, per_modality: list[jnp.ndarray], batch_size: int) -> jnp.ndarray:
     if not per_modality:
@@ -73,5 +98,6 @@ class MTDiffusion(nn.Module):
 
   def initialize(self, batch: dict[str, Any], z_t, t):
     """Touches every submodule (used only by init)."""
-    outputs = self(z_t, t, train=False)
+    outputs = self(z_t, t, train=False,
+                   conditions={s.name: batch[s.feature] for s in self.conditions})
     return self.encode(batch, z_t.shape[0]), self.encode_predictions(outputs, z_t.shape[0])

@@ -81,9 +81,15 @@ class UNet(nn.Module):
   num_groups: int = 8
   dtype: Dtype = jnp.float32
 
+  @property
+  def embedding_dim(self) -> int:
+    """Width of the time embedding (a conditioning embedding must have it too)."""
+    return 4 * self.base_channels
+
   @nn.compact
-  def __call__(self, x, t, *, train: bool) -> UNetFeatures:
-    """x: (B, H, W, C) noisy z_t; t: (B,) steps. H and W divisible by 2^(len(channel_mults)-1)."""
+  def __call__(self, x, t, *, train: bool, condition=None) -> UNetFeatures:
+    """x: (B, H, W, C) noisy z_t; t: (B,) steps. H and W divisible by 2^(len(channel_mults)-1).
+    condition: optional (B, embedding_dim), added to the time embedding (class-conditional models)."""
     chex.assert_rank(x, 4)
     chex.assert_shape(t, (x.shape[0],))
     factor = 2 ** (len(self.channel_mults) - 1)
@@ -93,9 +99,12 @@ class UNet(nn.Module):
     res_block = lambda ch: ResBlock(ch, self.num_groups, self.dropout, self.dtype)
     attention = lambda: AttentionBlock(self.num_heads, self.num_groups, self.dtype)
 
-    temb_dim = 4 * self.base_channels
+    temb_dim = self.embedding_dim
     temb = timestep_embedding(t, self.base_channels)
     temb = dense(temb_dim, dtype=self.dtype)(nn.silu(dense(temb_dim, dtype=self.dtype)(temb)))
+    if condition is not None:
+      chex.assert_shape(condition, (x.shape[0], temb_dim))
+      temb = temb + condition.astype(temb.dtype)
 
     h = conv(self.base_channels, dtype=self.dtype)(x.astype(self.dtype))
     skips = [h]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.diffusion.schedules import Schedule
 from mmdiff_jax.models.mtdiffusion import MTDiffusion
+from mmdiff_jax.models.predictor import Predictor
 
 SAMPLERS = ("ancestral", "ddim")
 
@@ -65,13 +67,13 @@ class Sampler:
     """{index in the encoding stack: true encoding} for the observed aggregated modalities."""
     return {i: self.model.apply({"params": params}, observed[spec.name],
                                 method=lambda m, x, name=spec.name: m.encoders[name].encode(x))
-            for i, spec in enumerate(self.model.specs[1:]) if spec.name in observed}
+            for i, spec in enumerate(self.model.aggregated) if spec.name in observed}
 
-  def predict(self, params, z_t, t, observed_encodings, observed_z0):
+  def predict(self, params, z_t, t, observed_encodings, observed_z0, conditions=None):
     """One network evaluation: (z0-hat, eps-hat, encodings used, head outputs)."""
     batch_size = z_t.shape[0]
     t_vec = jnp.full((batch_size,), t, jnp.int32)
-    outputs = self.model.apply({"params": params}, z_t, t_vec, train=False)
+    outputs = self.model.apply({"params": params}, z_t, t_vec, train=False, conditions=conditions)
     encodings = self.model.apply({"params": params}, outputs, batch_size,
                                  method=MTDiffusion.encode_predictions)
     for i, encoding in observed_encodings.items():
@@ -112,7 +114,8 @@ class Sampler:
       params: model parameters (use the EMA ones).
       rng: PRNG key.
       batch_size: B.
-      observed: {modality name: value} with a leading batch axis B (e.g. {"label": (B,) ints}).
+      observed: {modality name: value} with a leading batch axis B (e.g. {"label": (B,) ints});
+        a class-conditional model's condition modalities must be among them.
     Returns:
       {modality name: generated value}: the base image (B, H, W, C) in [-1, 1], labels (B,) int32,
       segmentation maps (B, H, W) int32, embeddings (B, D); plus "{name}_logits" for categorical ones.
@@ -126,18 +129,21 @@ class Sampler:
     base = self.model.specs[0]
     observed_z0 = observed.get(base.name)
     observed_encodings = self._observed_encodings(params, observed)
+    conditions = {s.name: observed[s.name] for s in self.model.conditions if s.name in observed}
     timesteps = jnp.asarray(self.timesteps())
     init_rng, loop_rng = jax.random.split(rng)
     z_shape = (batch_size, *self.model.z_shape)
     z = jax.random.normal(init_rng, z_shape)
     outputs_shape = jax.eval_shape(
-        lambda: self.predict(params, z, self.schedule.num_steps, observed_encodings, observed_z0)[3])
+        lambda: self.predict(params, z, self.schedule.num_steps, observed_encodings, observed_z0,
+                             conditions)[3])
     outputs = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), outputs_shape)
 
     def body(i, carry):
       z, _ = carry
       t, s = timesteps[i], timesteps[i + 1]
-      z0, eps, encodings, outputs = self.predict(params, z, t, observed_encodings, observed_z0)
+      z0, eps, encodings, outputs = self.predict(params, z, t, observed_encodings, observed_z0,
+                                                 conditions)
       noise = jax.random.normal(jax.random.fold_in(loop_rng, i), z_shape)
       return self.step(z0, eps, encodings, z, t, s, noise), outputs
 
@@ -146,12 +152,36 @@ class Sampler:
 
   def _collect(self, z0, outputs, observed):
     result = {self.model.specs[0].name: z0}
-    for spec in self.model.specs[1:]:
-      out = outputs[spec.name]
-      if spec.kind in ("label", "segmentation"):
-        result[f"{spec.name}_logits"] = out
-        result[spec.name] = jnp.argmax(out, axis=-1).astype(jnp.int32)
-      else:
-        result[spec.name] = out
+    for spec in self.model.aggregated:
+      result.update(_decoded(spec, outputs[spec.name]))
     result.update(observed)
     return result
+
+
+def _decoded(spec, output) -> dict[str, jnp.ndarray]:
+  """A head's output as a value: argmax (+ the logits) for categorical modalities."""
+  if spec.kind in ("label", "segmentation"):
+    return {f"{spec.name}_logits": output, spec.name: jnp.argmax(output, axis=-1).astype(jnp.int32)}
+  return {spec.name: output}
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionSampler:
+  """A predictor baseline behind the Sampler interface: sample() with the input observed returns
+  the prediction (deterministic; rng unused), so the evaluators treat both alike."""
+  model: Predictor
+
+  def sample(self, params, rng: jax.Array, batch_size: int,
+             observed: Mapping[str, Any] | None = None) -> dict[str, jnp.ndarray]:
+    del rng
+    observed = dict(observed or {})
+    if self.model.input not in observed:
+      raise ValueError(f"observed: this predictor maps {self.model.input!r} -> "
+                       f"{self.model.target!r}; pass {self.model.input!r} (got {sorted(observed)})")
+    x = observed[self.model.input]
+    chex.assert_shape(x, (batch_size, *self.model.z_shape))
+    output = self.model.apply({"params": params}, x, train=False)
+    target = self.model.spec(self.model.target)
+    if target.is_base:
+      output = jnp.clip(output, -1.0, 1.0)  # as the diffusion samplers clip z0-hat
+    return {**_decoded(target, output), **observed}

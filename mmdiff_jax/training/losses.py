@@ -26,6 +26,7 @@ from mmdiff_jax.diffusion import bound, process
 from mmdiff_jax.diffusion.schedules import Schedule
 from mmdiff_jax.models.modalities import ModalitySpec
 from mmdiff_jax.models.mtdiffusion import MTDiffusion
+from mmdiff_jax.models.predictor import Predictor
 
 
 def _per_example_mean(x: jnp.ndarray) -> jnp.ndarray:
@@ -54,7 +55,7 @@ class Objective:
   Attributes:
     model: the network.
     schedule: the noise schedule (T steps).
-    weights: (T, N) aggregation weights of model.specs[1:].
+    weights: (T, N) aggregation weights of model.aggregated.
     parameterization: "eps", "z0" or "v": what the base head predicts.
   """
   model: MTDiffusion
@@ -64,7 +65,7 @@ class Objective:
 
   def __call__(self, params, batch: dict[str, Any], rng: jax.Array, *, train: bool = True):
     """Returns (loss, metrics); metrics are batch means of per-example values."""
-    base, aggregated = self.model.specs[0], self.model.specs[1:]
+    base, aggregated = self.model.specs[0], self.model.aggregated
     z0 = batch[base.feature]
     chex.assert_rank(z0, 4)
     batch_size, num_steps = z0.shape[0], self.schedule.num_steps
@@ -75,7 +76,9 @@ class Objective:
     variables = {"params": params}
     encodings = self.model.apply(variables, batch, batch_size, method=MTDiffusion.encode)
     z_t = process.sample_marginal(self.schedule, self.weights, t, z0, encodings, noise)
-    outputs = self.model.apply(variables, z_t, t, train=train, rngs={"dropout": dropout_rng})
+    conditions = {s.name: batch[s.feature] for s in self.model.conditions}
+    outputs = self.model.apply(variables, z_t, t, train=train, conditions=conditions,
+                               rngs={"dropout": dropout_rng})
     prediction = outputs[base.name]
 
     target = {"eps": noise, "z0": z0,
@@ -117,3 +120,24 @@ class Objective:
     terms["bound/image_bits_per_dim"] = (
         (prior + terms["bound/diffusion"] + terms["bound/data"]) / (num_dims * math.log(2.0)))
     return {k: sg(v) for k, v in terms.items()}
+
+
+def prediction_loss(spec: ModalitySpec, output: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+  """Per-example loss of a predictor's target: its recovery NLL; MSE for an image target: (B,)."""
+  if spec.is_base:
+    return _per_example_mean(jnp.square(output - target))
+  return recovery_nll(spec, output, target)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionObjective:
+  """The loss of a single-task predictor baseline (same call signature as Objective)."""
+  model: Predictor
+
+  def __call__(self, params, batch: dict[str, Any], rng: jax.Array, *, train: bool = True):
+    """Returns (loss, metrics): the target's loss, batch mean."""
+    source, target = self.model.spec(self.model.input), self.model.spec(self.model.target)
+    output = self.model.apply({"params": params}, batch[source.feature], train=train,
+                              rngs={"dropout": rng})
+    loss = jnp.mean(prediction_loss(target, output, batch[target.feature]))
+    return loss, {"loss": loss, f"prediction/{target.name}": loss}

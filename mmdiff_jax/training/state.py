@@ -14,7 +14,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training.losses import Objective
-from mmdiff_jax.models.mtdiffusion import MTDiffusion
+
+# MTDiffusion or Predictor: both have specs, z_shape and an `initialize(batch, z_t, t)` method.
+Model = nn.Module
 
 
 @flax.struct.dataclass
@@ -38,7 +40,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
       optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
 
 
-def example_batch(model: MTDiffusion, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+def example_batch(model: Model, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a batch for this model's modalities (for init and compilation)."""
   shapes = {"image": (model.z_shape, jnp.float32), "masked_image": (model.z_shape, jnp.float32),
             "label": ((), jnp.int32), "segmentation": (model.z_shape[:-1], jnp.int32)}
@@ -49,19 +51,19 @@ def example_batch(model: MTDiffusion, batch_size: int) -> dict[str, jax.ShapeDty
   return batch
 
 
-def _init_boxed(model: MTDiffusion, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def _init_boxed(model: Model, tx: optax.GradientTransformation, seed: int) -> TrainState:
   """The initial state with parameters still in their logical-name boxes."""
   rng = jax.random.PRNGKey(seed)
   batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in example_batch(model, 1).items()}
   z = batch[model.specs[0].feature]
   params = model.init(jax.random.fold_in(rng, 0), batch, z, jnp.ones((1,), jnp.int32),
-                      method=MTDiffusion.initialize)["params"]
+                      method="initialize")["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                     opt_state=tx.init(params), rng=jax.random.fold_in(rng, 1),
                     nonfinite_streak=jnp.zeros((), jnp.int32))
 
 
-def state_shardings(model: MTDiffusion, tx, mesh: Mesh, *, fsdp: bool, seed: int = 0):
+def state_shardings(model: Model, tx, mesh: Mesh, *, fsdp: bool, seed: int = 0):
   """(abstract state with shardings, tree of NamedShardings): computed from shapes only."""
   abstract_boxed = jax.eval_shape(lambda: _init_boxed(model, tx, seed))
   shardings = sharding_lib.tree_shardings(abstract_boxed, mesh, fsdp=fsdp)
@@ -70,7 +72,7 @@ def state_shardings(model: MTDiffusion, tx, mesh: Mesh, *, fsdp: bool, seed: int
   return abstract, shardings
 
 
-def create_train_state(model: MTDiffusion, tx, shardings, seed: int) -> TrainState:
+def create_train_state(model: Model, tx, shardings, seed: int) -> TrainState:
   """Initialises directly into the shardings: no device ever holds more than its shard."""
   return jax.jit(lambda: nn.meta.unbox(_init_boxed(model, tx, seed)), out_shardings=shardings)()
 

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -47,6 +48,49 @@ class MetricsWriter:
       else:
         with open(self.path, "a") as f:
           f.write(line)
+
+
+def machine_description() -> dict[str, Any]:
+  """What a run's figures were measured on: devices, processes, CPU and versions."""
+  cpu = ""
+  with contextlib.suppress(OSError):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  return {"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+          "processes": jax.process_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
+          "jax": jax.__version__}
+
+
+def _command_line() -> str:
+  """The command that is running, as a user would type it (python -m for our entry points)."""
+  program = sys.argv[0] if sys.argv else ""
+  if program.endswith(os.path.join("mmdiff_jax", "main.py")):
+    program = "python3 -m mmdiff_jax.main"
+  return " ".join([program, *sys.argv[1:]])
+
+
+class RunRecord:
+  """WORKDIR/run.json: the training budget behind a run's numbers (steps, batch, wall time summed
+  over resumed invocations, machine). RESULTS.md is generated from it and eval_metrics.json."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    self.path = epath.Path(workdir) / "run.json"
+    self.enabled = jax.process_index() == 0
+    self.record = json.loads(self.path.read_text()) if self.path.exists() else {
+        "train_wall_s": 0.0, "invocations": []}
+    self.record.update(batch_size=int(config.training.batch_size),
+                       num_steps=int(config.training.num_steps), command=_command_line())
+
+  def add(self, *, first_step: int, last_step: int, wall_s: float) -> None:
+    self.record["train_wall_s"] += wall_s
+    self.record["steps_done"] = last_step
+    self.record["invocations"].append({
+        "steps": [first_step, last_step], "wall_s": round(wall_s, 1),
+        "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), **machine_description()})
+    if self.enabled:
+      tmp = self.path.parent / (self.path.name + ".tmp")
+      tmp.write_text(json.dumps(self.record, indent=1))
+      tmp.replace(self.path)
 
 
 def _check_writable(workdir: str) -> None:
@@ -130,7 +174,7 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   others return [].
   """
   s = config.sampling
-  if s.num_samples == 0:
+  if s.num_samples == 0 or not experiment.is_generative:  # predictor baselines have no samples
     return []
   sampler = experiment.sampler(s.sampler, s.num_steps, eta=s.eta, clip_denoised=s.clip_denoised)
   sample = jax.jit(sampler.sample, static_argnums=(2,))
@@ -141,11 +185,12 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   out_dir = os.path.join(workdir, "samples")
   paths = []
   primary = jax.process_index() == 0
-  joint = fetch(sample(params, rng, s.num_samples))
-  captions = [name(int(c)) for c in joint[label_spec.name]] if label_spec else None
-  if primary:
-    paths.append(grids.save_grid(os.path.join(out_dir, f"joint_step{step}.png"), joint[base.name],
-                                 captions=captions))
+  if not experiment.model.conditions:  # a class-conditional model has no joint samples
+    joint = fetch(sample(params, rng, s.num_samples))
+    captions = [name(int(c)) for c in joint[label_spec.name]] if label_spec else None
+    if primary:
+      paths.append(grids.save_grid(os.path.join(out_dir, f"joint_step{step}.png"), joint[base.name],
+                                   captions=captions))
   if label_spec is not None:
     per_class = max(1, s.num_samples // label_spec.num_classes)
     labels = np.repeat(np.arange(label_spec.num_classes, dtype=np.int32), per_class)
@@ -184,6 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding_lib.make_mesh(config.mesh)
   t = config.training
   _check_writable(workdir)
+  if jax.process_index() == 0:  # what this workdir was trained with (evaluators reload it)
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=1))
   writer = MetricsWriter(workdir)
   print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es). Prior check: {experiment.prior_report()}", flush=True)
@@ -212,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- loop
   pending: list[dict] = []
   last_time, last_step = time.perf_counter(), start
+  run_record, loop_start = RunRecord(workdir, config), time.perf_counter()
   stop = StopRequest()
   with stop.on_sigterm():
     for step in range(start + 1, t.num_steps + 1):
@@ -247,12 +295,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step % t.save_every and step != t.num_steps:
           checkpointer.save(step, state, train_iter.get_state())
         checkpointer.close()
+        run_record.add(first_step=start, last_step=step, wall_s=time.perf_counter() - loop_start)
         print(f"Received SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
               f"exiting. Rerun the same command to resume.", flush=True)
         return {"stopped_at_step": step}
       if step % t.sample_every == 0 and step != t.num_steps:
         save_sample_grids(experiment, state.ema_params, config, workdir, step)
   checkpointer.wait()
+  if int(state.step) > start:
+    run_record.add(first_step=start, last_step=int(state.step),
+                   wall_s=time.perf_counter() - loop_start)
 
   # ---------------------------------------------------------------- samples and evaluation
   final_step = int(state.step)
