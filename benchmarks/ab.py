@@ -2,9 +2,13 @@ r"""A/B of the library's train step between two source trees (e.g. this checkout
 timed in alternation within one run: each tree's step lives in its own worker process (its own
 mmdiff_jax, compiled once), and the workers take turns, so load on a shared machine hits both alike.
 
-  cp -r . /tmp/patched && (cd /tmp/patched && git apply /path/to/change.diff)
-  python -m benchmarks.ab --a=. --b=/tmp/patched --config=small --rounds=10
-  python -m benchmarks.ab --a=. --b=/tmp/patched --config=small --image_only --env_b=XLA_FLAGS=...
+  # an XLA flag (B = this tree with the flag):
+  python3 -m benchmarks.ab --config=small --env_b=XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= \
+      --json=benchmarks/results/ab_ynn_off.json
+  # a library change (benchmarks/patches/ holds the ones tried):
+  mkdir /tmp/patched && git archive HEAD | tar -x -C /tmp/patched && \
+      (cd /tmp/patched && patch -p1 < "$OLDPWD/benchmarks/patches/group_norm_two_stage.diff")
+  python3 -m benchmarks.ab --a=. --b=/tmp/patched --config=small --rounds=10
 
 Prints each tree's compile time, FLOPs and parameter count, the per-round step times and the ratio
 A/B (above 1: B is faster). Writes JSON (--json).

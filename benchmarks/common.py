@@ -21,6 +21,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 
 
+def import_torch(wait_policy: str = "passive"):
+  """Imports torch with OpenMP's wait policy set first (libgomp reads it when its threads start).
+
+  libgomp's default, active, spins waiting threads: on a shared machine, when another job holds a core,
+  that makes PyTorch's multi-threaded ops many times slower. "passive" (the default here) gives PyTorch
+  its best showing there; "default" leaves the environment as it is.
+  """
+  if wait_policy != "default":
+    os.environ["OMP_WAIT_POLICY"] = wait_policy.upper()
+  import torch
+  return torch
+
+
 def default_json(name: str) -> str:
   return os.path.join(RESULTS_DIR, f"{name}.json")
 
@@ -67,13 +80,17 @@ def machine() -> dict[str, Any]:
       "optax": optax.__version__,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "commit": _git(),
+      # Settings that change the figures: XLA's CPU flags (e.g. YNN fusion off) and OpenMP's wait
+      # policy (PyTorch's threads), as this process saw them.
+      "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")
+              if k in os.environ},
   }
 
 
 def describe(m: Mapping[str, Any]) -> str:
   return (f"{m['date_utc']} UTC | {m['cpu']}, {m['nproc']} cores ({'/'.join(m['isa'])}), "
           f"{m['memory_gib']} GiB | jax {m['jax']}, flax {m['flax']} | {m['devices']} | "
-          f"commit {m['commit']}")
+          f"commit {m['commit']}" + (f" | env {m['env']}" if m.get("env") else ""))
 
 
 class MatmulPeak:

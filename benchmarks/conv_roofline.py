@@ -2,8 +2,8 @@ r"""The convolutions of a config's U-Net alone: forward + both gradients, each s
 in JAX (XLA:CPU) and PyTorch (oneDNN), alternating with the matmul peak. The total says what fraction of
 the matmul peak the train step could reach if everything but its convolutions were free.
 
-  python -m benchmarks.conv_roofline --config=small
-  python -m benchmarks.conv_roofline --config=small --no_torch --json=/tmp/conv_roofline.json
+  python3 -m benchmarks.conv_roofline --config=small
+  python3 -m benchmarks.conv_roofline --config=small --no_torch --json=/tmp/conv_roofline.json
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def jax_conv(x_shape, k_shape, strides):
 
 
 def torch_conv(x_shape, k_shape, strides, threads: int):
-  import torch
+  import torch  # imported by main() through common.import_torch (OpenMP passive wait)
   b, h, w, cin = x_shape
   kh, kw, _, cout = k_shape
   x = torch.randn(b, cin, h, w, requires_grad=True)
@@ -91,9 +91,10 @@ def main():
 
   machine = common.machine()
   if not args.no_torch:
-    import torch
+    torch = common.import_torch("passive")
     args.torch_threads = args.torch_threads or len(os.sched_getaffinity(0))
-    machine["torch"] = f"{torch.__version__}, {args.torch_threads} threads"
+    machine["torch"] = (f"{torch.__version__}, {args.torch_threads} threads, "
+                        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
   print(common.describe(machine), flush=True)
   config = setups.get_config("" if args.config == "default" else args.config)
   shapes = conv_shapes(config)

@@ -1,8 +1,8 @@
 r"""Is a 2048 x 2048 float32 jnp.dot a fair "matmul peak" for this machine? Square float32 matmuls of
 several sizes through XLA (jnp.dot), NumPy's BLAS and PyTorch (if installed), timed in alternation.
 
-  python -m benchmarks.matmul_peak
-  python -m benchmarks.matmul_peak --sizes=1024,2048,4096 --json=/tmp/matmul_peak.json
+  python3 -m benchmarks.matmul_peak
+  python3 -m benchmarks.matmul_peak --sizes=1024,2048,4096 --json=/tmp/matmul_peak.json
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ def main():
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--json", default=common.default_json("matmul_peak"))
   args = parser.parse_args()
-  machine = common.machine()
-  print(common.describe(machine), flush=True)
   try:
-    import torch
+    torch = common.import_torch("passive")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
   except ImportError:
     torch = None
+  machine = common.machine()
+  print(common.describe(machine), flush=True)
   rows, results = [], []
   for n in [int(s) for s in args.sizes.split(",")]:
     peak = common.MatmulPeak(n)

@@ -6,8 +6,8 @@ donated arguments; plus the state's bytes per device computed from its shardings
 optimizer state). Data-parallel: mesh data=8, parameters replicated. FSDP: mesh fsdp=8 with
 config.fsdp=True (parameter dimensions named "channels_out", else "channels_in", split 8 ways).
 
-  python -m benchmarks.memory                       # smoke, small, default
-  python -m benchmarks.memory --configs=small --json=/tmp/memory.json
+  python3 -m benchmarks.memory                       # smoke, small, default
+  python3 -m benchmarks.memory --configs=small --json=/tmp/memory.json
 """
 
 from __future__ import annotations

@@ -1,14 +1,21 @@
 r"""Where a train step's time goes: per-op timings from a jax.profiler trace, joined with the compiled HLO
 (op kinds and, for convolutions and dots, their FLOPs); optionally the PyTorch step's per-op profile.
 
-  python -m benchmarks.profile_step --config=small                 # the library's imglabel step
-  python -m benchmarks.profile_step --config=small --image_only --torch --json=/tmp/profile.json
+  python3 -m benchmarks.profile_step --config=small                 # the library's imglabel step
+  python3 -m benchmarks.profile_step --config=small --image_only --torch --json=/tmp/profile.json
 
 Categories: "conv" and "dot" (an XLA fusion holding a convolution or dot, with its FLOPs), "reduce"
 (GroupNorm statistics and other reductions), "transpose/copy", "elementwise" (loop fusions), "control"
 (while, conditional, call: their own time is the wait for their bodies). Times are summed over the
 XLA worker threads, so with 2 threads the total can exceed the wall time; each op's time is its median
 over the traced steps (a shared machine preempts ops now and then).
+
+Check "coverage" (op-seconds over wall seconds x cores) before reading the conv row: the trace events of
+XLA:CPU's YNN fusions cover their work, but with YNN fusion off
+(XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=) a convolution runs asynchronously on Eigen's thread
+pool and its event holds only the launch (GFLOP/s far above the matmul peak, coverage well below 1).
+Then take the convolutions' time from benchmarks/conv_roofline.py instead; the other categories still
+hold.
 """
 
 from __future__ import annotations
@@ -174,6 +181,7 @@ def jax_profile(step: setups.TrainStep, steps: int, top: int) -> dict:
   busy = sum(c["seconds"] for k, c in categories.items() if k != "control")
   return {
       "wall_s_per_step_traced": wall, "op_seconds_per_step": busy,
+      "coverage": busy / (wall * len(os.sched_getaffinity(0))),
       "ops_per_step": len(ops) / steps, "xla_flops_per_step": step.flops,
       "categories": {k: dict(v) for k, v in sorted(categories.items(), key=lambda kv: -kv[1]["seconds"])},
       "parts": {k: dict(v) for k, v in sorted(parts.items(), key=lambda kv: -kv[1]["seconds"])},
@@ -184,7 +192,7 @@ def jax_profile(step: setups.TrainStep, steps: int, top: int) -> dict:
 
 def torch_profile(config, alpha_bars, steps: int, top: int, channels_last: bool,
                   threads: int) -> dict:
-  import torch
+  torch = common.import_torch("passive")
   from torch.profiler import ProfilerActivity, profile
 
   from benchmarks import torch_unet
@@ -224,7 +232,8 @@ def main():
             "load_before": common.load(), "jax": jax_profile(step, args.steps, args.top)}
   j = result["jax"]
   print(f"JAX step: {j['wall_s_per_step_traced']:.3f} s/step traced, {j['ops_per_step']:.0f} ops, "
-        f"{j['op_seconds_per_step']:.3f} op-seconds/step (summed over threads)", flush=True)
+        f"{j['op_seconds_per_step']:.3f} op-seconds/step (summed over threads), coverage "
+        f"{j['coverage']:.2f} of wall x cores", flush=True)
   common.print_table(
       "JAX step by op category (per step; op time summed over XLA threads)",
       ["category", "ops", "seconds", "share", "GFLOP", "GFLOP/s"],

@@ -6,8 +6,8 @@ initial noise and the final read-out; the step index and key are traced argument
 recompiles. Both run joint (unconditional) generation with random parameters of the config (speed does
 not depend on the weights). The two variants are timed in alternation within the run.
 
-  python -m benchmarks.sampling                                   # small config, batch 8
-  python -m benchmarks.sampling --batch_sizes=1,8 --ancestral_steps=200 --json=/tmp/sampling.json
+  python3 -m benchmarks.sampling                                   # small config, batch 8
+  python3 -m benchmarks.sampling --batch_sizes=1,8 --ancestral_steps=200 --json=/tmp/sampling.json
 
 The last columns bound what compiling the loop can save: the host time the Python loop spends issuing
 its calls (overlapped with the computation), and the same two loops around a step that only scales z.

@@ -8,9 +8,9 @@ default), the step and the matmul timed in alternation within the run. Then the 
 over the image-only baseline configs/baseline_uncond.py (the same config without the label modality:
 same backbone, one head), also in alternation.
 
-  python -m benchmarks.train_step                         # smoke, small, default; then multitask
-  python -m benchmarks.train_step --configs=small --rounds=9 --json=/tmp/train_step.json
-  python -m benchmarks.train_step --dtype=bfloat16 --matmul_n=8192 --reps=20 --matmul_reps=20  # a GPU
+  python3 -m benchmarks.train_step                         # smoke, small, default; then multitask
+  python3 -m benchmarks.train_step --configs=small --rounds=9 --json=/tmp/train_step.json
+  python3 -m benchmarks.train_step --dtype=bfloat16 --matmul_n=8192 --reps=20 --matmul_reps=20  # a GPU
 """
 
 from __future__ import annotations

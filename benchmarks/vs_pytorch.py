@@ -4,13 +4,19 @@ Contenders (all on the image-only config: the library's U-Net and image head; no
   jax_library: mmdiff_jax's own train step (state_lib.make_train_step: loss, the bound terms as metrics,
                clipping, AdamW, EMA, the non-finite guard; jitted, donated);
   jax_bare:    the minimal JAX step, exactly the PyTorch step's work (loss, clipping, AdamW, EMA);
-  torch:       benchmarks/torch_unet.py (eager, torch.set_num_threads = the core count);
-  torch_1thread: the same PyTorch step on one thread (on a shared machine, OpenMP threads that spin
-               while a core is taken by another job can make the multi-threaded step many times slower).
-Parameter counts are printed for all of them. Needs torch: pip install -e '.[bench]'.
+  torch:       benchmarks/torch_unet.py (eager, torch.set_num_threads = --threads, default the cores);
+  torch_1thread: the same PyTorch step on one thread.
+PyTorch's OpenMP threads spin while they wait (OMP_WAIT_POLICY=active, libgomp's default): on a shared
+machine, when another job holds a core, the spinning threads make the multi-threaded step many times
+slower. This script sets OMP_WAIT_POLICY=passive before importing torch (--omp_wait_policy=default
+leaves libgomp's default), and the "faster torch setting" column takes the faster of the two PyTorch
+contenders in each round: the comparison is against PyTorch's best showing on this machine.
+The parameter counts must agree (the script stops otherwise); batch and optimizer come from the same
+config (torch_unet.TrainStep).
+Needs torch: pip install -e '.[bench]'.
 
-  python -m benchmarks.vs_pytorch                      # small config (batch 48)
-  python -m benchmarks.vs_pytorch --config=smoke --rounds=9 --json=/tmp/vs_pytorch.json
+  python3 -m benchmarks.vs_pytorch                      # small config (batch 48)
+  python3 -m benchmarks.vs_pytorch --config=smoke --rounds=9 --json=/tmp/vs_pytorch.json
 """
 
 from __future__ import annotations
@@ -81,12 +87,15 @@ def main():
   parser.add_argument("--reps", type=int, default=3, help="steps per contender per round")
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the core count)")
   parser.add_argument("--channels_last", action="store_true", help="torch channels_last layout")
+  parser.add_argument("--omp_wait_policy", default="passive", choices=["passive", "active", "default"],
+                      help="OMP_WAIT_POLICY for PyTorch's threads, set before torch is imported "
+                           "('default': leave the environment's)")
   parser.add_argument("--no_single_thread", action="store_true",
                       help="skip the one-thread PyTorch contender")
   parser.add_argument("--json", default=common.default_json("vs_pytorch"))
   args = parser.parse_args()
 
-  import torch
+  torch = common.import_torch(args.omp_wait_policy)
 
   from benchmarks import torch_unet
 
