@@ -41,8 +41,8 @@ def default_config() -> ml_collections.ConfigDict:
       raw_dir="/usr/share/datasets/fashion-mnist",  # raw idx files (apt-get install dataset-fashion-mnist)
       image_size=32,  # 28 (as stored) or 32 (padded with background, so the U-Net can halve it 3 times)
       channels=1,  # image channels (the diffusion space is image_size x image_size x channels)
-      image_key="image",  # feature names in the TFDS dataset
-      label_key="label",
+      image_key="image",  # feature holding the uint8 image in the TFDS dataset
+      label_key="label",  # feature holding the integer class label in the TFDS dataset
       derived=(),  # derived features (mmdiff_jax/data/derived.py), e.g. ("garment_segmentation",)
   ))
 
@@ -58,28 +58,41 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
   c.model = ml_collections.ConfigDict(dict(
-      base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+      base_channels=128,  # U-Net channels at the first resolution
+      channel_mults=(1, 2, 2, 2),  # channel multiplier per resolution level (each halves the size)
+      num_res_blocks=2,  # residual blocks per resolution
       attention_resolutions=(16, 8),  # feature-map sizes with self-attention
-      num_heads=4, dropout=0.1, num_groups=32,
+      num_heads=4,  # attention heads
+      dropout=0.1,  # dropout in the residual blocks
+      num_groups=32,  # GroupNorm groups (must divide base_channels)
       dtype="float32",  # activations: "float32" or "bfloat16" (parameters stay float32)
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-4, warmup_steps=1000,  # linear warmup, then constant
-      grad_clip_norm=1.0, b1=0.9, b2=0.999, weight_decay=0.0))
+      learning_rate=2e-4,  # AdamW learning rate after warmup (then constant)
+      warmup_steps=1000,  # linear warmup from 0 to learning_rate
+      grad_clip_norm=1.0,  # clip gradients to this global norm
+      b1=0.9,  # Adam beta1
+      b2=0.999,  # Adam beta2
+      weight_decay=0.0,  # decoupled weight decay (AdamW); 0: plain Adam
+  ))
 
   c.training = ml_collections.ConfigDict(dict(
       batch_size=128,  # global, over all devices and processes
-      num_steps=100_000,
-      ema_decay=0.9999,
+      num_steps=100_000,  # optimizer steps in all (a resumed run continues up to this)
+      ema_decay=0.9999,  # decay of the EMA of the parameters (used to sample and evaluate)
       log_every=100,  # steps between progress lines / metrics.jsonl rows
       save_every=5000,  # steps between checkpoints (at most this many are lost to a kill)
       sample_every=10_000,  # steps between sample grids
-      keep_checkpoints=3,
+      keep_checkpoints=3,  # newest checkpoints kept in WORKDIR/checkpoints
       max_nonfinite_steps=10,  # stop after this many skipped (non-finite) updates in a row; 0: never
   ))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # device mesh; one size may be -1
+  # Device mesh ("data" x "fsdp" = all devices); one size may be -1 (filled from the device count).
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,  # data-parallel axis: the batch is split over it
+      fsdp=1,  # FSDP axis: the batch, and with fsdp=True the parameters and optimizer state
+  ))
   c.fsdp = False  # shard parameters and optimizer state over the "fsdp" mesh axis
 
   # Processes (mmdiff_jax/training/distributed.py; launch/). Each key may also come from the
@@ -89,8 +102,8 @@ def default_config() -> ml_collections.ConfigDict:
       mode="auto",  # auto: explicit if the three keys below are set, else JAX's detection on a
                     # TPU VM / under srun / mpirun, else one process; or single | cluster | explicit
       coordinator_address=ml_collections.config_dict.placeholder(str),  # "host:port" of process 0
-      num_processes=ml_collections.config_dict.placeholder(int),
-      process_id=ml_collections.config_dict.placeholder(int),
+      num_processes=ml_collections.config_dict.placeholder(int),  # processes in the job
+      process_id=ml_collections.config_dict.placeholder(int),  # this process, 0 .. num_processes - 1
       local_device_count=ml_collections.config_dict.placeholder(int),  # simulated CPU devices
       initialization_timeout=300,  # seconds to wait for every process to join
   ))
@@ -105,8 +118,9 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Evaluation (mmdiff_jax/evaluation/harness.py): pinned test split, counts and seed.
   c.eval = ml_collections.ConfigDict(dict(
-      sampler="ddim", num_steps=20,  # the sampler of every evaluator
-      batch_size=500,
+      sampler="ddim",  # the sampler of every evaluator: "ddim" or "ancestral"
+      num_steps=20,  # its DDIM steps
+      batch_size=500,  # test examples per sampler call
       num_examples=10_000,  # test examples for image -> label, image -> segmentation, inpainting
       num_generated=10_000,  # joint samples for the Frechet AlexNet distance and precision/recall
       mask_ratios=(0.1, 0.3, 0.5, 0.7),  # inpainting is reported per masked fraction
@@ -115,7 +129,7 @@ def default_config() -> ml_collections.ConfigDict:
                       "embedding_consistency"),
       classifier_workdir=ml_collections.config_dict.placeholder(str),  # a trained configs/classifier.py
                                                                        # run, for label agreement
-      seed=0,
+      seed=0,  # seed of the evaluators' sampling and test masks
   ))
   return c
 

@@ -5,13 +5,12 @@ with --evaluators) and writes WORKDIR/eval_metrics.json.
 """
 
 import json
-import os
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES, run_evaluators
+from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES, run_evaluators, save_eval_metrics
 from mmdiff_jax.training import distributed
 from mmdiff_jax.training.train import restore_latest
 
@@ -24,17 +23,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES) -> dict:
-  """Restores the newest checkpoint's EMA parameters, runs the evaluators, writes eval_metrics.json."""
+  """Restores the newest checkpoint's EMA parameters, runs the evaluators, merges their metrics into
+  eval_metrics.json (those of other evaluators at the same step are kept); returns this call's."""
   unknown = set(evaluators) - set(EVALUATOR_NAMES)
   if unknown:
     raise ValueError(f"--evaluators: unknown {sorted(unknown)}; expected names from {EVALUATOR_NAMES}")
   experiment, step, state = restore_latest(config, workdir)
   results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators)}
+  save_eval_metrics(workdir, step, results)
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "eval_metrics.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
     print(json.dumps(results, indent=1), flush=True)
   return results
 

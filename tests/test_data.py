@@ -187,6 +187,15 @@ def test_unprepared_tfds_dataset_error(tmp_path):
     pipeline.load_source(cfg, "train")
 
 
+def test_choose_fashion_mnist(prepared, tmp_path):
+  # Prepared here, or raw files installed: our offline builder; neither: TFDS's own (downloaded only
+  # when allowed; here it is not, and the error names the dataset and data dir).
+  assert pipeline.choose_fashion_mnist(prepared["data_dir"], "/nonexistent/raw") == "fashion_mnist_offline"
+  assert pipeline.choose_fashion_mnist(str(tmp_path / "empty"), fm.DEFAULT_RAW_DIR) == "fashion_mnist_offline"
+  with pytest.raises(pipeline.DatasetNotPreparedError, match=r"'fashion_mnist'.*download=False"):
+    pipeline.choose_fashion_mnist(str(tmp_path / "empty"), "/nonexistent/raw", download=False)
+
+
 def test_data_dir_none_uses_tfds_data_dir_env(prepared, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", prepared["data_dir"])
   # A missing raw_dir proves the already prepared data was found (no re-prep).

@@ -206,6 +206,34 @@ def get_builder(data_config) -> tfds.core.DatasetBuilder:
   return builder
 
 
+def choose_fashion_mnist(data_dir: str | None = None, raw_dir: str | None = None, *,
+                         download: bool = True) -> str:
+  """The `config.data.name` to use for Fashion-MNIST on this machine (notebooks, Colab).
+
+  "fashion_mnist_offline" (our builder) when it is prepared in the TFDS data dir or the raw files are
+  installed (`apt-get install dataset-fashion-mnist`); otherwise TFDS's standard "fashion_mnist",
+  which with download=True is downloaded and prepared once in array_record format (that needs
+  internet access and TensorFlow, as on Colab; reading it back needs neither). This is the only place
+  mmdiff_jax downloads anything, and only when asked to.
+  """
+  data_dir = _resolve_data_dir(data_dir)
+  raw_dir = raw_dir or fashion_mnist.DEFAULT_RAW_DIR
+  offline = fashion_mnist.FashionMnistOffline(data_dir=data_dir, raw_dir=raw_dir)
+  if _is_prepared(offline):
+    return OFFLINE_FASHION_MNIST
+  with contextlib.suppress(FileNotFoundError):
+    fashion_mnist.check_raw_files(raw_dir)
+    return OFFLINE_FASHION_MNIST
+  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
+  if not _is_prepared(builder):
+    if not download:
+      raise DatasetNotPreparedError(_not_prepared_message("fashion_mnist", data_dir,
+                                                          "download=False"))
+    print(f"No offline Fashion-MNIST in {raw_dir}: downloading TFDS 'fashion_mnist' to {data_dir}.")
+    builder.download_and_prepare(file_format="array_record")
+  return "fashion_mnist"
+
+
 def load_source(data_config, split: str):
   """Returns a random-access data source for one split.
 

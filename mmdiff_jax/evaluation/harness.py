@@ -242,6 +242,24 @@ EVALUATORS: dict[str, Evaluator] = {
 EVALUATOR_NAMES = tuple(EVALUATORS)
 
 
+def save_eval_metrics(workdir: str, step: int, results: dict[str, Any]) -> dict[str, Any]:
+  """Merges `results` into WORKDIR/eval_metrics.json (replacing it if it was for another step);
+  returns the merged dict. Process 0 writes; the file is replaced atomically."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  path = epath.Path(workdir) / "eval_metrics.json"
+  merged = json.loads(path.read_text()) if path.exists() else {}
+  if merged.get("step") != step:
+    merged = {}
+  merged.update({"step": step, **results})
+  if "eval/label_agreement" in results:  # measured now: drop an earlier run's "skipped" note
+    merged.pop("eval/label_agreement_skipped", None)
+  if jax.process_index() == 0:
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(json.dumps(merged, indent=1))
+    tmp.replace(path)
+  return merged
+
+
 def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES) -> dict[str, Any]:
   """Runs the named evaluators that apply to this experiment; returns {"eval/<metric>": value}.
 

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from mmdiff_jax.config import validate_config
 from mmdiff_jax.data import pipeline
 from mmdiff_jax.data.checks import check_batch
-from mmdiff_jax.evaluation.harness import run_evaluators
+from mmdiff_jax.evaluation.harness import run_evaluators, save_eval_metrics
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import distributed
@@ -314,7 +314,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                               final_step, class_names=names)
   results.update(run_evaluators(experiment, state.ema_params, config,
                                 names=config.eval.after_training))
-  writer.write(final_step, {k: v for k, v in results.items() if k != "sample_grids"})
+  evaluated = {k: v for k, v in results.items() if k != "sample_grids"}
+  writer.write(final_step, evaluated)
+  if evaluated:
+    save_eval_metrics(workdir, final_step, evaluated)
   if jax.process_index() == 0:
     print(f"Done at step {final_step}: {json.dumps(results)}", flush=True)
   checkpointer.close()

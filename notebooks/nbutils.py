@@ -1,0 +1,175 @@
+"""Small helpers shared by the notebooks: choosing the dataset, showing images and plots.
+
+Plots use matplotlib when it is installed (as on Colab) and fall back to plain PIL images otherwise,
+so the notebooks run with nothing beyond the package's own dependencies.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+try:  # optional
+  import matplotlib.pyplot as plt
+except ImportError:  # pragma: no cover - depends on the environment
+  plt = None
+
+QUICK = os.environ.get("MMDIFF_NOTEBOOK_QUICK", "0") == "1"  # set by tests/test_notebooks.py
+
+
+# --------------------------------------------------------------------------- data
+
+
+def fashion_mnist_name(data_dir: str | None = None, raw_dir: str | None = None) -> str:
+  """The `config.data.name` for Fashion-MNIST here (offline files, else TFDS's, downloaded once)."""
+  from mmdiff_jax.data import pipeline
+
+  return pipeline.choose_fashion_mnist(data_dir, raw_dir)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _font():
+  return ImageFont.load_default()
+
+
+def to_uint8(images) -> np.ndarray:
+  """Images in [-1, 1] (B, H, W[, C]) -> uint8 (B, H, W, 3)."""
+  x = np.asarray(images, np.float32)
+  if x.ndim == 3:
+    x = x[..., None]
+  x = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+# 11 distinct colours for segmentation maps: background black, then one per class.
+PALETTE = np.array([
+    [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+], np.uint8)
+
+
+def colorize(maps) -> np.ndarray:
+  """Integer maps (B, H, W) -> uint8 (B, H, W, 3), one colour per class."""
+  maps = np.asarray(maps)
+  return PALETTE[np.clip(maps, 0, len(PALETTE) - 1)]
+
+
+def grid(rows: Sequence, *, row_titles: Sequence[str] | None = None,
+         captions: Sequence[Sequence[str]] | None = None, scale: int = 2) -> Image.Image:
+  """A PIL image of rows of pictures.
+
+  Args:
+    rows: each an array (B, H, W[, C]), float in [-1, 1] or uint8 RGB (e.g. from `colorize`).
+    row_titles: a title left of each row.
+    captions: per row, a caption under each picture.
+  """
+  rows = [np.asarray(r) if np.asarray(r).dtype == np.uint8 and np.asarray(r).ndim == 4
+          else to_uint8(r) for r in rows]
+  height, width = rows[0].shape[1:3]
+  cell_w, cell_h = width * scale + 4, height * scale + (12 if captions else 0) + 4
+  title_w = 8 + 6 * max((len(t) for t in row_titles), default=0) if row_titles else 0
+  columns = max(len(r) for r in rows)
+  canvas = Image.new("RGB", (title_w + columns * cell_w, len(rows) * cell_h), "white")
+  draw = ImageDraw.Draw(canvas)
+  for i, row in enumerate(rows):
+    y = i * cell_h + 2
+    if row_titles:
+      draw.text((4, y + height * scale // 2 - 5), row_titles[i], fill="black", font=_font())
+    for j, picture in enumerate(row):
+      x = title_w + j * cell_w + 2
+      tile = Image.fromarray(picture).resize((width * scale, height * scale), Image.NEAREST)
+      canvas.paste(tile, (x, y))
+      if captions and captions[i] is not None and j < len(captions[i]):
+        draw.text((x, y + height * scale), str(captions[i][j])[: max(3, width * scale // 6)],
+                  fill="black", font=_font())
+  return canvas
+
+
+def show(image) -> None:
+  """Displays a PIL image or a PNG file in the notebook."""
+  from IPython.display import Image as IPythonImage, display
+  if isinstance(image, (str, os.PathLike)):
+    display(IPythonImage(filename=os.fspath(image)))
+  else:
+    display(image)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def line_plot(series: Mapping[str, tuple], *, title: str = "", xlabel: str = "", ylabel: str = "",
+              logy: bool = False, size=(6.0, 3.2)) -> None:
+  """Shows one line per entry {label: (x, y)}: matplotlib if installed, else a simple PIL chart."""
+  if plt is not None:
+    figure, axes = plt.subplots(figsize=size)
+    for label, (x, y) in series.items():
+      axes.plot(np.asarray(x), np.asarray(y), label=label)
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if logy:
+      axes.set_yscale("log")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    plt.show()
+    plt.close(figure)
+    return
+  show(_pil_line_plot(series, title=title, xlabel=xlabel, ylabel=ylabel, logy=logy))
+
+
+def _pil_line_plot(series, *, title, xlabel, ylabel, logy, width=640, height=340) -> Image.Image:
+  left, right, top, bottom = 70, 150, 28, 40
+  canvas = Image.new("RGB", (width, height), "white")
+  draw = ImageDraw.Draw(canvas)
+  font = _font()
+  transform = (lambda v: np.log10(np.maximum(v, 1e-30))) if logy else (lambda v: v)
+  xs = np.concatenate([np.asarray(x, np.float64).ravel() for x, _ in series.values()])
+  ys = np.concatenate([transform(np.asarray(y, np.float64).ravel()) for _, y in series.values()])
+  x0, x1 = float(xs.min()), float(xs.max())
+  y0, y1 = float(np.nanmin(ys)), float(np.nanmax(ys))
+  if not logy and 0.0 <= y0 < 0.2 * (y1 - y0):
+    y0 = 0.0  # start the axis at 0 when the data almost does
+  if y1 - y0 < 1e-12:
+    y0, y1 = y0 - 1.0, y1 + 1.0
+  if x1 - x0 < 1e-12:
+    x1 = x0 + 1.0
+  pw, ph = width - left - right, height - top - bottom
+  px = lambda x: left + (x - x0) / (x1 - x0) * pw
+  py = lambda y: top + (1.0 - (y - y0) / (y1 - y0)) * ph
+  draw.rectangle([left, top, left + pw, top + ph], outline="black")
+  for k in range(5):
+    value = y0 + (y1 - y0) * k / 4
+    label = f"{10 ** value:.2g}" if logy else f"{value:.3g}"
+    draw.text((4, py(value) - 5), label, fill="black", font=font)
+    draw.line([left - 3, py(value), left, py(value)], fill="black")
+    xv = x0 + (x1 - x0) * k / 4
+    draw.text((px(xv) - 10, top + ph + 4), f"{xv:.0f}" if x1 - x0 >= 20 else f"{xv:.3g}",
+              fill="black", font=font)
+  draw.text((left, 8), title, fill="black", font=font)
+  draw.text((left + pw // 2 - 3 * len(xlabel), height - 16), xlabel, fill="black", font=font)
+  draw.text((4, top - 16), ylabel, fill="black", font=font)
+  for i, (label, (x, y)) in enumerate(series.items()):
+    color = _COLORS[i % len(_COLORS)]
+    points = [(px(a), py(b)) for a, b in zip(np.asarray(x, np.float64).ravel(),
+                                             transform(np.asarray(y, np.float64).ravel()))]
+    draw.line(points, fill=color, width=2)
+    draw.line([width - right + 8, top + 14 * i + 6, width - right + 28, top + 14 * i + 6],
+              fill=color, width=2)
+    draw.text((width - right + 32, top + 14 * i), label[:18], fill="black", font=font)
+  return canvas
+
+
+def table(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> None:
+  """Displays rows of dicts as a Markdown table."""
+  from IPython.display import Markdown, display
+  columns = list(columns or rows[0].keys())
+  fmt = lambda v: (f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "\\|")
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+  display(Markdown("\n".join(lines)))
