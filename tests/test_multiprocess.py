@@ -207,14 +207,18 @@ def test_launcher_stops_all_processes_when_one_fails(subprocess_env, tmp_path):
 
 def test_launcher_interrupted_stops_every_process(subprocess_env, tmp_path):
   log = tmp_path / "launcher.log"
-  with open(log, "w") as out:
-    launcher = subprocess.Popen(
-        ["bash", str(LAUNCHER), "--num_processes=2", "--devices_per_process=1", "--timeout=120",
-         "--grace=3", "--module=tests.multiprocess_worker", "--", "hang=1"],
-        cwd=ROOT, env=subprocess_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        # As from an interactive shell: a SIGINT that is ignored when bash starts cannot be trapped,
-        # and the pytest process may have it ignored by then.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # As from an interactive shell: a SIGINT that is ignored when bash starts cannot be trapped, and
+  # pytest has it ignored when started in the background by a script. A handler (unlike SIG_IGN) is
+  # reset to the default by exec, so install one around the start (no preexec_fn: JAX has threads).
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with open(log, "w") as out:
+      launcher = subprocess.Popen(
+          ["bash", str(LAUNCHER), "--num_processes=2", "--devices_per_process=1", "--timeout=120",
+           "--grace=3", "--module=tests.multiprocess_worker", "--", "hang=1"],
+          cwd=ROOT, env=subprocess_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+  finally:
+    signal.signal(signal.SIGINT, previous)
   try:
     deadline = time.monotonic() + 90
     while log.read_text().count(" pid ") < 2:

@@ -43,7 +43,7 @@ def test_claims_and_tables(tmp_path):
   assert "| **no** |" in lpips_claim and "@0.1: 0.40" in lpips_claim  # 0.1 / 0.25 = 0.4 > 1/3
   frechet = next(l for l in lines if "beats the unconditional baseline on the Fréchet" in l)
   assert "| **no** | 50.0 vs 40.0 |" in frechet
-  assert any("v-parameterization" in l and "| not run |" in l for l in lines)
+  assert any("v-prediction" in l and "| not run |" in l for l in lines)
   assert "| `recon_small` | 0.25 | 0.25 | 0.25 | 0.25 | 21 | 21 | 21 | 21 | 1500 steps x 48, 5.0 min" in text
   assert "100 steps x ?, 2.5 min train wall (from metrics.jsonl" in text
   assert "notes" not in text
