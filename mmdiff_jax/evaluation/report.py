@@ -147,6 +147,8 @@ def _agreement(joint):
 CLAIMS = (
     Claim("Multitask masked-region LPIPS at most 1/3 of the reconstruction-only baseline's at equal "
           "steps, every mask ratio", ("imgmask_small", "recon_small"), _lpips_ratio),
+    Claim("The same with v-prediction for MT-Diffusion", ("imgmask_v_small", "recon_small"),
+          _lpips_ratio),
     Claim("Label-aware joint generation beats the unconditional baseline on the Fréchet distance",
           ("imglabel_small", "uncond_small"), _frechet_better),
     Claim("The same with v-prediction in both runs",
