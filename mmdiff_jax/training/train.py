@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -66,7 +67,7 @@ def _command_line() -> str:
   program = sys.argv[0] if sys.argv else ""
   if program.endswith(os.path.join("mmdiff_jax", "main.py")):
     program = "python3 -m mmdiff_jax.main"
-  return " ".join([program, *sys.argv[1:]])
+  return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 
 class RunRecord:
