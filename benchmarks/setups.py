@@ -25,12 +25,7 @@ def get_config(variant: str, *, image_only: bool = False, **overrides: Any) -> m
   overrides: dotted keys, e.g. {"model.dtype": "bfloat16", "training.batch_size": 8}.
   """
   config = (baseline_uncond if image_only else imglabel).get_config(variant)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

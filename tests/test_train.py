@@ -24,12 +24,7 @@ from mmdiff_jax.training.checkpoint import Checkpointer
 def smoke_config(data_dir, **overrides):
   config = imglabel.get_config("smoke")
   config.data.data_dir = data_dir
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Callable
 
 import jax
@@ -51,12 +52,13 @@ def _spec(experiment, kind, *, conditions: bool = False):
 
 def _generation_conditions(experiment, config, count: int) -> list[dict[str, np.ndarray]]:
   """Per eval batch, the observed values of a class-conditional model's conditions (the test split's
-  labels, in order, so the generated set has the test set's class balance); [] batches of {} else."""
+  labels, in order, so the generated set has the test set's class balance); {} per batch otherwise
+  (without reading the data)."""
   conditions = [s for s in experiment.specs if s.is_condition]
-  batches = []
-  for batch, _ in _test_batches(config, count):
-    batches.append({s.name: batch[s.feature] for s in conditions})
-  return batches
+  if not conditions:
+    return [{}] * math.ceil(count / config.eval.batch_size)
+  return [{s.name: batch[s.feature] for s in conditions}
+          for batch, _ in _test_batches(config, count)]
 
 
 def _generate(experiment, params, config, seed_offset: int):
