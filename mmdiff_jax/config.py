@@ -36,7 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
   c.data = ml_collections.ConfigDict(dict(
-      name="fashion_mnist_offline",  # our offline builder; any other TFDS name must be prepared
+      name="fashion_mnist_offline",  # our offline builder (or "fashion_mnist_offline_alexnet": + a
+                                     # precomputed "embedding"); any other TFDS name must be prepared
       data_dir=ml_collections.config_dict.placeholder(str),  # TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
       raw_dir="/usr/share/datasets/fashion-mnist",  # raw idx files (apt-get install dataset-fashion-mnist)
       image_size=32,  # 28 (as stored) or 32 (padded with background, so the U-Net can halve it 3 times)
@@ -125,8 +126,8 @@ def default_config() -> ml_collections.ConfigDict:
       num_generated=10_000,  # joint samples for the Frechet AlexNet distance and precision/recall
       mask_ratios=(0.1, 0.3, 0.5, 0.7),  # inpainting is reported per masked fraction
       bound_batches=20,  # test batches for the variational bound in bits/dim
-      after_training=("label_accuracy", "segmentation_miou", "inpainting",  # run by main at the end
-                      "embedding_consistency"),
+      after_training=("label_accuracy", "segmentation_miou", "segmentation_agreement",  # run by main
+                      "inpainting", "embedding_consistency"),                      # at the end
       classifier_workdir=ml_collections.config_dict.placeholder(str),  # a trained configs/classifier.py
                                                                        # run, for label agreement
       seed=0,  # seed of the evaluators' sampling and test masks

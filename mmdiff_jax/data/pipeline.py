@@ -7,7 +7,9 @@ with the keys:
 
   name:       "fashion_mnist_offline" -> the offline Fashion-MNIST builder in
               ``mmdiff_jax.data.fashion_mnist``, prepared on first use into
-              ``data_dir`` from the raw IDX files in ``raw_dir``. Any other name
+              ``data_dir`` from the raw IDX files in ``raw_dir``;
+              "fashion_mnist_offline_alexnet" -> the same plus a precomputed
+              "embedding" per image (see that module). Any other name
               -> a TFDS dataset (``"name"``, ``"name:1.2.3"``,
               ``"name/config"``) that was already prepared in array_record
               format under ``data_dir``.
@@ -26,6 +28,9 @@ Batches (``make_iterator``) are dicts of numpy arrays:
   image: float32 (B, S, S, C) in [-1, 1] (C = 1 for Fashion-MNIST; 0 -> -1,
          255 -> +1),
   label: int32 (B,),
+  any other numeric feature the dataset stores, stacked as stored (e.g.
+         "embedding": float32 (B, 256)),
+  the features named in ``derived`` (``mmdiff_jax.data.derived``),
 
 where B = global_batch_size // process_count is the per-process batch.
 
@@ -57,6 +62,11 @@ from mmdiff_jax.data import fashion_mnist
 from mmdiff_jax.data.derived import derive
 
 OFFLINE_FASHION_MNIST = fashion_mnist.NAME
+# Datasets this package prepares itself from the raw files (never downloaded).
+OFFLINE_BUILDERS = {
+    fashion_mnist.NAME: fashion_mnist.FashionMnistOffline,
+    fashion_mnist.EMBEDDING_NAME: fashion_mnist.FashionMnistOfflineAlexnet,
+}
 
 _STATE_VERSION = 1
 
@@ -113,11 +123,12 @@ def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
 def prepare_fashion_mnist(
     *, data_dir: str | os.PathLike | None = None,
     raw_dir: str | os.PathLike | None = None,
+    name: str = OFFLINE_FASHION_MNIST,
 ) -> fashion_mnist.FashionMnistOffline:
-  """Prepares ``fashion_mnist_offline`` into data_dir once; returns the builder.
+  """Prepares ``name`` (one of OFFLINE_BUILDERS) into data_dir once; returns the builder.
 
   Safe when several processes call it at once: preparation runs under an
-  exclusive file lock ``<data_dir>/.fashion_mnist_offline.lock`` and TFDS
+  exclusive file lock ``<data_dir>/.<name>.lock`` and TFDS
   writes into a temporary ``incomplete.*`` directory that is renamed into place
   when done, so readers never see partial data. Later calls (in any process)
   just open the prepared files; the raw files are then not needed.
@@ -129,19 +140,19 @@ def prepare_fashion_mnist(
   """
   data_dir = _resolve_data_dir(data_dir)
   raw_dir = os.fspath(raw_dir) if raw_dir else fashion_mnist.DEFAULT_RAW_DIR
-  builder = fashion_mnist.FashionMnistOffline(data_dir=data_dir, raw_dir=raw_dir)
+  builder_class = OFFLINE_BUILDERS[name]
+  builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
   if _is_prepared(builder):
     return builder
   # Check before creating anything on disk, for a clear error.
   fashion_mnist.check_raw_files(raw_dir)
   os.makedirs(data_dir, exist_ok=True)
-  with _file_lock(os.path.join(data_dir, f".{OFFLINE_FASHION_MNIST}.lock")):
+  with _file_lock(os.path.join(data_dir, f".{name}.lock")):
     # Another process may have finished while we waited: re-open.
-    builder = fashion_mnist.FashionMnistOffline(data_dir=data_dir,
-                                                raw_dir=raw_dir)
+    builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
     if not _is_prepared(builder):
       logging.info("Preparing %s from %s into %s (one-time).",
-                   OFFLINE_FASHION_MNIST, raw_dir, data_dir)
+                   name, raw_dir, data_dir)
       builder.download_and_prepare(
           file_format="array_record",
           download_config=tfds.download.DownloadConfig(
@@ -150,8 +161,7 @@ def prepare_fashion_mnist(
               compute_stats=tfds.download.ComputeStatsMode.SKIP,
           ),
       )
-      builder = fashion_mnist.FashionMnistOffline(data_dir=data_dir,
-                                                  raw_dir=raw_dir)
+      builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
   return builder
 
 
@@ -181,9 +191,9 @@ def get_builder(data_config) -> tfds.core.DatasetBuilder:
   """
   name = _get(data_config, "name", OFFLINE_FASHION_MNIST)
   data_dir = _resolve_data_dir(_get(data_config, "data_dir"))
-  if name == OFFLINE_FASHION_MNIST:
+  if name in OFFLINE_BUILDERS:
     return prepare_fashion_mnist(data_dir=data_dir,
-                                 raw_dir=_get(data_config, "raw_dir"))
+                                 raw_dir=_get(data_config, "raw_dir"), name=name)
   try:
     # For registered names TFDS returns the code builder; for unknown names it
     # falls back to the prepared files (builder_from_directory).
@@ -303,6 +313,10 @@ class _ReadBatch:
     labels = np.asarray([r[self._label_key] for r in records], dtype=np.int32)
     batch = {"image": preprocess_images(images, image_size=self._image_size),
              "label": labels}
+    for key in records[0].keys() - {self._image_key, self._label_key}:
+      values = np.stack([np.asarray(r[key]) for r in records])
+      if np.issubdtype(values.dtype, np.number):  # stored features pass through as they are
+        batch[key] = values
     if self._with_index:
       batch["index"] = np.asarray(keys, dtype=np.int64)
     return derive(batch, self._derived, seed=self._seed, batch_index=batch_index,
@@ -328,6 +342,20 @@ def preprocess_images(images: np.ndarray, *, image_size: int) -> np.ndarray:
   out = np.full((b, image_size, image_size, c), -1.0, dtype=np.float32)
   out[:, pad:pad + h, pad:pad + w, :] = x
   return out
+
+
+def native_images(images: np.ndarray, *, native_size: int) -> np.ndarray:
+  """The inverse of preprocess_images' padding: (B, S, S, C) -> (B, N, N, C), N = native_size."""
+  s = images.shape[1]
+  _check_image_size((native_size, native_size), s)
+  pad = (s - native_size) // 2
+  return images[:, pad:pad + native_size, pad:pad + native_size]
+
+
+def native_image_size(data_config, split: str) -> int:
+  """The side of the images as the dataset stores them (28 for Fashion-MNIST)."""
+  source = load_source(data_config, split)
+  return int(np.asarray(source[0][_get(data_config, "image_key", "image")]).shape[0])
 
 
 def _check_image_size(native_hw: tuple[int, int], image_size: int) -> None:
@@ -519,6 +547,8 @@ __all__ = [
     "get_builder",
     "load_source",
     "make_iterator",
+    "native_image_size",
+    "native_images",
     "num_examples",
     "prepare_fashion_mnist",
     "preprocess_images",

@@ -43,6 +43,8 @@ import numpy as np
 FEATURE_DIMS = {"relu1": 64, "relu2": 192, "relu3": 384, "relu4": 256, "relu5": 256}
 #: The default feature layer: the last conv layer (conv5 + ReLU), global-average pooled -> 256-d.
 DEFAULT_LAYER = "relu5"
+#: Size of ``image_embedding``: the pooled relu5 channels.
+EMBEDDING_DIM = FEATURE_DIMS[DEFAULT_LAYER]
 #: The default side length images are resized to before AlexNet (see the module docstring).
 DEFAULT_RESOLUTION = 64
 #: Smallest side AlexNet's conv/pool stack accepts (every ReLU output is at least 1x1).
@@ -179,3 +181,15 @@ def lpips_distance(images_a, images_b, *, resolution: int | None = DEFAULT_RESOL
   params = _weights()
   fn = lambda a, b: _lpips_fn(params, a, b, resolution=resolution)
   return _chunked(fn, [images_a, images_b], batch_size, ())
+
+
+def image_embedding(images) -> np.ndarray:
+  """The representation imgemb models generate beside the image: (B, H, W[, C]) in [-1, 1] ->
+  (B, EMBEDDING_DIM) float32, the default AlexNet features scaled to unit root-mean-square per image
+  (so its scale matches the other modalities' encodings whatever the image statistics).
+
+  Computed on images at the dataset's stored size (``fashion_mnist_offline_alexnet`` precomputes
+  it; evaluators crop generated images back to that size first).
+  """
+  x = alexnet_features(images)
+  return x / np.sqrt(np.mean(np.square(x), axis=1, keepdims=True) + 1e-12)

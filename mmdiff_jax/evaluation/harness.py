@@ -140,13 +140,46 @@ def generation(experiment, params, config) -> dict[str, float]:
           "precision": pr.precision, "recall": pr.recall, "generated_examples": len(fake_features)}
 
 
+def segmentation_pair_agreement(images: np.ndarray, maps: np.ndarray,
+                                num_classes: int) -> dict[str, float]:
+  """How well generated maps fit their generated images, by the rule that derived the training maps.
+
+  Args: images: float (B, H, W, 1) in [-1, 1]; maps: int (B, H, W), 0 = background, 1 + class.
+  Returns: "pair_miou": mIoU between each map and the map derived from its image
+  (derived.garment_segmentation) with the map's own majority foreground class (so both the garment's
+  extent and the map's class consistency count); "pair_foreground_iou": IoU of map > 0 and the
+  image's ink alone.
+  """
+  maps = np.asarray(maps)
+  counts = np.stack([np.sum(maps == c, axis=(1, 2)) for c in range(1, num_classes)], axis=1)
+  classes = np.argmax(counts, axis=1).astype(np.int32)  # no foreground at all: class 0
+  rederived = derived.garment_segmentation({"image": np.asarray(images), "label": classes},
+                                           None)["segmentation"]
+  return {"pair_miou": metrics.mean_iou(maps, rederived, num_classes),
+          "pair_foreground_iou": float(metrics.per_class_iou(maps > 0, rederived > 0, 2)[1])}
+
+
+def segmentation_agreement(experiment, params, config) -> dict[str, float]:
+  """Joint (image, map) samples: segmentation_pair_agreement of the generated pairs."""
+  base, seg = experiment.specs[0], _spec(experiment, "segmentation")
+  outs = _generate(experiment, params, config, 5)
+  agreement = segmentation_pair_agreement(np.concatenate([np.asarray(o[base.name]) for o in outs]),
+                                          np.concatenate([np.asarray(o[seg.name]) for o in outs]),
+                                          seg.num_classes)
+  return {**{f"{seg.name}_{k}": v for k, v in agreement.items()},
+          f"{seg.name}_pair_examples": sum(len(o[seg.name]) for o in outs)}
+
+
 def embedding_consistency(experiment, params, config) -> dict[str, float]:
   """Joint samples: cosine similarity between the generated embedding and the embedding of the
-  generated image (the same AlexNet features the data pipeline derives)."""
+  generated image (features.image_embedding, as precomputed in the dataset, on the image cropped back
+  to the dataset's stored size)."""
   base, emb = experiment.specs[0], _spec(experiment, "embedding")
+  native_size = pipeline.native_image_size(config.data, SPLIT)
   cosines = []
   for out in _generate(experiment, params, config, 3):
-    of_image = derived.alexnet_embedding({"image": np.asarray(out[base.name])}, None)["embedding"]
+    of_image = features.image_embedding(
+        pipeline.native_images(np.asarray(out[base.name]), native_size=native_size))
     cosines.append(metrics.cosine_similarity(np.asarray(out[emb.name]), of_image))
   cosines = np.concatenate(cosines)
   return {f"{emb.name}_cosine": float(np.mean(cosines)), f"{emb.name}_cosine_examples": len(cosines)}
@@ -220,11 +253,13 @@ def bound(experiment, params, config) -> dict[str, float]:
 class Evaluator:
   """needs: the modality kind the model must generate from an observation (None: any); generative:
   whether it samples from the model (so not for predictor baselines); conditions: whether a
-  conditioning modality of that kind counts too."""
+  conditioning modality of that kind counts too; unavailable: config -> why it cannot run with this
+  config (None: it can), recorded as "eval/<name>_skipped" instead of failing a run."""
   evaluate: Callable[..., dict[str, Any]]
   needs: str | None = None
   generative: bool = False
   conditions: bool = False
+  unavailable: Callable[[Any], str | None] = lambda config: None
 
   def applies(self, experiment) -> bool:
     if self.generative and not experiment.is_generative:
@@ -238,7 +273,14 @@ EVALUATORS: dict[str, Evaluator] = {
     "inpainting": Evaluator(inpainting, needs="masked_image"),
     "embedding_consistency": Evaluator(embedding_consistency, needs="embedding", generative=True),
     "generation": Evaluator(generation, generative=True),
-    "label_agreement": Evaluator(label_agreement, needs="label", generative=True, conditions=True),
+    "segmentation_agreement": Evaluator(
+        segmentation_agreement, needs="segmentation", generative=True,
+        unavailable=lambda config: None if "garment_segmentation" in config.data.derived else
+        "defined for maps derived by garment_segmentation (config.data.derived) only"),
+    "label_agreement": Evaluator(
+        label_agreement, needs="label", generative=True, conditions=True,
+        unavailable=lambda config: None if config.eval.classifier_workdir else
+        "config.eval.classifier_workdir is not set"),
     "bound": Evaluator(bound, generative=True),
 }
 EVALUATOR_NAMES = tuple(EVALUATORS)
@@ -252,9 +294,11 @@ def save_eval_metrics(workdir: str, step: int, results: dict[str, Any]) -> dict[
   merged = json.loads(path.read_text()) if path.exists() else {}
   if merged.get("step") != step:
     merged = {}
-  merged.update({"step": step, **results})
-  if "eval/label_agreement" in results:  # measured now: drop an earlier run's "skipped" note
-    merged.pop("eval/label_agreement_skipped", None)
+  evaluated = list(dict.fromkeys([*merged.get("eval/evaluated", []),
+                                  *results.get("eval/evaluated", [])]))
+  merged.update({"step": step, **results, "eval/evaluated": evaluated})
+  for name in results.get("eval/evaluated", []):  # measured now: drop an earlier call's skip note
+    merged.pop(f"eval/{name}_skipped", None)
   if jax.process_index() == 0:
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(json.dumps(merged, indent=1))
@@ -263,18 +307,19 @@ def save_eval_metrics(workdir: str, step: int, results: dict[str, Any]) -> dict[
 
 
 def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES) -> dict[str, Any]:
-  """Runs the named evaluators that apply to this experiment; returns {"eval/<metric>": value}.
-
-  label_agreement is left out, with the reason in "eval/label_agreement_skipped", when
-  config.eval.classifier_workdir is not set (it needs a trained classifier).
+  """Runs the named evaluators that apply to this experiment; returns {"eval/<metric>": value} and
+  "eval/evaluated": the names of those that ran. One that cannot run with this config (e.g.
+  label_agreement without config.eval.classifier_workdir) leaves its reason in "eval/<name>_skipped".
   """
-  results = {}
+  results, evaluated = {}, []
   for name in names:
     evaluator = EVALUATORS[name]
     if not evaluator.applies(experiment):
       continue
-    if name == "label_agreement" and not config.eval.classifier_workdir:
-      results["eval/label_agreement_skipped"] = "config.eval.classifier_workdir is not set"
+    reason = evaluator.unavailable(config)
+    if reason:
+      results[f"eval/{name}_skipped"] = reason
       continue
     results.update({f"eval/{k}": v for k, v in evaluator.evaluate(experiment, params, config).items()})
-  return results
+    evaluated.append(name)
+  return {**results, "eval/evaluated": evaluated} if results or evaluated else {}

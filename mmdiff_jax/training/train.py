@@ -168,8 +168,9 @@ def fetch(tree):
 
 def save_sample_grids(experiment: Experiment, params, config, workdir: str, step: int,
                       class_names: list[str] | None = None) -> list[str]:
-  """Joint samples (each image captioned with its generated label) and, where the experiment has a
-  label modality, class-conditional samples (one row per class). Returns the PNG paths.
+  """Joint samples (each image captioned with its generated label; each beside its generated map
+  where the experiment has a segmentation modality) and, where it has a label modality,
+  class-conditional samples (one row per class). Returns the PNG paths.
 
   Every process must call it (the sampler runs over the whole mesh); process 0 writes the PNGs, the
   others return [].
@@ -181,6 +182,7 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   sample = jax.jit(sampler.sample, static_argnums=(2,))
   base = experiment.specs[0]
   label_spec = next((x for x in experiment.specs if x.kind == "label"), None)
+  seg_spec = next((x for x in experiment.specs if x.kind == "segmentation"), None)
   rng = jax.random.PRNGKey(config.seed + 1)
   name = lambda i: class_names[i] if class_names else str(i)
   out_dir = os.path.join(workdir, "samples")
@@ -192,6 +194,12 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
     if primary:
       paths.append(grids.save_grid(os.path.join(out_dir, f"joint_step{step}.png"), joint[base.name],
                                    captions=captions))
+    if primary and seg_spec is not None:
+      images = np.broadcast_to(joint[base.name], (*joint[base.name].shape[:3], 3))
+      maps = grids.colorize(joint[seg_spec.name], seg_spec.num_classes)
+      pairs = np.stack([images, maps], axis=1).reshape(-1, *maps.shape[1:])  # image, its map, ...
+      paths.append(grids.save_grid(os.path.join(out_dir, f"joint_{seg_spec.name}_step{step}.png"),
+                                   pairs))
   if label_spec is not None:
     per_class = max(1, s.num_samples // label_spec.num_classes)
     labels = np.repeat(np.arange(label_spec.num_classes, dtype=np.int32), per_class)
