@@ -40,6 +40,10 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
     assert 0.0 <= metrics["eval/segmentation_miou"] <= 1.0
     assert [os.path.basename(p) for p in results["sample_grids"]] == [
         "joint_step4.png", "joint_segmentation_step4.png"]
+    os.remove(results["sample_grids"][1])
+    again = evaluate.evaluate(config, workdir, ("segmentation_agreement",), sample_grids=True)
+    assert again["sample_grids"] == results["sample_grids"]
+    assert os.path.exists(results["sample_grids"][1])
   if name == "imgemb":
     assert -1.0 <= metrics["eval/embedding_cosine"] <= 1.0
   assert not any(k.startswith("eval/label") for k in metrics)
