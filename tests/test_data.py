@@ -16,6 +16,8 @@ import textwrap
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from etils import epath
 
 import mmdiff_jax
 from mmdiff_jax.data import fashion_mnist as fm
@@ -407,3 +409,54 @@ def test_set_state_rejects_other_settings(prepared):
   other = pipeline.make_iterator(cfg, seed=2, **kw)
   with pytest.raises(ValueError, match="seed"):
     other.set_state(state)
+
+
+class _TinySegmentation(tfds.core.GeneratorBasedBuilder):
+  """A dataset that stores its own per-pixel maps (as real segmentation datasets do)."""
+
+  name = "tiny_segmentation_for_tests"
+  VERSION = tfds.core.Version("1.0.0")
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):  # see fashion_mnist.FashionMnistOffline.code_path
+    return epath.Path(__file__)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+        "label": tfds.features.ClassLabel(num_classes=3),
+        "mask": tfds.features.Tensor(shape=(8, 8), dtype=np.int32),
+        "name": tfds.features.Text()}), disable_shuffling=True)  # record i = example i
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(6):
+      mask = np.zeros((8, 8), np.int32)
+      mask[: i + 1] = 1 + i % 3
+      yield i, {"image": (mask[..., None] * 60).astype(np.uint8), "label": i % 3, "mask": mask,
+                "name": f"example {i}"}
+
+
+def test_stored_features_pass_through_for_a_real_segmentation_dataset(tmp_path):
+  """Select a dataset's own maps: data.name + the modality's feature; numeric features pass through
+  (text does not), and the batch satisfies an imgseg modality reading them."""
+  from mmdiff_jax.data.checks import check_batch
+  from mmdiff_jax.models.modalities import ModalitySpec
+  _TinySegmentation(data_dir=str(tmp_path)).download_and_prepare(
+      file_format="array_record", download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  cfg = ml_collections.ConfigDict(dict(name=_TinySegmentation.name, data_dir=str(tmp_path)))
+  batch = next(pipeline.make_iterator(cfg, split="train", global_batch_size=6, seed=0,
+                                      shuffle=False, read_threads=0, with_index=True))
+  assert sorted(batch) == ["image", "index", "label", "mask"]
+  for row, i in enumerate(batch["index"]):
+    assert np.all(batch["mask"][row, : i + 1] == 1 + i % 3) and np.all(batch["mask"][row, i + 1:] == 0)
+  specs = [ModalitySpec(name="image", kind="image", feature="image", encoder="identity", head="conv",
+                        recovery_loss="none"),
+           ModalitySpec(name="segmentation", kind="segmentation", feature="mask",
+                        encoder="pixel_categorical", head="conv", recovery_loss="pixel_cross_entropy",
+                        num_classes=4)]
+  check_batch(batch, specs, (8, 8, 1), where="tiny")
