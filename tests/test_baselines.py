@@ -134,7 +134,7 @@ def test_predictor_baseline_trains_and_evaluates(name, expected, absent, data_di
   for key in absent:
     assert key not in metrics
   with open(os.path.join(workdir, "run.json")) as f:
-    run = __import__("json").load(f)
+    run = json.load(f)
   assert run["steps_done"] == 4 and run["batch_size"] == config.training.batch_size
   assert run["train_wall_s"] > 0 and run["invocations"][0]["devices"]
 

@@ -64,3 +64,12 @@ def test_main_writes_the_file(tmp_path):
   out = tmp_path / "RESULTS.md"
   report.write_report(str(tmp_path / "results"), str(out))
   assert "| `imglabel_small` | 50 |" in out.read_text()
+
+
+def test_recorded_commands_split_back_into_the_arguments():
+  import shlex
+  from mmdiff_jax.training.train import _shell_quote
+  args = ["--config.eval.after_training=('label_accuracy','generation')", "plain", "two words",
+          'say "hi" $HOME', "it's\\", ""]
+  assert shlex.split(" ".join(map(_shell_quote, args))) == args
+  assert _shell_quote(args[0]) == f'"{args[0]}"'  # readable, not '"'"'

@@ -67,7 +67,15 @@ def _command_line() -> str:
   program = sys.argv[0] if sys.argv else ""
   if program.endswith(os.path.join("mmdiff_jax", "main.py")):
     program = "python3 -m mmdiff_jax.main"
-  return " ".join([program, *map(shlex.quote, sys.argv[1:])])
+  return " ".join([program, *map(_shell_quote, sys.argv[1:])])
+
+
+def _shell_quote(arg: str) -> str:
+  """shlex.quote, but in double quotes where that reads better: "--x=('a','b')"."""
+  quoted = shlex.quote(arg)
+  if "'" in arg and quoted != arg and not any(c in arg for c in '"$`\\!'):
+    return f'"{arg}"'
+  return quoted
 
 
 class RunRecord:
