@@ -46,6 +46,7 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
     assert os.path.exists(results["sample_grids"][1])
   if name == "imgemb":
     assert -1.0 <= metrics["eval/embedding_cosine"] <= 1.0
+    assert -1.0 <= metrics["eval/embedding_cosine_shuffled"] <= 1.0
   assert not any(k.startswith("eval/label") for k in metrics)
 
 

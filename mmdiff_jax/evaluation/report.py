@@ -119,7 +119,8 @@ TABLES = (
            ("pair foreground IoU", "eval/segmentation_pair_foreground_iou"))),
     Table("Joint image + embedding",
           "qualitative (CLIP-like embeddings).",
-          (("cosine(generated emb., emb. of generated image)", "eval/embedding_cosine"),)),
+          (("cosine(generated emb., emb. of generated image)", "eval/embedding_cosine"),
+           ("the same, pairs shuffled (chance)", "eval/embedding_cosine_shuffled"))),
 )
 
 
