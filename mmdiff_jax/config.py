@@ -248,3 +248,38 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   unknown = set(e.after_training) - set(EVALUATOR_NAMES)
   _require(not unknown, "eval.after_training", tuple(e.after_training),
            f"names from {list(EVALUATOR_NAMES)}")
+
+
+# The keys that define what a checkpoint's parameters mean: a run evaluated, sampled or resumed with
+# other values would load the same arrays and silently compute something else.
+MODEL_DEFINING_KEYS = ("task", "prediction", "diffusion", "modalities", "model.base_channels",
+                       "model.channel_mults", "model.num_res_blocks", "model.attention_resolutions",
+                       "model.num_heads", "model.num_groups", "data.image_size", "data.channels")
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, object]:
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: tree}
+
+
+def model_differences(trained: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{dotted key: (trained value, given value)} for the MODEL_DEFINING_KEYS that differ between a
+  run's config.json (`trained`, parsed) and `config`. Only keys the run's file has are compared (so
+  older runs, made before a key existed, still load), plus modalities it does not have at all."""
+  import json  # pylint: disable=import-outside-toplevel
+  given = _flatten(json.loads(config.to_json_best_effort()))
+  selected = lambda key: any(key == k or key.startswith(k + ".") for k in MODEL_DEFINING_KEYS)
+  trained_modalities = trained.get("modalities", {})
+  differences = {}
+  for key, value in sorted(_flatten(trained).items()):
+    parts = key.split(".")
+    if parts[0] == "modalities" and parts[1] not in config.modalities:
+      continue  # a whole modality: below
+    if selected(key) and given.get(key) != value:
+      differences[key] = (value, given.get(key))
+  for name in sorted(set(trained_modalities) ^ set(config.modalities)):
+    differences[f"modalities.{name}"] = (
+        trained_modalities.get(name),
+        config.modalities[name].to_dict() if name in config.modalities else None)
+  return differences

@@ -1,8 +1,7 @@
 """Evaluates the newest checkpoint of a run: python -m mmdiff_jax.evaluate --config=... --workdir=...
 
 Runs every evaluator of mmdiff_jax/evaluation/harness.py that applies to the experiment (or those named
-with --evaluators) and writes WORKDIR/eval_metrics.json; with --sample_grids also the sample grids a
-training run writes at its end (WORKDIR/samples/*_step<N>.png).
+with --evaluators) and writes WORKDIR/eval_metrics.json.
 """
 
 import json
@@ -13,31 +12,25 @@ from ml_collections import config_flags
 
 from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES, run_evaluators, save_eval_metrics
 from mmdiff_jax.training import distributed
-from mmdiff_jax.data import pipeline
-from mmdiff_jax.training.train import restore_latest, save_sample_grids
+from mmdiff_jax.training.train import restore_latest
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "The training run's directory.")
 flags.DEFINE_list("evaluators", list(EVALUATOR_NAMES), "Evaluators to run (those that apply).")
-flags.DEFINE_bool("sample_grids", False, "Also write the sample grids of the checkpoint.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES, *, sample_grids: bool = False) -> dict:
+def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES) -> dict:
   """Restores the newest checkpoint's EMA parameters, runs the evaluators, merges their metrics into
-  eval_metrics.json (those of other evaluators at the same step are kept); returns this call's (with
-  "sample_grids": the PNG paths, when asked for)."""
+  eval_metrics.json (those of other evaluators at the same step are kept); returns this call's."""
   unknown = set(evaluators) - set(EVALUATOR_NAMES)
   if unknown:
     raise ValueError(f"--evaluators: unknown {sorted(unknown)}; expected names from {EVALUATOR_NAMES}")
   experiment, step, state = restore_latest(config, workdir)
   results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators)}
   save_eval_metrics(workdir, step, results)
-  if sample_grids:
-    results["sample_grids"] = save_sample_grids(experiment, state.ema_params, config, workdir, step,
-                                                class_names=pipeline.class_names(config.data))
   if jax.process_index() == 0:
     print(json.dumps(results, indent=1), flush=True)
   return results
@@ -47,7 +40,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)
-  evaluate(FLAGS.config, FLAGS.workdir, tuple(FLAGS.evaluators), sample_grids=FLAGS.sample_grids)
+  evaluate(FLAGS.config, FLAGS.workdir, tuple(FLAGS.evaluators))
 
 
 if __name__ == "__main__":

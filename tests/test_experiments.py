@@ -41,8 +41,15 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
     assert [os.path.basename(p) for p in results["sample_grids"]] == [
         "joint_step4.png", "joint_segmentation_step4.png"]
     os.remove(results["sample_grids"][1])
-    again = evaluate.evaluate(config, workdir, ("segmentation_agreement",), sample_grids=True)
-    assert again["sample_grids"] == results["sample_grids"]
+    assert train.sample_from_checkpoint(config, workdir) == results["sample_grids"]
+    # Another model in the same workdir: refused before anything is loaded or overwritten.
+    other = config.copy_and_resolve_references()
+    other.diffusion.parameterization = "v"
+    saved = open(os.path.join(workdir, "config.json")).read()
+    for use in (evaluate.evaluate, train.train_and_evaluate):
+      with pytest.raises(ValueError, match=r"diffusion.parameterization: trained 'eps', given 'v'"):
+        use(other, workdir)
+    assert open(os.path.join(workdir, "config.json")).read() == saved
     assert os.path.exists(results["sample_grids"][1])
   if name == "imgemb":
     assert -1.0 <= metrics["eval/embedding_cosine"] <= 1.0
@@ -81,6 +88,25 @@ def test_segmentation_pair_agreement_constructed():
   result = segmentation_pair_agreement(images, mixed, 11)
   assert result["pair_foreground_iou"] == 1.0
   assert result["pair_miou"] == pytest.approx((1 + 1 + 5 / 8 + 0) / 4)
+
+
+def test_model_differences_name_the_keys_that_change_the_model():
+  from mmdiff_jax.config import model_differences
+  trained = json.loads(importlib.import_module("configs.imglabel").get_config("small").to_json_best_effort())
+  same = importlib.import_module("configs.imglabel").get_config("small")
+  same.eval.num_steps, same.training.num_steps, same.model.dtype = 3, 7, "bfloat16"
+  assert model_differences(trained, same) == {}  # evaluation, budget and precision may change
+  other = importlib.import_module("configs.imglabel").get_config("small")
+  other.modalities.label.profile_scale = 0.5
+  other.model.base_channels = 8
+  assert model_differences(trained, other) == {"modalities.label.profile_scale": (2.0, 0.5),
+                                               "model.base_channels": (trained["model"]["base_channels"], 8)}
+  seg = importlib.import_module("configs.imgseg").get_config("small")
+  assert sorted(model_differences(trained, seg)) == ["modalities.label", "modalities.segmentation"]
+  del trained["diffusion"]["parameterization"]  # a run made before the key existed
+  other = importlib.import_module("configs.imglabel").get_config("small")
+  other.diffusion.parameterization = "v"
+  assert model_differences(trained, other) == {}
 
 
 def test_colorized_maps_tell_classes_apart():

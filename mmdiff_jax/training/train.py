@@ -21,7 +21,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mmdiff_jax.config import validate_config
+from mmdiff_jax.config import model_differences, validate_config
 from mmdiff_jax.data import pipeline
 from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.evaluation.harness import run_evaluators, save_eval_metrics
@@ -246,6 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding_lib.make_mesh(config.mesh)
   t = config.training
   _check_writable(workdir)
+  if any((epath.Path(workdir) / "checkpoints").glob("[0-9]*")):  # resuming: the same model only
+    check_same_model(config, workdir)
   if jax.process_index() == 0:  # what this workdir was trained with (evaluators reload it)
     (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=1))
   writer = MetricsWriter(workdir)
@@ -341,9 +343,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
+def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ValueError, naming the keys, when `config` describes another model than the one the run
+  in `workdir` was trained with (its config.json; config.MODEL_DEFINING_KEYS): its checkpoints
+  would load and silently compute something else."""
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    return
+  differences = model_differences(json.loads(path.read_text()), config)
+  if differences:
+    listing = "; ".join(f"{k}: trained {a!r}, given {b!r}" for k, (a, b) in differences.items())
+    raise ValueError(
+        f"--workdir={workdir} holds a run trained with another model than this config describes "
+        f"({listing}). Give the run's values (its config.json has them, e.g. --config.<key>=<trained "
+        f"value>) or use another workdir.")
+
+
 def restore_latest(config: ml_collections.ConfigDict, workdir: str):
   """(experiment, step, state) of the newest checkpoint in `workdir`, on this machine's mesh."""
   validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  check_same_model(config, workdir)
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   tx = state_lib.make_optimizer(config)
