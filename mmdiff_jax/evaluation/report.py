@@ -158,7 +158,10 @@ CLAIMS = (
           ("imglabel_small", "uncond_small"), _frechet_better),
     Claim("The same with v-prediction in both runs",
           ("imglabel_v_small", "uncond_v_small"), _frechet_better),
+    Claim("The same, v-prediction, the label aggregated with profile scale 0.5 (not 2)",
+          ("imglabel_v_scale05_small", "uncond_v_small"), _frechet_better),
     Claim("Label agreement of jointly generated pairs at least 90%", ("imglabel_v_small",), _agreement),
+    Claim("The same, label profile scale 0.5", ("imglabel_v_scale05_small",), _agreement),
 )
 
 
