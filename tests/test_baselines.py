@@ -151,6 +151,7 @@ def test_class_conditional_baseline_end_to_end_with_label_agreement(data_dir, tm
   metrics = evaluate.evaluate(config, workdir, ("label_agreement", "generation", "label_accuracy"))
   assert 0.0 <= metrics["eval/label_agreement"] <= 1.0
   assert metrics["eval/label_agreement_examples"] == 16
+  assert metrics["eval/classifier_workdir"] == classifier_workdir
   assert 0.0 <= metrics["eval/classifier_test_accuracy"] <= 1.0
   assert np.isfinite(metrics["eval/frechet_alexnet_distance"])
   assert "eval/label_accuracy" not in metrics  # a condition cannot be predicted from the image

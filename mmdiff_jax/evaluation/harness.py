@@ -240,7 +240,8 @@ def label_agreement(experiment, params, config) -> dict[str, float]:
   return {f"{label.name}_agreement": metrics.label_agreement(np.concatenate(predicted), generated),
           f"{label.name}_agreement_examples": len(generated),
           "classifier_test_accuracy": metrics.label_agreement(np.concatenate(predicted_test),
-                                                              np.concatenate(test_labels))}
+                                                              np.concatenate(test_labels)),
+          "classifier_workdir": str(config.eval.classifier_workdir)}
 
 
 def bound(experiment, params, config) -> dict[str, float]:
