@@ -160,8 +160,11 @@ CLAIMS = (
           ("imglabel_v_small", "uncond_v_small"), _frechet_better),
     Claim("The same, v-prediction, the label aggregated with profile scale 0.5 (not 2)",
           ("imglabel_v_scale05_small", "uncond_v_small"), _frechet_better),
+    Claim("The same, label profile scale 0.25", ("imglabel_v_scale025_small", "uncond_v_small"),
+          _frechet_better),
     Claim("Label agreement of jointly generated pairs at least 90%", ("imglabel_v_small",), _agreement),
     Claim("The same, label profile scale 0.5", ("imglabel_v_scale05_small",), _agreement),
+    Claim("The same, label profile scale 0.25", ("imglabel_v_scale025_small",), _agreement),
 )
 
 
