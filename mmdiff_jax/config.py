@@ -6,6 +6,7 @@ is not here is a typo, and `validate_config` says so.
 
 from __future__ import annotations
 
+import json
 import math
 
 import ml_collections
@@ -126,8 +127,8 @@ def default_config() -> ml_collections.ConfigDict:
       num_generated=10_000,  # joint samples for the Frechet AlexNet distance and precision/recall
       mask_ratios=(0.1, 0.3, 0.5, 0.7),  # inpainting is reported per masked fraction
       bound_batches=20,  # test batches for the variational bound in bits/dim
-      after_training=("label_accuracy", "segmentation_miou", "segmentation_agreement",  # run by main
-                      "inpainting", "embedding_consistency"),                      # at the end
+      after_training=("label_accuracy", "segmentation_miou", "segmentation_agreement", "inpainting",
+                      "embedding_consistency"),  # run by main at the end
       classifier_workdir=ml_collections.config_dict.placeholder(str),  # a trained configs/classifier.py
                                                                        # run, for label agreement
       seed=0,  # seed of the evaluators' sampling and test masks
@@ -267,7 +268,6 @@ def model_differences(trained: dict, config: ml_collections.ConfigDict) -> dict[
   """{dotted key: (trained value, given value)} for the MODEL_DEFINING_KEYS that differ between a
   run's config.json (`trained`, parsed) and `config`. Only keys the run's file has are compared (so
   older runs, made before a key existed, still load), plus modalities it does not have at all."""
-  import json  # pylint: disable=import-outside-toplevel
   given = _flatten(json.loads(config.to_json_best_effort()))
   selected = lambda key: any(key == k or key.startswith(k + ".") for k in MODEL_DEFINING_KEYS)
   trained_modalities = trained.get("modalities", {})

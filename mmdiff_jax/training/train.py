@@ -249,7 +249,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if any((epath.Path(workdir) / "checkpoints").glob("[0-9]*")):  # resuming: the same model only
     check_same_model(config, workdir)
   if jax.process_index() == 0:  # what this workdir was trained with (evaluators reload it)
-    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=1))
+    # Replaced atomically: other processes may be reading it in check_same_model.
+    tmp = epath.Path(workdir) / "config.json.tmp"
+    tmp.write_text(config.to_json_best_effort(indent=1))
+    tmp.replace(epath.Path(workdir) / "config.json")
   writer = MetricsWriter(workdir)
   print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es). Prior check: {experiment.prior_report()}", flush=True)
