@@ -154,6 +154,8 @@ CLAIMS = (
           "steps, every mask ratio", ("imgmask_small", "recon_small"), _lpips_ratio),
     Claim("The same with v-prediction for MT-Diffusion", ("imgmask_v_small", "recon_small"),
           _lpips_ratio),
+    Claim("The same, v-prediction, the masked image aggregated with profile scale 4 (not 2)",
+          ("imgmask_v_scale4_small", "recon_small"), _lpips_ratio),
     Claim("Label-aware joint generation beats the unconditional baseline on the Fréchet distance",
           ("imglabel_small", "uncond_small"), _frechet_better),
     Claim("The same with v-prediction in both runs",
