@@ -48,10 +48,26 @@ def random_square_mask(batch, rng: np.random.Generator) -> dict[str, np.ndarray]
   return {"mask": mask, "masked_image": np.where(mask > 0, 0.0, images).astype(np.float32)}
 
 
+def masked_image_augmentation(batch, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """"image": each example replaced by its "masked_image" with probability 1/2 (needs
+  random_square_mask before it). A training-time augmentation: a model trained with it sees clean and
+  masked images alike as images to generate, without the masked image as a modality of its own (the
+  control that separates the multitask structure from mere exposure to masked images)."""
+  if "masked_image" not in batch:
+    raise ValueError("config.data.derived: 'masked_image_augmentation' needs 'random_square_mask' "
+                     "before it (it replaces images by their masked copies)")
+  replace = rng.random(len(batch["image"])) < 0.5
+  return {"image": np.where(replace[:, None, None, None], batch["masked_image"],
+                            batch["image"]).astype(np.float32)}
+
+
 DERIVED: dict[str, Callable[..., dict[str, np.ndarray]]] = {
     "garment_segmentation": garment_segmentation,
     "random_square_mask": random_square_mask,
+    "masked_image_augmentation": masked_image_augmentation,
 }
+# Augmentations: applied to the training stream only (evaluation reads the split as it is).
+TRAINING_ONLY = frozenset({"masked_image_augmentation"})
 
 
 def derive(batch, names, *, seed: int, batch_index: int, process_index: int):

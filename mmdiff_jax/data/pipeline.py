@@ -59,7 +59,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmdiff_jax.data import fashion_mnist
-from mmdiff_jax.data.derived import derive
+from mmdiff_jax.data.derived import TRAINING_ONLY, derive
 
 OFFLINE_FASHION_MNIST = fashion_mnist.NAME
 # Datasets this package prepares itself from the raw files (never downloaded).
@@ -433,6 +433,7 @@ def make_iterator(
     read_threads: int = 2,
     prefetch_batches: int = 4,
     with_index: bool = False,
+    training: bool = False,
 ) -> DataIterator:
   """Builds this process's checkpointable batch iterator.
 
@@ -454,6 +455,8 @@ def make_iterator(
     prefetch_batches: batches read ahead when read_threads > 0.
     with_index: also yield "index": int64 (B,), the record indices in the
       split (for debugging and tests).
+    training: whether this is the training stream; derived features that are
+      training-time augmentations (derived.TRAINING_ONLY) apply only then.
 
   Returns:
     A ``DataIterator`` yielding {"image": float32 (B, S, S, C) in [-1, 1],
@@ -512,12 +515,14 @@ def make_iterator(
           f"{n} examples x {num_epochs} epochs of split {split!r} do not fill "
           f"one global batch of {global_batch_size} (drop_remainder=True).")
 
+  derived_names = tuple(name for name in _get(data_config, "derived", ())
+                        if training or name not in TRAINING_ONLY)
   read_batch = _ReadBatch(
       source=source, order=order, stream_len=stream_len,
       global_batch_size=global_batch_size, local_batch_size=local_batch_size,
       process_index=process_index, image_key=image_key, label_key=label_key,
       image_size=image_size, with_index=with_index,
-      derived=tuple(_get(data_config, "derived", ())), seed=int(seed))
+      derived=derived_names, seed=int(seed))
   batches = grain.MapDataset.range(n_local_batches).map(read_batch)
   read_options = grain.ReadOptions(
       num_threads=max(0, int(read_threads)),
@@ -534,7 +539,7 @@ def make_iterator(
       "num_epochs": num_epochs if num_epochs is None else int(num_epochs),
       "drop_remainder": bool(drop_remainder),
       "image_size": int(image_size),
-      "derived": list(_get(data_config, "derived", ())),
+      "derived": list(derived_names),
   }
   return DataIterator(inner, settings=settings, num_batches=num_batches)
 

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -62,6 +63,22 @@ def machine_description() -> dict[str, Any]:
           "jax": jax.__version__}
 
 
+def source_commit() -> str:
+  """The git commit of the package's source tree ("+dirty" when tracked files differ from it), or
+  "unknown" outside a git checkout (an installed wheel)."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  git = lambda *args: subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                                     timeout=30, check=False)
+  try:
+    head = git("rev-parse", "HEAD")
+    if head.returncode:
+      return "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def _command_line() -> str:
   """The command that is running, as a user would type it (python -m for our entry points)."""
   program = sys.argv[0] if sys.argv else ""
@@ -89,13 +106,16 @@ class RunRecord:
         "train_wall_s": 0.0, "invocations": []}
     self.record.update(batch_size=int(config.training.batch_size),
                        num_steps=int(config.training.num_steps), command=_command_line())
+    self.commit = source_commit()
 
   def add(self, *, first_step: int, last_step: int, wall_s: float) -> None:
     self.record["train_wall_s"] += wall_s
     self.record["steps_done"] = last_step
     self.record["invocations"].append({
         "steps": [first_step, last_step], "wall_s": round(wall_s, 1),
-        "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), **machine_description()})
+        "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": self.commit,
+        **machine_description()})
+    self.record["commit"] = self.commit
     if self.enabled:
       tmp = self.path.parent / (self.path.name + ".tmp")
       tmp.write_text(json.dumps(self.record, indent=1))
@@ -260,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- input
   train_iter = pipeline.make_iterator(
       config.data, split="train", global_batch_size=t.batch_size, seed=config.seed, shuffle=True,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(), training=True)
 
   # ---------------------------------------------------------------- state: restore or init
   tx = state_lib.make_optimizer(config)
