@@ -88,6 +88,9 @@ def default_config() -> ml_collections.ConfigDict:
       sample_every=10_000,  # steps between sample grids
       keep_checkpoints=3,  # newest checkpoints kept in WORKDIR/checkpoints
       max_nonfinite_steps=10,  # stop after this many skipped (non-finite) updates in a row; 0: never
+      init_from=ml_collections.config_dict.placeholder(str),  # a workdir: start from its newest
+          # checkpoint's EMA parameters wherever a parameter's path and shape match (e.g. a classifier
+          # from a diffusion model's backbone); the optimizer starts fresh
   ))
 
   # Device mesh ("data" x "fsdp" = all devices); one size may be -1 (filled from the device count).
@@ -132,6 +135,8 @@ def default_config() -> ml_collections.ConfigDict:
       classifier_workdir=ml_collections.config_dict.placeholder(str),  # a trained configs/classifier.py
                                                                        # run, for label agreement
       seed=0,  # seed of the evaluators' sampling and test masks
+      sdedit_t0_fraction=0.5,  # inpainting_sdedit: start step t0 as a fraction of T
+      replacement_resamples=1,  # inpainting_replacement: passes per step (1: no resampling)
   ))
   return c
 
@@ -246,6 +251,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   _require(e.sampler in SAMPLERS, "eval.sampler", e.sampler, f"one of {SAMPLERS}")
   _require(1 <= e.num_steps <= d.num_steps, "eval.num_steps", e.num_steps,
            f"1..{d.num_steps} (diffusion.num_steps)")
+  _require(0.0 <= e.sdedit_t0_fraction <= 1.0, "eval.sdedit_t0_fraction", e.sdedit_t0_fraction,
+           "a value in [0, 1]")
+  _require(int(e.replacement_resamples) >= 1, "eval.replacement_resamples", e.replacement_resamples,
+           "an integer >= 1")
   unknown = set(e.after_training) - set(EVALUATOR_NAMES)
   _require(not unknown, "eval.after_training", tuple(e.after_training),
            f"names from {list(EVALUATOR_NAMES)}")

@@ -1,7 +1,8 @@
 """Evaluates the newest checkpoint of a run: python -m mmdiff_jax.evaluate --config=... --workdir=...
 
 Runs every evaluator of mmdiff_jax/evaluation/harness.py that applies to the experiment (or those named
-with --evaluators) and writes WORKDIR/eval_metrics.json.
+with --evaluators) and writes WORKDIR/eval_metrics.json (bootstrap replicates beside it, in
+eval_metrics.bootstrap.json).
 """
 
 import json
@@ -10,7 +11,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES, run_evaluators, save_eval_metrics
+from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, EVALUATOR_NAMES, run_evaluators,
+                                           save_eval_metrics)
 from mmdiff_jax.training import distributed
 from mmdiff_jax.training.train import restore_latest
 
@@ -19,10 +21,14 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:v
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "The training run's directory.")
 flags.DEFINE_list("evaluators", list(EVALUATOR_NAMES), "Evaluators to run (those that apply).")
+flags.DEFINE_string("metrics_name", "eval_metrics",
+                    "Write WORKDIR/<name>.json (and <name>.bootstrap.json): another name keeps the "
+                    "main file as it is, e.g. for the same metrics at another eval.num_steps.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES) -> dict:
+def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES, *,
+             metrics_name: str = "eval_metrics") -> dict:
   """Restores the newest checkpoint's EMA parameters, runs the evaluators, merges their metrics into
   eval_metrics.json (those of other evaluators at the same step are kept); returns this call's."""
   unknown = set(evaluators) - set(EVALUATOR_NAMES)
@@ -30,9 +36,9 @@ def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES) -> dict:
     raise ValueError(f"--evaluators: unknown {sorted(unknown)}; expected names from {EVALUATOR_NAMES}")
   experiment, step, state = restore_latest(config, workdir)
   results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators)}
-  save_eval_metrics(workdir, step, results)
+  save_eval_metrics(workdir, step, results, name=metrics_name)
   if jax.process_index() == 0:
-    print(json.dumps(results, indent=1), flush=True)
+    print(json.dumps({k: v for k, v in results.items() if k != BOOTSTRAP_KEY}, indent=1), flush=True)
   return results
 
 
@@ -40,7 +46,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)
-  evaluate(FLAGS.config, FLAGS.workdir, tuple(FLAGS.evaluators))
+  evaluate(FLAGS.config, FLAGS.workdir, tuple(FLAGS.evaluators), metrics_name=FLAGS.metrics_name)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Shared pytest setup and independent numpy float64 references for the diffusion math tests.
 
 Nothing here imports mmdiff_jax: every reference is computed from the definitions in
-shared/METHOD.md (transition q(z_t | z_{t-1}, X) = N(sqrt(alpha_t) z_{t-1} + sum_i w_t^(i) e_i, beta_t))
+docs/METHOD.md (transition q(z_t | z_{t-1}, X) = N(sqrt(alpha_t) z_{t-1} + sum_i w_t^(i) e_i, beta_t))
 in numpy float64, so that the code under test is checked against the math, not against itself.
 
 Tests get the references through the ``ref`` fixture (a namespace of the functions below).
@@ -89,7 +89,7 @@ def lambdas(rs, W):
 
 
 def lambdas_closed_form(rs, W):
-    """lambda_t = sum_{s<=t} sqrt(abar_t / abar_s) w_s (METHOD.md closed form)."""
+    """lambda_t = sum_{s<=t} sqrt(abar_t / abar_s) w_s (docs/METHOD.md closed form)."""
     W = np.asarray(W, dtype=np.float64)
     L = np.zeros((rs.T + 1, W.shape[1]))
     for t in range(1, rs.T + 1):
@@ -138,7 +138,7 @@ def brute_force_marginal(rs, W, t, z0, enc):
 
 
 def closed_form_posterior(rs, W, t, z_t, z0, enc):
-    """METHOD.md's closed form (used as a second reference, and for T = 1000 where brute force is slow)."""
+    """docs/METHOD.md's closed form (used as a second reference, and for T = 1000 where brute force is slow)."""
     L = lambdas(rs, W)
     if t == 1:
         return np.asarray(z0, np.float64), 0.0

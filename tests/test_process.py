@@ -70,7 +70,7 @@ def test_posterior_equals_brute_force_conditioning(ref, N, t):
     assert mean.shape == Z
     assert jnp.shape(var) == ()
     m_ref, v_ref = ref.brute_force_posterior(c.rs, c.W, t, c.zt, c.z0, c.enc)
-    # the closed form of METHOD.md agrees with brute force (a check of the reference itself)
+    # the closed form of docs/METHOD.md agrees with brute force (a check of the reference itself)
     m_cf, v_cf = ref.closed_form_posterior(c.rs, c.W, t, c.zt, c.z0, c.enc)
     np.testing.assert_allclose(m_cf, m_ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(v_cf, v_ref, rtol=1e-10, atol=1e-12)

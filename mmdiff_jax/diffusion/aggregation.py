@@ -1,6 +1,6 @@
 """Per-modality aggregation weights w_t^(i): choose the marginal profile lambda_t, derive the steps.
 
-Sampling starts from N(0, I), so every modality's lambda_T must be ~0 (METHOD.md, "The prior must
+Sampling starts from N(0, I), so every modality's lambda_T must be ~0 (docs/METHOD.md, "The prior must
 match"). A constant w_t does not give that; the "bump" profile lambda_t = c sqrt(abar_t)(1 - sqrt(abar_t))
 does, and vanishes at t = 0 as well.
 """

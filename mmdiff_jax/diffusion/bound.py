@@ -1,4 +1,4 @@
-"""Gaussian KL terms of the multimodal variational bound (METHOD.md, "Objective"). All elementwise, nats."""
+"""Gaussian KL terms of the multimodal variational bound (docs/METHOD.md, "Objective"). All elementwise, nats."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The MT-Diffusion forward process and its closed forms (../shared/METHOD.md).
+"""The MT-Diffusion forward process and its closed forms (docs/METHOD.md).
 
 Transition  q(z_t | z_{t-1}, X) = N(sqrt(alpha_t) z_{t-1} + sum_i w_t^(i) e_i, beta_t I)
 Marginal    q(z_t | z_0, X)     = N(sqrt(abar_t) z_0 + sum_i lambda_t^(i) e_i, (1 - abar_t) I)

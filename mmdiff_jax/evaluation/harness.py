@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from mmdiff_jax.data import derived, pipeline
 from mmdiff_jax.evaluation import features, metrics
+from mmdiff_jax.sampling import inpainting as inpainting_lib
 
 SPLIT = "test"
 
@@ -74,70 +75,167 @@ def _generate(experiment, params, config, seed_offset: int):
   return out
 
 
-def _conditional(experiment, params, config, observed_name: str):
-  """A jitted sample(rng, observed value) with one modality observed."""
+def _conditions_of(experiment, batch) -> dict[str, np.ndarray]:
+  """The values of a class-conditional model's conditions in a test batch ({} for other models):
+  they must be observed whenever the model samples."""
+  return {s.name: batch[s.feature] for s in experiment.specs if s.is_condition}
+
+
+def _conditional(experiment, params, config):
+  """A jitted sample(rng, {name: observed value}) (one eval batch)."""
   sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
   # params is an argument, not a closed-over constant (with several processes it spans all of them).
-  sample = jax.jit(lambda p, r, x: sampler.sample(p, r, x.shape[0], observed={observed_name: x}))
-  return lambda r, x: _host(sample(params, r, x))
+  sample = jax.jit(lambda p, r, obs: sampler.sample(
+      p, r, next(iter(obs.values())).shape[0], observed=obs))
+  return lambda r, observed: _host(sample(params, r, observed))
+
+
+def _with_bootstrap(name: str, values, **extra) -> dict[str, Any]:
+  """{name: mean of per-example values, "bootstrap": {name: replicates}, **extra}."""
+  values = np.asarray(values, np.float64)
+  return {name: float(np.mean(values)), "bootstrap": {name: metrics.bootstrap_mean(values)}, **extra}
+
+
+def _merge(*parts: dict[str, Any]) -> dict[str, Any]:
+  """Merges evaluator result dicts, their "bootstrap" entries included."""
+  merged, replicates = {}, {}
+  for part in parts:
+    part = dict(part)
+    replicates.update(part.pop("bootstrap", {}))
+    merged.update(part)
+  return {**merged, "bootstrap": replicates} if replicates else merged
 
 
 def label_accuracy(experiment, params, config) -> dict[str, float]:
   """Image -> label through the joint model: the test image is observed, the label generated."""
   base, label = experiment.specs[0], _spec(experiment, "label")
-  sample = _conditional(experiment, params, config, base.name)
-  rng, correct, total = jax.random.PRNGKey(config.eval.seed), 0, 0
-  for i, (batch, count) in enumerate(_test_batches(config, config.eval.num_examples)):
-    out = sample(jax.random.fold_in(rng, i), batch[base.feature])
-    correct += int(np.sum(np.asarray(out[label.name]) == batch[label.feature]))
-    total += count
-  return {f"{label.name}_accuracy": correct / max(total, 1), f"{label.name}_accuracy_examples": total}
+  sample = _conditional(experiment, params, config)
+  rng, correct = jax.random.PRNGKey(config.eval.seed), []
+  for i, (batch, _) in enumerate(_test_batches(config, config.eval.num_examples)):
+    out = sample(jax.random.fold_in(rng, i), {base.name: batch[base.feature]})
+    correct.append(np.asarray(out[label.name]) == batch[label.feature])
+  correct = np.concatenate(correct)
+  return _with_bootstrap(f"{label.name}_accuracy", correct,
+                         **{f"{label.name}_accuracy_examples": len(correct)})
 
 
 def segmentation_miou(experiment, params, config) -> dict[str, float]:
   """Image -> segmentation through the joint model: mIoU of the generated map vs the test map."""
   base, seg = experiment.specs[0], _spec(experiment, "segmentation")
-  sample = _conditional(experiment, params, config, base.name)
+  sample = _conditional(experiment, params, config)
   rng, predicted, target = jax.random.PRNGKey(config.eval.seed), [], []
   for i, (batch, _) in enumerate(_test_batches(config, config.eval.num_examples)):
-    predicted.append(np.asarray(sample(jax.random.fold_in(rng, i), batch[base.feature])[seg.name]))
+    predicted.append(np.asarray(sample(jax.random.fold_in(rng, i),
+                                       {base.name: batch[base.feature]})[seg.name]))
     target.append(batch[seg.feature])
   predicted, target = np.concatenate(predicted), np.concatenate(target)
   return {f"{seg.name}_miou": metrics.mean_iou(predicted, target, seg.num_classes),
           f"{seg.name}_miou_examples": len(target)}
 
 
-def inpainting(experiment, params, config) -> dict[str, float]:
-  """Masked image -> image: masked-region PSNR and LPIPS (known region composited) per mask ratio."""
-  base, masked = experiment.specs[0], _spec(experiment, "masked_image")
-  sample = _conditional(experiment, params, config, masked.name)
-  results = {}
+def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, Any]:
+  """Masked-region PSNR and LPIPS (known region composited) per mask ratio of config.eval.mask_ratios,
+  on the same test images and masks for every method.
+
+  Args:
+    inpaint: (rng, batch, masked images (B, H, W, C) with the hole at 0, mask (B, H, W, 1), 1 =
+      missing) -> inpainted images (B, H, W, C).
+    prefix: the metrics' names start with it ("inpainting", "inpainting_sdedit", ...).
+  """
+  parts = []
   for ratio in config.eval.mask_ratios:
     rng = np.random.default_rng([config.eval.seed, int(round(100 * ratio))])
     psnr, lpips = [], []
     for i, (batch, _) in enumerate(_test_batches(config, config.eval.num_examples)):
-      images = batch[base.feature]
+      images = batch[experiment.specs[0].feature]
       mask = derived.square_masks(images.shape, ratios=np.full(len(images), ratio), rng=rng)
       masked_images = np.where(mask > 0, 0.0, images).astype(np.float32)
-      out = np.asarray(sample(jax.random.fold_in(jax.random.PRNGKey(config.eval.seed), i),
-                              masked_images)[base.name])
+      out = np.asarray(inpaint(jax.random.fold_in(jax.random.PRNGKey(config.eval.seed), i), batch,
+                               masked_images, mask))
       psnr.append(metrics.masked_psnr(out, images, mask))
       lpips.append(metrics.masked_lpips(out, images, mask))
-    results[f"inpainting/psnr@{ratio:g}"] = float(np.mean(np.concatenate(psnr)))
-    results[f"inpainting/lpips@{ratio:g}"] = float(np.mean(np.concatenate(lpips)))
-  return results
+    parts.append(_with_bootstrap(f"{prefix}/psnr@{ratio:g}", np.concatenate(psnr)))
+    parts.append(_with_bootstrap(f"{prefix}/lpips@{ratio:g}", np.concatenate(lpips)))
+  return _merge(*parts)
 
 
-def generation(experiment, params, config) -> dict[str, float]:
-  """Joint samples vs test images: Fréchet AlexNet distance and improved precision/recall."""
-  base, e = experiment.specs[0], config.eval
-  generated = [np.asarray(out[base.name]) for out in _generate(experiment, params, config, 1)]
-  real = np.concatenate([b[base.feature] for b, _ in _test_batches(config, e.num_generated)])
-  fake_features = features.alexnet_features(np.concatenate(generated))
+def inpainting(experiment, params, config) -> dict[str, Any]:
+  """Masked image -> image through the model (the masked image observed as a modality)."""
+  base, masked = experiment.specs[0], _spec(experiment, "masked_image")
+  sample = _conditional(experiment, params, config)
+  return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: sample(
+      rng, {masked.name: masked_images, **_conditions_of(experiment, batch)})[base.name],
+      "inpainting")
+
+
+def inpainting_sdedit(experiment, params, config) -> dict[str, Any]:
+  """SDEdit baseline (sampling/inpainting.py) on an image diffusion model without aggregated
+  modalities: the masked image noised to t0 = eval.sdedit_t0_fraction of T and denoised, scored like
+  `inpainting`."""
+  sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
+  run = jax.jit(lambda p, r, x, obs: inpainting_lib.sdedit(
+      sampler, p, r, x, t0_fraction=float(config.eval.sdedit_t0_fraction), observed=obs))
+  return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: _host(run(
+      params, rng, masked_images, _conditions_of(experiment, batch))), "inpainting_sdedit")
+
+
+def inpainting_replacement(experiment, params, config) -> dict[str, Any]:
+  """Known-region replacement baseline (RePaint-style; eval.replacement_resamples passes per step) on
+  an image diffusion model without aggregated modalities, scored like `inpainting`."""
+  sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
+  run = jax.jit(lambda p, r, x, m, obs: inpainting_lib.known_region_replacement(
+      sampler, p, r, x, m, resamples=int(config.eval.replacement_resamples), observed=obs))
+  return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: _host(run(
+      params, rng, masked_images, mask, _conditions_of(experiment, batch))), "inpainting_replacement")
+
+
+def _image_set_scores(experiment, config, generated: np.ndarray, prefix: str = "") -> dict[str, Any]:
+  """Generated images (N, H, W, C) vs the first N test images: Fréchet AlexNet distance (with
+  bootstrap replicates) and improved precision/recall."""
+  base = experiment.specs[0]
+  real = np.concatenate([b[base.feature] for b, _ in _test_batches(config, len(generated))])
+  fake_features = features.alexnet_features(generated)
   real_features = features.alexnet_features(real)
   pr = metrics.precision_recall(real_features, fake_features)
-  return {"frechet_alexnet_distance": metrics.frechet_distance(real_features, fake_features),
-          "precision": pr.precision, "recall": pr.recall, "generated_examples": len(fake_features)}
+  distance = f"{prefix}frechet_alexnet_distance"
+  return {distance: metrics.frechet_distance(real_features, fake_features),
+          f"{prefix}precision": pr.precision, f"{prefix}recall": pr.recall,
+          f"{prefix}generated_examples": len(fake_features),
+          "bootstrap": {distance: metrics.bootstrap_frechet(real_features, fake_features)}}
+
+
+def generation(experiment, params, config) -> dict[str, Any]:
+  """Joint samples (given the test labels for a class-conditional model) vs test images: Fréchet
+  AlexNet distance and improved precision/recall."""
+  base = experiment.specs[0]
+  generated = [np.asarray(out[base.name]) for out in _generate(experiment, params, config, 1)]
+  return _image_set_scores(experiment, config, np.concatenate(generated))
+
+
+def label_conditional(experiment, params, config) -> dict[str, Any]:
+  """Images generated given the test split's labels (the first eval.num_generated, in order: the
+  test set's class balance), from any model with a label, aggregated (observed: its true encoding at
+  every step) or a condition: Fréchet AlexNet distance, precision/recall, and, with
+  eval.classifier_workdir, the agreement of an independent classifier with the given labels.
+  Sampled with the same seeds as `generation`, so a model that ignores its label scores alike."""
+  base = experiment.specs[0]
+  label = _spec(experiment, "label", conditions=True)
+  e = config.eval
+  sample = _conditional(experiment, params, config)
+  rng, generated, given = jax.random.PRNGKey(e.seed + 1), [], []
+  for i, (batch, _) in enumerate(_test_batches(config, e.num_generated)):
+    out = sample(jax.random.fold_in(rng, i), {label.name: batch[label.feature]})
+    generated.append(np.asarray(out[base.name]))
+    given.append(batch[label.feature])
+  generated, given = np.concatenate(generated), np.concatenate(given)
+  parts = [_image_set_scores(experiment, config, generated, prefix="label_conditional/")]
+  if e.classifier_workdir:
+    classify = load_classifier(e.classifier_workdir, experiment.model.z_shape)
+    agree = np.concatenate([classify(generated[i:i + e.batch_size])
+                            for i in range(0, len(generated), e.batch_size)]) == given
+    parts.append(_with_bootstrap("label_conditional/label_agreement", agree,
+                                 classifier_workdir=str(e.classifier_workdir)))
+  return _merge(*parts)
 
 
 def segmentation_pair_agreement(images: np.ndarray, maps: np.ndarray,
@@ -237,11 +335,12 @@ def label_agreement(experiment, params, config) -> dict[str, float]:
     predicted_test.append(classify(batch[base.feature]))
     test_labels.append(batch[label.feature])
   generated = np.concatenate(generated)
-  return {f"{label.name}_agreement": metrics.label_agreement(np.concatenate(predicted), generated),
-          f"{label.name}_agreement_examples": len(generated),
-          "classifier_test_accuracy": metrics.label_agreement(np.concatenate(predicted_test),
-                                                              np.concatenate(test_labels)),
-          "classifier_workdir": str(config.eval.classifier_workdir)}
+  return _with_bootstrap(
+      f"{label.name}_agreement", np.concatenate(predicted) == generated,
+      **{f"{label.name}_agreement_examples": len(generated),
+         "classifier_test_accuracy": metrics.label_agreement(np.concatenate(predicted_test),
+                                                             np.concatenate(test_labels)),
+         "classifier_workdir": str(config.eval.classifier_workdir)})
 
 
 def bound(experiment, params, config) -> dict[str, float]:
@@ -262,15 +361,22 @@ class Evaluator:
   """needs: the modality kind the model must generate from an observation (None: any); generative:
   whether it samples from the model (so not for predictor baselines); conditions: whether a
   conditioning modality of that kind counts too; unavailable: config -> why it cannot run with this
-  config (None: it can), recorded as "eval/<name>_skipped" instead of failing a run."""
+  config (None: it can), recorded as "eval/<name>_skipped" instead of failing a run; image_only:
+  whether it needs a model with no aggregated modality.
+
+  `evaluate` returns {metric: value}, plus optionally "bootstrap": {metric: (R,) replicates} for the
+  metrics that have bootstrap intervals (see run_evaluators)."""
   evaluate: Callable[..., dict[str, Any]]
   needs: str | None = None
   generative: bool = False
   conditions: bool = False
   unavailable: Callable[[Any], str | None] = lambda config: None
+  image_only: bool = False  # only for diffusion models without aggregated modalities (baselines)
 
   def applies(self, experiment) -> bool:
     if self.generative and not experiment.is_generative:
+      return False
+    if self.image_only and any(s.is_aggregated for s in experiment.specs):
       return False
     return self.needs is None or _spec(experiment, self.needs, conditions=self.conditions) is not None
 
@@ -279,6 +385,10 @@ EVALUATORS: dict[str, Evaluator] = {
     "label_accuracy": Evaluator(label_accuracy, needs="label"),
     "segmentation_miou": Evaluator(segmentation_miou, needs="segmentation"),
     "inpainting": Evaluator(inpainting, needs="masked_image"),
+    "inpainting_sdedit": Evaluator(inpainting_sdedit, generative=True, image_only=True),
+    "inpainting_replacement": Evaluator(inpainting_replacement, generative=True, image_only=True),
+    "label_conditional": Evaluator(label_conditional, needs="label", generative=True,
+                                   conditions=True),
     "embedding_consistency": Evaluator(embedding_consistency, needs="embedding", generative=True),
     "generation": Evaluator(generation, generative=True),
     "segmentation_agreement": Evaluator(
@@ -294,11 +404,32 @@ EVALUATORS: dict[str, Evaluator] = {
 EVALUATOR_NAMES = tuple(EVALUATORS)
 
 
-def save_eval_metrics(workdir: str, step: int, results: dict[str, Any]) -> dict[str, Any]:
-  """Merges `results` into WORKDIR/eval_metrics.json (replacing it if it was for another step);
-  returns the merged dict. Process 0 writes; the file is replaced atomically."""
+BOOTSTRAP_KEY = "eval/bootstrap"
+
+
+def _write_json(path, value) -> None:
+  """Replaces the file at `path` (an epath.Path) atomically with `value` as JSON (process 0 only)."""
+  if jax.process_index() == 0:
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def save_eval_metrics(workdir: str, step: int, results: dict[str, Any], *,
+                      name: str = "eval_metrics") -> dict[str, Any]:
+  """Merges `results` into WORKDIR/<name>.json, and its bootstrap replicates (BOOTSTRAP_KEY) into
+  WORKDIR/<name>.bootstrap.json (each replaced if it was for another step); returns the merged
+  metrics. Process 0 writes; the files are replaced atomically."""
   from etils import epath  # pylint: disable=g-import-not-at-top
-  path = epath.Path(workdir) / "eval_metrics.json"
+  results = dict(results)
+  replicates = results.pop(BOOTSTRAP_KEY, {})
+  path = epath.Path(workdir) / f"{name}.json"
+  if replicates:
+    bootstrap_path = epath.Path(workdir) / f"{name}.bootstrap.json"
+    stored = json.loads(bootstrap_path.read_text()) if bootstrap_path.exists() else {}
+    if stored.get("step") != step:
+      stored = {}
+    _write_json(bootstrap_path, {**stored, "step": step, **replicates})
   merged = json.loads(path.read_text()) if path.exists() else {}
   if merged.get("step") != step:
     merged = {}
@@ -307,19 +438,19 @@ def save_eval_metrics(workdir: str, step: int, results: dict[str, Any]) -> dict[
   merged.update({"step": step, **results, "eval/evaluated": evaluated})
   for name in results.get("eval/evaluated", []):  # measured now: drop an earlier call's skip note
     merged.pop(f"eval/{name}_skipped", None)
-  if jax.process_index() == 0:
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps(merged, indent=1))
-    tmp.replace(path)
+  _write_json(path, merged)
   return merged
 
 
 def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES) -> dict[str, Any]:
-  """Runs the named evaluators that apply to this experiment; returns {"eval/<metric>": value} and
+  """Runs the named evaluators that apply to this experiment; returns {"eval/<metric>": value},
+  "eval/<metric>_ci95": [lower, upper] (95% percentile bootstrap interval over the evaluated
+  examples) where the evaluator gives replicates, BOOTSTRAP_KEY: {"eval/<metric>": replicates} (written
+  to eval_metrics.bootstrap.json by save_eval_metrics, for paired intervals of ratios between runs), and
   "eval/evaluated": the names of those that ran. One that cannot run with this config (e.g.
   label_agreement without config.eval.classifier_workdir) leaves its reason in "eval/<name>_skipped".
   """
-  results, evaluated = {}, []
+  results, evaluated, replicates = {}, [], {}
   for name in names:
     evaluator = EVALUATORS[name]
     if not evaluator.applies(experiment):
@@ -328,6 +459,12 @@ def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES) -> dict[st
     if reason:
       results[f"eval/{name}_skipped"] = reason
       continue
-    results.update({f"eval/{k}": v for k, v in evaluator.evaluate(experiment, params, config).items()})
+    values = dict(evaluator.evaluate(experiment, params, config))
+    for metric, draws in values.pop("bootstrap", {}).items():
+      replicates[f"eval/{metric}"] = [float(f"{x:.6g}") for x in np.asarray(draws)]
+      results[f"eval/{metric}_ci95"] = list(metrics.percentile_interval(draws))
+    results.update({f"eval/{k}": v for k, v in values.items()})
     evaluated.append(name)
+  if replicates:
+    results[BOOTSTRAP_KEY] = replicates
   return {**results, "eval/evaluated": evaluated} if results or evaluated else {}

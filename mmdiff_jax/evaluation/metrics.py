@@ -309,3 +309,46 @@ def bits_per_dim(nats_per_example, num_dims: int):
     raise ValueError(f"num_dims must be positive; got {num_dims}")
   out = np.asarray(nats_per_example, np.float64) / (num_dims * np.log(2.0))
   return float(out) if out.ndim == 0 else out
+
+
+# --------------------------------------------------------------------------- bootstrap intervals
+
+#: Bootstrap replicates per metric. The resampling indices depend only on (seed, n), so two runs
+#: evaluated on the same n examples are resampled alike: replicate i of a metric of run A and replicate
+#: i of run B use the same examples, and the ratio (or difference) of the two replicate arrays is a
+#: paired bootstrap of the ratio (difference) of the metrics.
+NUM_BOOTSTRAP = 500
+REAL_SEED, GENERATED_SEED = 17, 29  # independent streams: real (test) and generated examples
+
+
+def bootstrap_indices(n: int, *, seed: int, num: int = NUM_BOOTSTRAP) -> np.ndarray:
+  """(num, n) int64 indices, each row a resample of range(n) with replacement."""
+  if n < 1:
+    raise ValueError(f"bootstrap: need at least one example, got n={n}")
+  return np.random.default_rng([seed, n]).integers(0, n, size=(num, n))
+
+
+def bootstrap_mean(values, *, seed: int = GENERATED_SEED, num: int = NUM_BOOTSTRAP) -> np.ndarray:
+  """(num,) means of bootstrap resamples of per-example `values` (N,) (an accuracy from 0/1 values,
+  a mean LPIPS from per-image distances)."""
+  v = np.asarray(values, np.float64).ravel()
+  return v[bootstrap_indices(len(v), seed=seed, num=num)].mean(axis=1)
+
+
+def bootstrap_frechet(real_features, fake_features, *, num: int = NUM_BOOTSTRAP) -> np.ndarray:
+  """(num,) Fréchet distances between bootstrap resamples of both feature sets (N, D), (M, D): the
+  real set resampled with REAL_SEED, the generated one with GENERATED_SEED."""
+  real = np.asarray(real_features, np.float64)
+  fake = np.asarray(fake_features, np.float64)
+  real_idx = bootstrap_indices(len(real), seed=REAL_SEED, num=num)
+  fake_idx = bootstrap_indices(len(fake), seed=GENERATED_SEED, num=num)
+  return np.asarray([frechet_distance(real[r], fake[f]) for r, f in zip(real_idx, fake_idx)])
+
+
+def percentile_interval(replicates, *, level: float = 0.95) -> tuple[float, float]:
+  """The (lower, upper) percentile interval of bootstrap replicates (nan replicates are an error)."""
+  r = np.asarray(replicates, np.float64)
+  if r.size == 0 or not np.all(np.isfinite(r)):
+    raise ValueError(f"bootstrap replicates must be finite and non-empty; got {r.size} values")
+  tail = 100 * (1 - level) / 2
+  return float(np.percentile(r, tail)), float(np.percentile(r, 100 - tail))

@@ -3,7 +3,7 @@
 Every encoder has two entry points:
   encode(x):                   E_i(x_i) for an observed value;
   encode_prediction(head_out): E_i(x-hat_i) for a head's output; for categorical modalities this is
-                               the expected encoding under the predicted probabilities (METHOD.md).
+                               the expected encoding under the predicted probabilities (docs/METHOD.md).
 Trainable encodings are rescaled to unit RMS per example, so they cannot collapse to zero (which would
 switch the injection off).
 """

@@ -2,7 +2,7 @@
 
 Each step, the backbone predicts z0-hat (or eps-hat) and every head predicts its modality; the heads'
 predictions are encoded (E_i(x-hat_i), the expected encoding for categorical modalities) and plugged
-into the posterior. An observed modality uses its true encoding at every step instead (METHOD.md); an
+into the posterior. An observed modality uses its true encoding at every step instead (docs/METHOD.md); an
 observed base image replaces z0-hat. The whole loop is one lax.fori_loop.
 """
 
@@ -69,6 +69,18 @@ class Sampler:
                                 method=lambda m, x, name=spec.name: m.encoders[name].encode(x))
             for i, spec in enumerate(self.model.aggregated) if spec.name in observed}
 
+  def prepare_observed(self, params, observed: Mapping[str, Any]):
+    """(observed z_0 or None, {stack index: true encoding}, {condition name: value}) of `observed`.
+
+    Raises ValueError for names that are not modalities of the model."""
+    unknown = set(observed) - {s.name for s in self.model.specs}
+    if unknown:
+      raise ValueError(f"observed: unknown modalities {sorted(unknown)}; "
+                       f"expected names from {[s.name for s in self.model.specs]}")
+    conditions = {s.name: observed[s.name] for s in self.model.conditions if s.name in observed}
+    return (observed.get(self.model.specs[0].name), self._observed_encodings(params, observed),
+            conditions)
+
   def predict(self, params, z_t, t, observed_encodings, observed_z0, conditions=None):
     """One network evaluation: (z0-hat, eps-hat, encodings used, head outputs)."""
     batch_size = z_t.shape[0]
@@ -122,14 +134,7 @@ class Sampler:
       Observed modalities are returned as given.
     """
     observed = dict(observed or {})
-    unknown = set(observed) - {s.name for s in self.model.specs}
-    if unknown:
-      raise ValueError(f"observed: unknown modalities {sorted(unknown)}; "
-                       f"expected names from {[s.name for s in self.model.specs]}")
-    base = self.model.specs[0]
-    observed_z0 = observed.get(base.name)
-    observed_encodings = self._observed_encodings(params, observed)
-    conditions = {s.name: observed[s.name] for s in self.model.conditions if s.name in observed}
+    observed_z0, observed_encodings, conditions = self.prepare_observed(params, observed)
     timesteps = jnp.asarray(self.timesteps())
     init_rng, loop_rng = jax.random.split(rng)
     z_shape = (batch_size, *self.model.z_shape)

@@ -1,6 +1,6 @@
 """The training objective: the practical loss plus every term of the multimodal bound, reported apart.
 
-Ours vs. the paper's four terms (named in the order METHOD.md lists them; the paper's exact indexing
+Ours vs. the paper's four terms (named in the order docs/METHOD.md lists them; the paper's exact indexing
 is only known second-hand):
   L0  noise/marginal term      -> "bound/prior":     KL(q(z_T | z_0, X) || N(0, I))
   L1  posterior-matching term  -> "bound/diffusion": sum_{t>=2} KL(q(z_{t-1}|z_t,z_0,X) || p(z_{t-1}|z_t))

@@ -25,12 +25,13 @@ from jax.experimental import multihost_utils
 from mmdiff_jax.config import model_differences, validate_config
 from mmdiff_jax.data import pipeline
 from mmdiff_jax.data.checks import check_batch
-from mmdiff_jax.evaluation.harness import run_evaluators, save_eval_metrics
+from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, run_evaluators, save_eval_metrics
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import distributed
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
+from mmdiff_jax.training import transplant
 from mmdiff_jax.training.checkpoint import Checkpointer
 
 
@@ -246,12 +247,35 @@ def _restore_or_init(experiment, tx, mesh, config, checkpointer, train_iter):
                                                   seed=config.seed)
   latest = checkpointer.latest_step()
   if latest is None:
-    return state_lib.create_train_state(experiment.model, tx, shardings, config.seed), shardings
+    state = state_lib.create_train_state(experiment.model, tx, shardings, config.seed)
+    if config.training.init_from:
+      state = _initialise_from(state, config.training.init_from)
+    return state, shardings
   print(f"Resuming from step {latest}", flush=True)
   state, data_state = checkpointer.restore(latest, abstract)
   if data_state:
     train_iter.set_state(data_state)
   return state, shardings
+
+
+def _initialise_from(state, workdir: str):
+  """`state` with the parameters (and their EMA) of the newest checkpoint in `workdir` (its EMA
+  parameters) wherever paths and shapes match (transplant.transplant); the optimizer state stays fresh."""
+  name = f"config.training.init_from={workdir}"
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{name}: no config.json there (expected a trained run's workdir)")
+  source_config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  _, source_step, source_state = restore_latest(source_config, workdir)
+  source = jax.device_get(source_state.ema_params)
+  params, copied, kept = transplant.transplant(jax.device_get(state.params), source,
+                                               source_name=name)
+  put = lambda tree: jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, old.dtype),
+                                                                  old.sharding), tree, state.params)
+  print(f"Initialised {len(copied)} parameter arrays ({', '.join(transplant.top_level(copied))}) from "
+        f"{workdir} step {source_step}; fresh: {', '.join(transplant.top_level(kept)) or 'none'}",
+        flush=True)
+  return state.replace(params=put(params), ema_params=put(params))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -357,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results.update(run_evaluators(experiment, state.ema_params, config,
                                 names=config.eval.after_training))
   evaluated = {k: v for k, v in results.items() if k != "sample_grids"}
-  writer.write(final_step, evaluated)
+  writer.write(final_step, {k: v for k, v in evaluated.items() if k != BOOTSTRAP_KEY})
   if evaluated:
     save_eval_metrics(workdir, final_step, evaluated)
   if jax.process_index() == 0:
