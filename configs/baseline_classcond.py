@@ -15,4 +15,5 @@ from mmdiff_jax.config import apply_size, default_config
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default_config()
   config.modalities.label = dict(kind="label", feature="label", num_classes=10, role="condition")
+  config.diffusion.parameterization = "v"  # as baseline_uncond (measured there)
   return apply_size(config, variant)

@@ -19,4 +19,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default_config()
   config.data.derived = ("random_square_mask", "masked_image_augmentation")
   config.modalities.label = dict(kind="label", feature="label", num_classes=10, role="condition")
+  config.diffusion.parameterization = "v"  # as baseline_classcond
   return apply_size(config, variant)

@@ -23,4 +23,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.modalities.masked_image = dict(
       kind="masked_image", feature="masked_image", encoder="identity", head="conv",
       recovery_loss="mse", loss_weight=0.1, profile="bump", profile_scale=2.0)
+  config.diffusion.parameterization = "v"  # as its single-task baselines and configs/imgmask.py
   return apply_size(config, variant)

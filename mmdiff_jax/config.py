@@ -19,7 +19,7 @@ from mmdiff_jax.models.modalities import aggregated_specs, aggregation_weights, 
 from mmdiff_jax.models.predictor import INPUT_KINDS
 from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES
 from mmdiff_jax.experiment import DTYPES, TASKS
-from mmdiff_jax.sampling.samplers import SAMPLERS
+from mmdiff_jax.sampling.samplers import CATEGORICAL_FEEDBACK, SAMPLERS
 
 
 
@@ -118,6 +118,8 @@ def default_config() -> ml_collections.ConfigDict:
       num_steps=100,  # DDIM steps
       eta=0.0,  # DDIM stochasticity
       clip_denoised=True,  # clip z0-hat to [-1, 1]
+      categorical_feedback="expected",  # unobserved labels/maps fed back to the next step (grids and
+          # evaluators alike): "expected" code, the "argmax" class's code, or a "sampled" class's code
       num_samples=100,  # images per sample grid; 0: no grids
   ))
 
@@ -246,6 +248,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   _require(1 <= s.num_steps <= d.num_steps, "sampling.num_steps", s.num_steps,
            f"1..{d.num_steps} (diffusion.num_steps)")
   _require(s.eta >= 0.0, "sampling.eta", s.eta, "a value >= 0")
+  _require(s.categorical_feedback in CATEGORICAL_FEEDBACK, "sampling.categorical_feedback",
+           s.categorical_feedback, f"one of {CATEGORICAL_FEEDBACK}")
   _require(int(s.num_samples) >= 0, "sampling.num_samples", s.num_samples, "an integer >= 0")
   e = config.eval
   _require(e.sampler in SAMPLERS, "eval.sampler", e.sampler, f"one of {SAMPLERS}")

@@ -45,13 +45,14 @@ class Experiment:
       return PredictionObjective(self.model)
     return Objective(self.model, self.schedule, self.weights, self.parameterization)
 
-  def sampler(self, kind: str, num_steps: int, *, eta: float = 0.0,
-              clip_denoised: bool = True) -> Sampler | PredictionSampler:
+  def sampler(self, kind: str, num_steps: int, *, eta: float = 0.0, clip_denoised: bool = True,
+              categorical_feedback: str = "expected") -> Sampler | PredictionSampler:
     """The diffusion sampler; for a predictor, its prediction behind the same interface."""
     if not self.is_generative:
       return PredictionSampler(self.model)
     return Sampler(self.model, self.schedule, self.weights, self.parameterization, kind=kind,
-                   num_steps=num_steps, eta=eta, clip_denoised=clip_denoised)
+                   num_steps=num_steps, eta=eta, clip_denoised=clip_denoised,
+                   categorical_feedback=categorical_feedback)
 
   def prior_report(self) -> dict[str, float]:
     """lambda_T per aggregated modality, and the prior KL per dimension of a unit encoding (nats)."""

@@ -45,6 +45,12 @@ def _host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def _sampler(experiment, config):
+  """The evaluators' sampler: config.eval's kind and steps, sampling.categorical_feedback."""
+  return experiment.sampler(config.eval.sampler, config.eval.num_steps,
+                            categorical_feedback=config.sampling.categorical_feedback)
+
+
 def _spec(experiment, kind, *, conditions: bool = False):
   """The first modality of `kind` the model generates (or is conditioned on, with conditions=True)."""
   return next((s for s in experiment.specs
@@ -66,7 +72,7 @@ def _generate(experiment, params, config, seed_offset: int):
   """num_generated samples from the model (joint, or given the test labels for a class-conditional
   one), in eval batches: a list of host dicts."""
   e = config.eval
-  sampler = experiment.sampler(e.sampler, e.num_steps)
+  sampler = _sampler(experiment, config)
   jitted = jax.jit(lambda p, r, obs, n: sampler.sample(p, r, n, observed=obs), static_argnums=(3,))
   rng, out = jax.random.PRNGKey(e.seed + seed_offset), []
   for i, observed in enumerate(_generation_conditions(experiment, config, e.num_generated)):
@@ -83,7 +89,7 @@ def _conditions_of(experiment, batch) -> dict[str, np.ndarray]:
 
 def _conditional(experiment, params, config):
   """A jitted sample(rng, {name: observed value}) (one eval batch)."""
-  sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
+  sampler = _sampler(experiment, config)
   # params is an argument, not a closed-over constant (with several processes it spans all of them).
   sample = jax.jit(lambda p, r, obs: sampler.sample(
       p, r, next(iter(obs.values())).shape[0], observed=obs))
@@ -172,7 +178,7 @@ def inpainting_sdedit(experiment, params, config) -> dict[str, Any]:
   """SDEdit baseline (sampling/inpainting.py) on an image diffusion model without aggregated
   modalities: the masked image noised to t0 = eval.sdedit_t0_fraction of T and denoised, scored like
   `inpainting`."""
-  sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
+  sampler = _sampler(experiment, config)
   run = jax.jit(lambda p, r, x, obs: inpainting_lib.sdedit(
       sampler, p, r, x, t0_fraction=float(config.eval.sdedit_t0_fraction), observed=obs))
   return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: _host(run(
@@ -182,7 +188,7 @@ def inpainting_sdedit(experiment, params, config) -> dict[str, Any]:
 def inpainting_replacement(experiment, params, config) -> dict[str, Any]:
   """Known-region replacement baseline (RePaint-style; eval.replacement_resamples passes per step) on
   an image diffusion model without aggregated modalities, scored like `inpainting`."""
-  sampler = experiment.sampler(config.eval.sampler, config.eval.num_steps)
+  sampler = _sampler(experiment, config)
   run = jax.jit(lambda p, r, x, m, obs: inpainting_lib.known_region_replacement(
       sampler, p, r, x, m, resamples=int(config.eval.replacement_resamples), observed=obs))
   return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: _host(run(

@@ -22,6 +22,28 @@ from mmdiff_jax.models.mtdiffusion import MTDiffusion
 from mmdiff_jax.models.predictor import Predictor
 
 SAMPLERS = ("ancestral", "ddim")
+# How an unobserved categorical modality's prediction enters the next step: "expected" (the expected
+# encoding under the predicted probabilities: a mixture of codes never seen in training), "argmax" (the
+# code of the most likely class), "sampled" (the code of a class drawn from the predicted probabilities).
+CATEGORICAL_FEEDBACK = ("expected", "argmax", "sampled")
+CATEGORICAL_KINDS = ("label", "segmentation")
+
+
+def feedback_logits(logits, *, mode: str, key: jax.Array | None = None) -> jnp.ndarray:
+  """Logits whose softmax is the feedback distribution of `mode` (CATEGORICAL_FEEDBACK): the logits
+  themselves ("expected"), or a one-hot at the argmax ("argmax") or at a Gumbel-max draw ("sampled",
+  which needs `key`). logits: (..., K)."""
+  if mode == "expected":
+    return logits
+  if mode == "sampled":
+    if key is None:
+      raise ValueError("categorical_feedback='sampled' needs a PRNG key")
+    logits = logits + jax.random.gumbel(key, logits.shape, logits.dtype)
+  elif mode != "argmax":
+    raise ValueError(f"sampling.categorical_feedback: got {mode!r}; expected one of "
+                     f"{CATEGORICAL_FEEDBACK}")
+  hot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=bool)
+  return jnp.where(hot, 0.0, -1e9).astype(logits.dtype)  # softmax: exactly one-hot
 
 
 def ddim_timesteps(num_steps: int, num_sample_steps: int) -> np.ndarray:
@@ -44,6 +66,7 @@ class Sampler:
     num_steps: DDIM steps (ignored by ancestral).
     eta: DDIM stochasticity (0 = deterministic).
     clip_denoised: clip z0-hat to [-1, 1] (pixel-space images).
+    categorical_feedback: one of CATEGORICAL_FEEDBACK.
   """
   model: MTDiffusion
   schedule: Schedule
@@ -53,10 +76,14 @@ class Sampler:
   num_steps: int = 50
   eta: float = 0.0
   clip_denoised: bool = True
+  categorical_feedback: str = "expected"
 
   def __post_init__(self):
     if self.kind not in SAMPLERS:
       raise ValueError(f"sampling.sampler: got {self.kind!r}; expected one of {SAMPLERS}")
+    if self.categorical_feedback not in CATEGORICAL_FEEDBACK:
+      raise ValueError(f"sampling.categorical_feedback: got {self.categorical_feedback!r}; expected "
+                       f"one of {CATEGORICAL_FEEDBACK}")
 
   def timesteps(self) -> np.ndarray:
     if self.kind == "ancestral":
@@ -81,12 +108,20 @@ class Sampler:
     return (observed.get(self.model.specs[0].name), self._observed_encodings(params, observed),
             conditions)
 
-  def predict(self, params, z_t, t, observed_encodings, observed_z0, conditions=None):
-    """One network evaluation: (z0-hat, eps-hat, encodings used, head outputs)."""
+  def predict(self, params, z_t, t, observed_encodings, observed_z0, conditions=None, key=None):
+    """One network evaluation: (z0-hat, eps-hat, encodings used, head outputs). `key` is needed for
+    categorical_feedback="sampled"."""
     batch_size = z_t.shape[0]
     t_vec = jnp.full((batch_size,), t, jnp.int32)
     outputs = self.model.apply({"params": params}, z_t, t_vec, train=False, conditions=conditions)
-    encodings = self.model.apply({"params": params}, outputs, batch_size,
+    fed_back = dict(outputs)
+    if self.categorical_feedback != "expected":
+      for i, spec in enumerate(self.model.aggregated):
+        if spec.kind in CATEGORICAL_KINDS and i not in observed_encodings:
+          fed_back[spec.name] = feedback_logits(
+              outputs[spec.name], mode=self.categorical_feedback,
+              key=None if key is None else jax.random.fold_in(key, i))
+    encodings = self.model.apply({"params": params}, fed_back, batch_size,
                                  method=MTDiffusion.encode_predictions)
     for i, encoding in observed_encodings.items():
       encodings = encodings.at[i].set(encoding)
@@ -141,15 +176,16 @@ class Sampler:
     z = jax.random.normal(init_rng, z_shape)
     outputs_shape = jax.eval_shape(
         lambda: self.predict(params, z, self.schedule.num_steps, observed_encodings, observed_z0,
-                             conditions)[3])
+                             conditions, key=loop_rng)[3])
     outputs = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), outputs_shape)
 
     def body(i, carry):
       z, _ = carry
       t, s = timesteps[i], timesteps[i + 1]
+      step_rng = jax.random.fold_in(loop_rng, i)
       z0, eps, encodings, outputs = self.predict(params, z, t, observed_encodings, observed_z0,
-                                                 conditions)
-      noise = jax.random.normal(jax.random.fold_in(loop_rng, i), z_shape)
+                                                 conditions, key=jax.random.fold_in(step_rng, 1))
+      noise = jax.random.normal(step_rng, z_shape)
       return self.step(z0, eps, encodings, z, t, s, noise), outputs
 
     z, outputs = jax.lax.fori_loop(0, timesteps.shape[0] - 1, body, (z, outputs))
