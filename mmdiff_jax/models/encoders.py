@@ -47,6 +47,26 @@ class CategoricalEncoder(nn.Module):
         logits.shape[:1] + tuple(self.z_shape))
 
 
+class SmoothCategoricalEncoder(CategoricalEncoder):
+  """A learned low-frequency code per class: a (H / 4, W / 4, C) table per class, bilinearly upsampled
+  to z's shape, then unit RMS. The default code is white-noise-like (each pixel independent); this one
+  varies slowly over the image, so it is less like the fine texture the denoiser must not mistake for
+  image content. Labels (B,) -> (B, *z_shape)."""
+  downsample: int = 4
+
+  def setup(self):
+    h, w, c = self.z_shape
+    coarse = (-(-h // self.downsample), -(-w // self.downsample), c)
+    self.codes = self.param(
+        "codes", nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                              ("vocab", None, None, None)),  # tiny: replicated
+        (self.num_classes, *coarse))
+
+  def _table(self):
+    fine = jax.image.resize(self.codes, (self.num_classes, *self.z_shape), method="bilinear")
+    return unit_rms(fine.reshape(self.num_classes, -1), axes=(1,))
+
+
 class PixelCategoricalEncoder(nn.Module):
   """A learned code per class in each pixel. Maps (B, H, W) ints -> (B, H, W, C).
 
@@ -108,6 +128,7 @@ class IdentityEncoder(nn.Module):
 ENCODERS = {
     "identity": IdentityEncoder,
     "categorical": CategoricalEncoder,
+    "smooth_categorical": SmoothCategoricalEncoder,
     "pixel_categorical": PixelCategoricalEncoder,
     "linear": EmbeddingEncoder,
 }
