@@ -468,7 +468,7 @@ def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES) -> dict[st
     values = dict(evaluator.evaluate(experiment, params, config))
     for metric, draws in values.pop("bootstrap", {}).items():
       replicates[f"eval/{metric}"] = [float(f"{x:.6g}") for x in np.asarray(draws)]
-      results[f"eval/{metric}_ci95"] = list(metrics.percentile_interval(draws))
+      results[f"eval/{metric}_ci95"] = list(metrics.percentile_interval(draws, point=values[metric]))
     results.update({f"eval/{k}": v for k, v in values.items()})
     evaluated.append(name)
   if replicates:
