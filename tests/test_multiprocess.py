@@ -42,6 +42,9 @@ RUN_TIMEOUT_S = 420
 def subprocess_env(data_dir, tmp_path_factory):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("MMDIFF_", "SLURM_", "OMPI_"))}
   env.update(
+      # The launcher's processes run on the interpreter running the tests (a venv's python need not
+      # be the python3 on PATH).
+      PYTHON=sys.executable,
       TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
       # Halves the compile time of the tiny programs here (every comparison uses the same flags).
       XLA_FLAGS=" ".join(filter(None, [env.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])),
