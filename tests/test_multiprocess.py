@@ -142,6 +142,9 @@ def test_two_processes_equal_one_and_restore_into_another_topology(subprocess_en
   assert "over 8 cpu devices, 1 process(es)" in out, (
       "the single-process run did not get 8 simulated devices: does mmdiff_jax/main.py call "
       "distributed.initialize(config.distributed) first?\n" + out[-3000:])
+  # Library INFO logs (absl's "I1201 12:00:00.000 ..." lines: orbax writes ~25 per checkpoint) are
+  # off unless --library_logs.
+  assert not re.search(r"^I\d{4} \d\d:\d\d", out, re.M), out[-3000:]
 
   # 2. Two processes x 4 devices through the launcher: K steps, then samples and evaluation.
   multi = tmp_path / "multi"
