@@ -119,10 +119,9 @@ def test_bf16_remat_accumulated_training_runs_the_smoke_config(data_dir, tmp_pat
   config = imglabel.get_config("smoke")
   config.data.data_dir = data_dir
   config.model.update(dtype="bfloat16", remat=True)
-  config.training.update(num_steps=6, log_every=3, save_every=6, grad_accum_steps=2)
-  config.sampling.num_samples = 10
-  config.eval.after_training = ("label_accuracy",)
-  config.eval.update(num_examples=16, batch_size=16)
+  config.training.update(num_steps=4, log_every=2, save_every=4, grad_accum_steps=2)
+  config.sampling.num_samples = 0  # training only: sampling and evaluation in bf16 are the same code
+  config.eval.after_training = ()
 
   experiment = build_experiment(config)
   params = _initial_state(config, abstract=True)[1].params
@@ -135,10 +134,8 @@ def test_bf16_remat_accumulated_training_runs_the_smoke_config(data_dir, tmp_pat
   assert features.features.dtype == jnp.bfloat16 and features.bottleneck.dtype == jnp.bfloat16
 
   workdir = str(tmp_path / "wd")
-  results = train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir)
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   logged = [r for r in rows if "loss" in r]
-  assert [r["step"] for r in logged] == [3, 6]
+  assert [r["step"] for r in logged] == [2, 4]
   assert all(np.isfinite(r["loss"]) and r["skipped"] == 0 for r in logged)
-  assert 0.0 <= results["eval/label_accuracy"] <= 1.0
-  assert results["sample_grids"]

@@ -29,10 +29,10 @@ from mmdiff_jax.evaluation.harness import run_evaluators, save_eval_metrics
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import distributed
-from mmdiff_jax.training.dashboard import Dashboard
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
 from mmdiff_jax.training.checkpoint import Checkpointer
+from mmdiff_jax.training.dashboard import Dashboard
 
 
 class MetricsWriter:
