@@ -201,8 +201,10 @@ def evaluate_during_training(experiment: Experiment, params, config) -> dict[str
                     batch_size=min(e.batch_size, n),
                     bound_batches=max(1, min(e.bound_batches, -(-n // min(e.batch_size, n)))))
   results = run_evaluators(experiment, params, cheap, names=tuple(e.during_training))
+  # Per-example tables (a dict of bootstrap replicates, where an evaluator gives them) stay out of
+  # metrics.jsonl rows.
   return {"periodic_eval/" + k.removeprefix("eval/"): v for k, v in results.items()
-          if k != "eval/evaluated"}
+          if k != "eval/evaluated" and not isinstance(v, dict)}
 
 
 def fetch(tree):
