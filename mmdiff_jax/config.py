@@ -20,6 +20,7 @@ from mmdiff_jax.models.predictor import INPUT_KINDS
 from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES
 from mmdiff_jax.experiment import DTYPES, TASKS
 from mmdiff_jax.sampling.samplers import CATEGORICAL_FEEDBACK, SAMPLERS
+from mmdiff_jax.training.state import LR_SCHEDULES
 
 
 
@@ -68,11 +69,15 @@ def default_config() -> ml_collections.ConfigDict:
       dropout=0.1,  # dropout in the residual blocks
       num_groups=32,  # GroupNorm groups (must divide base_channels)
       dtype="float32",  # activations: "float32" or "bfloat16" (parameters stay float32)
+      remat=False,  # recompute the U-Net blocks' activations in the backward pass (less memory)
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-4,  # AdamW learning rate after warmup (then constant)
+      learning_rate=2e-4,  # AdamW learning rate after warmup
       warmup_steps=1000,  # linear warmup from 0 to learning_rate
+      schedule="constant",  # after warmup: "constant", "cosine" or "linear" decay to
+                            # end_learning_rate at training.num_steps
+      end_learning_rate=0.0,  # the rate reached at training.num_steps by "cosine" and "linear"
       grad_clip_norm=1.0,  # clip gradients to this global norm
       b1=0.9,  # Adam beta1
       b2=0.999,  # Adam beta2
@@ -81,11 +86,14 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.training = ml_collections.ConfigDict(dict(
       batch_size=128,  # global, over all devices and processes
+      grad_accum_steps=1,  # micro-batches of batch_size / grad_accum_steps per optimizer step, in
+                           # turn (activation memory of one micro-batch; the same update)
       num_steps=100_000,  # optimizer steps in all (a resumed run continues up to this)
       ema_decay=0.9999,  # decay of the EMA of the parameters (used to sample and evaluate)
       log_every=100,  # steps between progress lines / metrics.jsonl rows
       save_every=5000,  # steps between checkpoints (at most this many are lost to a kill)
       sample_every=10_000,  # steps between sample grids
+      eval_every=0,  # steps between evaluations during training (eval.during_training); 0: none
       keep_checkpoints=3,  # newest checkpoints kept in WORKDIR/checkpoints
       max_nonfinite_steps=10,  # stop after this many skipped (non-finite) updates in a row; 0: never
       init_from=ml_collections.config_dict.placeholder(str),  # a workdir: start from its newest
@@ -134,6 +142,9 @@ def default_config() -> ml_collections.ConfigDict:
       bound_batches=20,  # test batches for the variational bound in bits/dim
       after_training=("label_accuracy", "segmentation_miou", "segmentation_agreement", "inpainting",
                       "embedding_consistency"),  # run by main at the end
+      during_training=("label_accuracy", "bound"),  # run every training.eval_every steps (those
+                                                    # that apply), logged as "periodic_eval/..."
+      during_training_examples=500,  # test examples (and samples) per evaluator during training
       classifier_workdir=ml_collections.config_dict.placeholder(str),  # a trained configs/classifier.py
                                                                        # run, for label agreement
       seed=0,  # seed of the evaluators' sampling and test masks
@@ -233,15 +244,23 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   _require(m.base_channels % m.num_groups == 0, "model.num_groups", m.num_groups,
            f"a divisor of model.base_channels = {m.base_channels}")
 
+  o = config.optimizer
+  _require(o.schedule in LR_SCHEDULES, "optimizer.schedule", o.schedule, f"one of {LR_SCHEDULES}")
+  _require(0.0 <= o.end_learning_rate <= o.learning_rate, "optimizer.end_learning_rate",
+           o.end_learning_rate, f"a value in [0, optimizer.learning_rate = {o.learning_rate}]")
+
   t = config.training
   for key in ("batch_size", "num_steps", "log_every", "save_every", "sample_every",
-              "keep_checkpoints"):
+              "keep_checkpoints", "grad_accum_steps"):
     _require(int(t[key]) >= 1, f"training.{key}", t[key], "an integer >= 1")
+  _require(int(t.eval_every) >= 0, "training.eval_every", t.eval_every, "an integer >= 0 (0: never)")
   _require(0.0 <= t.ema_decay < 1.0, "training.ema_decay", t.ema_decay, "a value in [0, 1)")
   if num_devices is not None:
-    divisor = math.lcm(num_devices, num_processes)
+    divisor = math.lcm(num_devices, num_processes) * int(t.grad_accum_steps)
+    accumulation = f", {t.grad_accum_steps} micro-batches" if t.grad_accum_steps > 1 else ""
     _require(t.batch_size % divisor == 0, "training.batch_size", t.batch_size,
-             f"a multiple of {divisor} ({num_devices} devices, {num_processes} processes)")
+             f"a multiple of {divisor} ({num_devices} devices, {num_processes} processes"
+             f"{accumulation})")
 
   s = config.sampling
   _require(s.sampler in SAMPLERS, "sampling.sampler", s.sampler, f"one of {SAMPLERS}")
@@ -259,9 +278,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
            "a value in [0, 1]")
   _require(int(e.replacement_resamples) >= 1, "eval.replacement_resamples", e.replacement_resamples,
            "an integer >= 1")
-  unknown = set(e.after_training) - set(EVALUATOR_NAMES)
-  _require(not unknown, "eval.after_training", tuple(e.after_training),
-           f"names from {list(EVALUATOR_NAMES)}")
+  for key in ("after_training", "during_training"):
+    unknown = set(e[key]) - set(EVALUATOR_NAMES)
+    _require(not unknown, f"eval.{key}", tuple(e[key]), f"names from {list(EVALUATOR_NAMES)}")
+  _require(int(e.during_training_examples) >= 1, "eval.during_training_examples",
+           e.during_training_examples, "an integer >= 1")
 
 
 # The keys that define what a checkpoint's parameters mean: a run evaluated, sampled or resumed with

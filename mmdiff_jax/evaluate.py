@@ -6,11 +6,13 @@ eval_metrics.bootstrap.json).
 """
 
 import json
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from mmdiff_jax import installed_configs
 from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, EVALUATOR_NAMES, run_evaluators,
                                            save_eval_metrics)
 from mmdiff_jax.training import distributed
@@ -50,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=installed_configs.with_installed_configs(sys.argv))

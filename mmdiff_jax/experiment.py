@@ -85,7 +85,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   backbone = UNet(base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
                   num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
                   num_heads=m.num_heads, dropout=m.dropout, num_groups=m.num_groups,
-                  dtype=DTYPES[m.dtype])
+                  dtype=DTYPES[m.dtype], remat=bool(m.remat))
   if config.task == "prediction":
     model = Predictor(specs=specs, z_shape=z_shape, backbone=backbone,
                       input=config.prediction.input, target=config.prediction.target)

@@ -2,29 +2,43 @@
 
   --mode=train   (default) train, resuming from the newest checkpoint in the workdir, then sample and
                  evaluate.
-  --mode=sample  load the newest checkpoint and write sample grids to WORKDIR/samples.
+  --mode=sample  load the newest checkpoint (or with --params=FILE an exported file) and write sample
+                 grids to WORKDIR/samples.
+  --mode=export  write the newest checkpoint's EMA parameters alone to
+                 WORKDIR/export/ema_params_step<N>.msgpack (flax.serialization).
+  --library_logs show the INFO logs of the libraries underneath (orbax, absl, TFDS, grain); by default
+                 only their warnings and errors are shown, beside the run's own progress lines.
 Any config key can be overridden: --config.training.num_steps=500.
+`--config=configs/NAME.py` finds the configs installed with the package when there is no such file
+here (mmdiff_jax/installed_configs.py).
 """
 
 import os
+import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmdiff_jax.training import distributed, train
+from mmdiff_jax import installed_configs
+from mmdiff_jax.training import distributed, export, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "export"], "What to do.")
+flags.DEFINE_string("params", None, "--mode=sample: an exported parameter file (--mode=export) to "
+                    "sample from instead of the newest checkpoint.")
+flags.DEFINE_bool("library_logs", False, "Show the INFO logs of orbax, absl, TFDS and grain.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS.library_logs:  # about 25 INFO lines per checkpoint would bury the progress lines
+    logging.set_verbosity(logging.WARNING)
   # First of all: with several processes (TPU pod, SLURM, launch/local_multiprocess.sh) the
   # distributed runtime must start before anything touches a JAX backend.
   print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)
@@ -32,11 +46,17 @@ def main(argv):
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.join(os.path.expanduser("~"), ".cache", "mmdiff_jax", "xla"))
+  if FLAGS.params and FLAGS.mode != "sample":
+    raise app.UsageError(f"--params is for --mode=sample (given --mode={FLAGS.mode})")
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == "export":
+    print(f"Wrote {export.export_ema_params(FLAGS.config, FLAGS.workdir)}", flush=True)
+  elif FLAGS.params:
+    export.sample_from_exported(FLAGS.config, FLAGS.params, FLAGS.workdir)
   else:
     train.sample_from_checkpoint(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=installed_configs.with_installed_configs(sys.argv))

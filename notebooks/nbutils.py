@@ -1,12 +1,19 @@
-"""Small helpers shared by the notebooks: choosing the dataset, showing images and plots.
+"""Small helpers shared by the notebooks: choosing the dataset, showing images and plots; and the
+notebooks' Colab link and install cell, written from REPOSITORY.
 
 Plots use matplotlib when it is installed (as on Colab) and fall back to plain PIL images otherwise,
 so the notebooks run with nothing beyond the package's own dependencies.
+
+For your own clone: set REPOSITORY below and run `python3 notebooks/nbutils.py`; it rewrites every
+notebook's "Open in Colab" link and the clone URL in its install cell (tests/test_notebooks.py checks
+that they match).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -18,6 +25,87 @@ except ImportError:  # pragma: no cover - depends on the environment
   plt = None
 
 QUICK = os.environ.get("MMDIFF_NOTEBOOK_QUICK", "0") == "1"  # set by tests/test_notebooks.py
+
+REPOSITORY = "mmdiff-jax/mmdiff_jax"  # GitHub owner/name the Colab links open and Colab clones
+BRANCH = "main"
+
+
+# --------------------------------------------------------------------------- Colab
+
+
+def colab_badge(notebook: str) -> str:
+  """The Markdown "Open in Colab" link of notebooks/`notebook` in REPOSITORY at BRANCH."""
+  url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/notebooks/{notebook}"
+  return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+INSTALL_CELL = '''# Install. In a checkout of mmdiff_jax (or with $MMDIFF_REPO set) this uses the checkout as it is;
+# elsewhere (Colab) it clones REPO_URL and pip-installs the package, keeping the runtime's own jax and
+# jaxlib (Colab's are built for its GPU / TPU); pip stops with an error if they are older than
+# setup.cfg's lower bounds.
+import os, pathlib, subprocess, sys
+from importlib import metadata
+
+REPO_URL = "https://github.com/{repository}.git"  # your clone (notebooks/nbutils.py sets every notebook's)
+
+
+def find_checkout():
+  cwd = pathlib.Path.cwd()
+  for path in [os.environ.get("MMDIFF_REPO"), cwd, *cwd.parents, cwd / "mmdiff_jax"]:
+    if path and (pathlib.Path(path) / "mmdiff_jax" / "__init__.py").exists() \\
+        and (pathlib.Path(path) / "configs").is_dir():
+      return pathlib.Path(path).resolve()
+  return None
+
+
+def installed(name):
+  try:
+    return [f"{{name}}=={{metadata.version(name)}}"]
+  except metadata.PackageNotFoundError:
+    return []
+
+
+REPO = find_checkout()
+if REPO is None:
+  REPO = pathlib.Path("mmdiff_jax").resolve()
+  subprocess.run(["git", "clone", "--depth=1", REPO_URL, str(REPO)], check=True)
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(REPO),
+                  *installed("jax"), *installed("jaxlib")], check=True)
+for path in (REPO, REPO / "notebooks"):  # the package, configs/ and the notebook helpers
+  if str(path) not in sys.path:
+    sys.path.insert(0, str(path))
+import mmdiff_jax
+print("mmdiff_jax from", pathlib.Path(mmdiff_jax.__file__).parent)'''
+
+
+def install_cell() -> str:
+  """The first code cell of every notebook, cloning REPOSITORY."""
+  return INSTALL_CELL.format(repository=REPOSITORY)
+
+
+def write_colab_cells(directory: pathlib.Path) -> list[pathlib.Path]:
+  """Puts colab_badge() on the first line of each notebook's first (Markdown) cell and
+  install_cell() in its first code cell; returns the notebooks changed. Outputs stay stripped."""
+  changed = []
+  for path in sorted(directory.glob("*.ipynb")):
+    notebook = json.loads(path.read_text())
+    title = notebook["cells"][0]
+    lines = "".join(title["source"]).splitlines()
+    if lines and "colab-badge.svg" in lines[0]:
+      lines = lines[1:]
+    title["source"] = _cell_lines("\n".join([colab_badge(path.name), *lines]))
+    code = next(c for c in notebook["cells"] if c["cell_type"] == "code")
+    code["source"] = _cell_lines(install_cell())
+    text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+    if text != path.read_text():
+      path.write_text(text)
+      changed.append(path)
+  return changed
+
+
+def _cell_lines(text: str) -> list[str]:
+  """A cell's source as nbformat stores it: lines with their newlines, the last without."""
+  return text.splitlines(keepends=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -173,3 +261,8 @@ def table(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> None
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
   display(Markdown("\n".join(lines)))
+
+
+if __name__ == "__main__":
+  for changed in write_colab_cells(pathlib.Path(__file__).resolve().parent):
+    print("rewrote", changed)

@@ -42,6 +42,9 @@ RUN_TIMEOUT_S = 420
 def subprocess_env(data_dir, tmp_path_factory):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("MMDIFF_", "SLURM_", "OMPI_"))}
   env.update(
+      # The launcher's processes run on the interpreter running the tests (a venv's python need not
+      # be the python3 on PATH).
+      PYTHON=sys.executable,
       TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
       # Halves the compile time of the tiny programs here (every comparison uses the same flags).
       XLA_FLAGS=" ".join(filter(None, [env.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])),
@@ -139,6 +142,9 @@ def test_two_processes_equal_one_and_restore_into_another_topology(subprocess_en
   assert "over 8 cpu devices, 1 process(es)" in out, (
       "the single-process run did not get 8 simulated devices: does mmdiff_jax/main.py call "
       "distributed.initialize(config.distributed) first?\n" + out[-3000:])
+  # Library INFO logs (absl's "I1201 12:00:00.000 ..." lines: orbax writes ~25 per checkpoint) are
+  # off unless --library_logs.
+  assert not re.search(r"^I\d{4} \d\d:\d\d", out, re.M), out[-3000:]
 
   # 2. Two processes x 4 devices through the launcher: K steps, then samples and evaluation.
   multi = tmp_path / "multi"

@@ -27,6 +27,20 @@ def test_the_notebooks_are_all_there():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_in_colab_and_installs_from_one_repository(path, monkeypatch):
+  monkeypatch.syspath_prepend(str(ROOT / "notebooks"))
+  import nbutils  # pylint: disable=g-import-not-at-top
+  notebook = nbformat.read(path, as_version=4)
+  assert notebook.cells[0].source.splitlines()[0] == nbutils.colab_badge(path.name), (
+      f"{path.name}: run `python3 notebooks/nbutils.py` to write its Colab link")
+  first_code = next(c for c in notebook.cells if c.cell_type == "code")
+  assert first_code.source == nbutils.install_cell(), (
+      f"{path.name}: run `python3 notebooks/nbutils.py` to write its install cell")
+  assert f"github.com/{nbutils.REPOSITORY}.git" in first_code.source
+  assert f"github/{nbutils.REPOSITORY}/blob/" in notebook.cells[0].source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_committed_without_outputs(path):
   notebook = nbformat.read(path, as_version=4)
   nbformat.validate(notebook)

@@ -31,13 +31,31 @@ class TrainState:
   nonfinite_streak: jnp.ndarray
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with linear warmup to a constant rate, after global-norm gradient clipping."""
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup from 0 to optimizer.learning_rate over optimizer.warmup_steps, then constant or a
+  cosine / linear decay to optimizer.end_learning_rate at training.num_steps (held after it)."""
   opt = config.optimizer
-  learning_rate = optax.linear_schedule(0.0, opt.learning_rate, max(int(opt.warmup_steps), 1))
+  peak, warmup = float(opt.learning_rate), max(int(opt.warmup_steps), 1)
+  warm = optax.linear_schedule(0.0, peak, warmup)
+  decay_steps = max(int(config.training.num_steps) - warmup, 1)
+  after = {"constant": lambda: optax.constant_schedule(peak),
+           "cosine": lambda: optax.cosine_decay_schedule(
+               peak, decay_steps, alpha=float(opt.end_learning_rate) / peak if peak else 0.0),
+           "linear": lambda: optax.linear_schedule(peak, float(opt.end_learning_rate), decay_steps),
+           }[opt.schedule]()
+  return optax.join_schedules([warm, after], boundaries=[warmup])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW on learning_rate_schedule(config), after global-norm gradient clipping."""
+  opt = config.optimizer
   return optax.chain(
       optax.clip_by_global_norm(opt.grad_clip_norm),
-      optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+      optax.adamw(learning_rate_schedule(config), b1=opt.b1, b2=opt.b2,
+                  weight_decay=opt.weight_decay))
 
 
 def example_batch(model: Model, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -81,17 +99,53 @@ def _all_finite(tree) -> jnp.ndarray:
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def micro_batches(batch: dict, num: int, mesh: Mesh) -> dict:
+  """(B, ...) arrays -> (num, B / num, ...): micro-batch i holds examples i, i + num, i + 2 num, ...,
+  so that each micro-batch stays spread over every device (the batch is split over them in blocks)."""
+  spec = NamedSharding(mesh, P(None, *sharding_lib.BATCH_SPEC))
+  split = lambda x: jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(split(x), spec), batch)
+
+
+def accumulated_grads(objective: Objective, params, batch: dict, rng: jax.Array, *, num: int,
+                      mesh: Mesh):
+  """(metrics, gradients) of the batch-mean loss, computed over `num` micro-batches in turn (a scan:
+  the activations of one micro-batch live at a time). Micro-batch i draws its randomness from
+  fold_in(rng, i); with num = 1 the batch is one micro-batch drawing from `rng` itself."""
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  if num == 1:
+    (_, metrics), grads = grad_fn(params, batch, rng)
+    return metrics, grads
+
+  def add(total, i_and_micro):
+    i, micro = i_and_micro
+    (_, metrics), grads = grad_fn(params, micro, jax.random.fold_in(rng, i))
+    return jax.tree.map(jnp.add, total, (metrics, grads)), None
+
+  micro = micro_batches(batch, num, mesh)
+  first = jax.tree.map(lambda x: x[0], micro)
+  (_, metrics_shape), grads_shape = jax.eval_shape(grad_fn, params, first, rng)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (metrics_shape, grads_shape))
+  total, _ = jax.lax.scan(add, zeros, (jnp.arange(num), micro))
+  # Equal micro-batches: the mean of their means is the batch mean.
+  return jax.tree.map(lambda x: x / num, total)
+
+
 def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, ema_decay: float,
-                    mesh: Mesh, shardings) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    mesh: Mesh, shardings, grad_accum_steps: int = 1,
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """The jitted update: in/out shardings explicit, the old state donated.
 
+  With grad_accum_steps = k the gradient of the whole batch is accumulated over k micro-batches of
+  B / k examples (accumulated_grads): one optimizer update per batch, as with k = 1.
   A step whose loss or gradients are not finite leaves parameters, EMA and optimizer state as they
   were, and increments nonfinite_streak (reset by the next finite step).
   """
 
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng)
+    metrics, grads = accumulated_grads(objective, state.params, batch, rng, num=grad_accum_steps,
+                                       mesh=mesh)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)

@@ -33,16 +33,21 @@ from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
 from mmdiff_jax.training import transplant
 from mmdiff_jax.training.checkpoint import Checkpointer
+from mmdiff_jax.training.dashboard import Dashboard
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only; gs:// works too)."""
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only; gs:// works too),
+  and shows each row's numbers on the dashboard, if given."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, dashboard: Dashboard | None = None):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = jax.process_index() == 0
+    self.dashboard = dashboard
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if self.dashboard is not None:
+      self.dashboard.scalars(step, metrics)
     if self.enabled:
       line = json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n"
       if "://" in self.path:  # object stores cannot append: rewrite the (small) file
@@ -176,13 +181,31 @@ def _format_duration(seconds: float) -> str:
   return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def _progress_line(step: int, total: int, steps_per_s: float, metrics: dict[str, float]) -> str:
-  shown = ("loss", "denoise_mse", "bound/image_bits_per_dim")
+def _progress_line(step: int, total: int, steps_per_s: float | None,
+                   metrics: dict[str, float]) -> str:
+  """steps_per_s: None until a compiled step has been timed. The one-t bound estimates (bits/dim)
+  are too noisy per log interval to read here: they are in metrics.jsonl and on the dashboard."""
+  shown = ("loss", "denoise_mse")
   terms = " ".join(f"{k} {metrics[k]:.4g}" for k in metrics
-                   if k in shown or k.startswith("recovery/"))
-  eta = (total - step) / steps_per_s if steps_per_s > 0 else float("nan")
-  return (f"step {step}/{total} ({100 * step / total:.0f}%) | {steps_per_s:.2f} steps/s | "
-          f"ETA {_format_duration(eta)} | {terms}")
+                   if k in shown or k.startswith(("recovery/", "prediction/")))
+  speed = (f"{steps_per_s:.2f} steps/s | ETA {_format_duration((total - step) / steps_per_s)}"
+           if steps_per_s else "first step")
+  return f"step {step}/{total} ({100 * step / total:.0f}%) | {speed} | {terms}"
+
+
+def evaluate_during_training(experiment: Experiment, params, config) -> dict[str, Any]:
+  """config.eval.during_training's evaluators on at most eval.during_training_examples test examples
+  (and samples) each: {"periodic_eval/<metric>": value}. Every process must call it."""
+  e, n = config.eval, int(config.eval.during_training_examples)
+  cheap = config.copy_and_resolve_references()
+  cheap.eval.update(num_examples=min(e.num_examples, n), num_generated=min(e.num_generated, n),
+                    batch_size=min(e.batch_size, n),
+                    bound_batches=max(1, min(e.bound_batches, -(-n // min(e.batch_size, n)))))
+  results = run_evaluators(experiment, params, cheap, names=tuple(e.during_training))
+  # Per-example tables (a dict of bootstrap replicates, where an evaluator gives them) stay out of
+  # metrics.jsonl rows.
+  return {"periodic_eval/" + k.removeprefix("eval/"): v for k, v in results.items()
+          if k != "eval/evaluated" and not isinstance(v, dict)}
 
 
 def fetch(tree):
@@ -298,7 +321,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tmp = epath.Path(workdir) / "config.json.tmp"
     tmp.write_text(config.to_json_best_effort(indent=1))
     tmp.replace(epath.Path(workdir) / "config.json")
-  writer = MetricsWriter(workdir)
+  dashboard = Dashboard(workdir)
+  writer = MetricsWriter(workdir, dashboard)
+  if jax.process_index() == 0:
+    print(f"Outputs in {workdir}: metrics.jsonl, checkpoints/, samples/; dashboard: tensorboard "
+          f"--logdir={dashboard.logdir}", flush=True)
   print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es). Prior check: {experiment.prior_report()}", flush=True)
 
@@ -312,7 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
   state, shardings = _restore_or_init(experiment, tx, mesh, config, checkpointer, train_iter)
   train_step = state_lib.make_train_step(experiment.objective(), tx, ema_decay=t.ema_decay,
-                                         mesh=mesh, shardings=shardings)
+                                         mesh=mesh, shardings=shardings,
+                                         grad_accum_steps=int(t.grad_accum_steps))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   start = int(state.step)
   print(f"{num_params / 1e6:.2f}M parameters; training steps {start} -> {t.num_steps}", flush=True)
@@ -336,6 +364,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = sharding_lib.global_batch(local_batch, mesh)
       state, metrics = train_step(state, batch)
       pending.append(metrics)
+      if step == start + 1:  # compiled and done: speed and ETA count from here
+        jax.block_until_ready(metrics)
+        last_time, last_step = time.perf_counter(), step
       if step % t.log_every == 0 or step == t.num_steps:
         fetched = jax.device_get(pending)
         pending = []
@@ -343,9 +374,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         means["skipped"] = float(np.sum([m["skipped"] for m in fetched]))
         means["nonfinite_streak"] = max(int(m["nonfinite_streak"]) for m in fetched)
         now = time.perf_counter()
-        steps_per_s = (step - last_step) / (now - last_time)
+        steps_per_s = (step - last_step) / (now - last_time) if step > last_step else None
         last_time, last_step = now, step
-        means["steps_per_s"] = steps_per_s
+        if steps_per_s:
+          means["steps_per_s"] = steps_per_s
         writer.write(step, means)
         if jax.process_index() == 0:
           print(_progress_line(step, t.num_steps, steps_per_s, means), flush=True)
@@ -362,12 +394,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step % t.save_every and step != t.num_steps:
           checkpointer.save(step, state, train_iter.get_state())
         checkpointer.close()
+        dashboard.close()
         run_record.add(first_step=start, last_step=step, wall_s=time.perf_counter() - loop_start)
         print(f"Received SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
               f"exiting. Rerun the same command to resume.", flush=True)
         return {"stopped_at_step": step}
       if step % t.sample_every == 0 and step != t.num_steps:
-        save_sample_grids(experiment, state.ema_params, config, workdir, step)
+        dashboard.images(step, save_sample_grids(experiment, state.ema_params, config, workdir, step))
+      if t.eval_every and step % t.eval_every == 0 and step != t.num_steps:
+        writer.write(step, evaluate_during_training(experiment, state.ema_params, config))
   checkpointer.wait()
   if int(state.step) > start:
     run_record.add(first_step=start, last_step=int(state.step),
@@ -379,6 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   names = pipeline.class_names(config.data)
   results["sample_grids"] = save_sample_grids(experiment, state.ema_params, config, workdir,
                                               final_step, class_names=names)
+  dashboard.images(final_step, results["sample_grids"])
   results.update(run_evaluators(experiment, state.ema_params, config,
                                 names=config.eval.after_training))
   evaluated = {k: v for k, v in results.items() if k != "sample_grids"}
@@ -388,6 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:
     print(f"Done at step {final_step}: {json.dumps(results)}", flush=True)
   checkpointer.close()
+  dashboard.close()
   return results
 
 
