@@ -38,7 +38,7 @@ from mmdiff_jax.training.checkpoint import (Checkpointer, ModelMismatchError,
                                             NonFiniteStateError)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # generous: a loaded machine can take minutes to start a run
 
 
 def _main_command(data_dir, workdir, **overrides):
@@ -481,9 +481,8 @@ def test_bit_flips_in_the_newest_checkpoint_resume_from_the_newest_intact_one(da
   assert os.listdir(os.path.join(workdir, "checkpoints", "corrupt")) == ["6"]
   assert _checkpoint_steps(workdir) == [6, 8, 10]
   assert _trained_steps(workdir) == [2, 4, 6, 8, 10]  # the damaged run's row 6 was dropped
-  notes = []
   experiment, step, state = train.restore_latest(config, workdir)
-  assert step == 10 and not notes
+  assert step == 10 and "damaged" not in capsys.readouterr().out
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
 
 

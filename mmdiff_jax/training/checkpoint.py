@@ -184,6 +184,7 @@ class Checkpointer:
             f"another --workdir.") from e
       problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no message'}"
     if jax.process_count() > 1:  # one process's read error must stop all before the collective
+      distributed.barrier(f"checkpoint_read_{step}")
       failed = bool(np.any(multihost_utils.process_allgather(np.asarray(problem is not None))))
       problem = problem or ("unreadable on another process" if failed else None)
     if problem is not None:

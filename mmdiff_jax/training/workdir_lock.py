@@ -7,8 +7,8 @@ that finds it locked stops at once naming the holder; one that finds it unlocked
 holder was killed) takes it over with a note. The file is emptied, never deleted, on release: deleting
 it would let a waiting run lock the deleted file while a third locks a new one.
 
-With several processes only process 0 locks, and the others learn its outcome (a run holds the lock
-once, not once per process). Object-store workdirs (gs://...) have no flock: they are not locked.
+With several processes only process 0 locks, and the others learn its outcome through the distributed
+runtime's key-value store, not a device collective (a run holds the lock once, not once per process). Object-store workdirs (gs://...) have no flock: they are not locked.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import time
 from typing import Callable, Iterator
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
 LOCK_NAME = ".lock"
 
@@ -87,6 +85,23 @@ def release(fd: int) -> None:
   os.close(fd)
 
 
+_shared_count = 0
+
+
+def _share_from_process_0(value: str, timeout_s: float = 1800) -> str:
+  """Process 0's `value`, on every process (through the coordination service)."""
+  global _shared_count
+  from jax._src import distributed as jax_distributed  # the runtime client has no public handle
+  client = jax_distributed.global_state.client
+  _shared_count += 1
+  key = f"mmdiff_jax/workdir_lock/{_shared_count}"
+  if jax.process_index() == 0:
+    client.key_value_set(key, "busy:" + value if value else "free")
+    return value
+  shared = client.blocking_key_value_get(key, int(timeout_s * 1000))
+  return shared[len("busy:"):] if shared.startswith("busy:") else ""
+
+
 @contextlib.contextmanager
 def hold(workdir: str, *, note: Callable[[str], None] = print) -> Iterator[None]:
   """Holds the workdir's lock for the body: process 0 locks, every process raises if it could not.
@@ -100,9 +115,8 @@ def hold(workdir: str, *, note: Callable[[str], None] = print) -> Iterator[None]
     except WorkdirBusyError as e:
       error = e
   if jax.process_count() > 1:
-    busy = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is not None)))
-    if busy and error is None:
-      error = WorkdirBusyError(f"--workdir={workdir} is in use by another run (see process 0)")
+    message = _share_from_process_0(str(error) if error else "")
+    error = error or (WorkdirBusyError(message) if message else None)
   if error is not None:
     raise error
   try:
