@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from typing import Any, Callable
 
 import jax
@@ -110,12 +109,12 @@ class Checkpointer:
           f"the train state at step {step} holds non-finite values; it was not saved (the complete "
           f"checkpoints {self.all_steps()} in {self.directory} are unchanged)")
     self.wait()
-    self._verify_and_rotate(_abstract(state), keep=self._max_to_keep - 1)
+    self._abstract = _abstract(state)
+    self._verify_and_rotate(self._abstract, keep=self._max_to_keep - 1)
     with self._explain_failures():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {}),
           integrity=ocp.args.JsonSave({"finite": True, "checksums": sums})))
-    self._abstract = _abstract(state)
 
   def _verify_and_rotate(self, abstract: Any, *, keep: int) -> None:
     """Reads back the newest step if it is newer than the newest intact one (moving it aside if
@@ -173,9 +172,10 @@ class Checkpointer:
   def _check(self, step: int, abstract_state) -> tuple[str | None, tuple | None]:
     """(None, (state, data state)) when `step` restores and matches what was saved, else (the
     problem in a few words, None). All processes agree on the outcome."""
-    problem = restored = None
+    problem = restored = stored = None
     try:
       restored = self.restore(step, abstract_state)
+      stored = self._stored_integrity(step)
     except Exception as e:  # orbax/tensorstore raise many types; any is damage, but a model change
       if _is_model_mismatch(e):
         raise ModelMismatchError(
@@ -190,7 +190,6 @@ class Checkpointer:
     if problem is not None:
       return problem, None
     finite, sums = integrity(restored[0])
-    stored = self._stored_integrity(step)
     if not finite:
       return "it holds non-finite values", None
     if stored is not None:
@@ -228,7 +227,7 @@ class Checkpointer:
     stale = sorted(str(p) for p in root.glob(f"*{_ORBAX_TMP_MARKER}*")) if root.exists() else []
     if stale and jax.process_index() == 0:
       for path in stale:
-        shutil.rmtree(path) if "://" not in path else epath.Path(path).rmtree()
+        epath.Path(path).rmtree()
       note(f"Removed {len(stale)} unfinished checkpoint save(s) left by an interrupted run: {stale}")
     return stale
 
