@@ -180,15 +180,15 @@ def _check_keys(config, reference, prefix: str) -> None:
                          f"got {config[key]!r}")
       _check_keys(config[key], reference[key], name + ".")
     elif key != "modalities":
-      _check_type(name, config[key], reference.get_type(key))
+      _check_type(name, config[key], reference.get_type(key), optional=reference[key] is None)
 
 
-def _check_type(key: str, value, expected: type) -> None:
-  """The value of a leaf key has its default's type (None for placeholders; an int where a float is
-  expected; a list where a tuple is)."""
-  if value is None and expected is not type(None):
-    return  # a placeholder left unset; whether it may be is the key's own check
-  if expected is float:
+def _check_type(key: str, value, expected: type, *, optional: bool) -> None:
+  """The value of a leaf key has its default's type (an int where a float is expected, a list where a
+  tuple is); None only where the default is None (a placeholder)."""
+  if value is None:
+    ok = optional
+  elif expected is float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
   elif expected is int:
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -200,9 +200,11 @@ def _check_type(key: str, value, expected: type) -> None:
 
 
 def _interval(low, high, *, low_open: bool, high_open: bool) -> str:
+  if low is None and high is None:
+    return ""
   if high is None:
-    return f"{'>' if low_open else '>='} {low}"
-  return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return f" {'>' if low_open else '>='} {low}"
+  return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
 
 def _require_range(key: str, value, *, low=None, high=None, low_open: bool = False,
@@ -213,7 +215,7 @@ def _require_range(key: str, value, *, low=None, high=None, low_open: bool = Fal
   inside = number and (low is None or (value > low if low_open else value >= low)) and (
       high is None or (value < high if high_open else value <= high))
   kind = "an integer" if integer else "a finite number"
-  _require(inside, key, value, f"{kind} {_interval(low, high, low_open=low_open, high_open=high_open)}")
+  _require(inside, key, value, kind + _interval(low, high, low_open=low_open, high_open=high_open))
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:
