@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 
 import ml_collections
 
@@ -196,6 +197,88 @@ def _check_keys(config, reference, prefix: str) -> None:
         raise ValueError(f"config.{name}: expected a section with keys {sorted(reference[key])}, "
                          f"got {config[key]!r}")
       _check_keys(config[key], reference[key], name + ".")
+    elif key != "modalities":
+      _check_type(name, config[key], reference.get_type(key), optional=reference[key] is None)
+
+
+def _check_type(key: str, value, expected: type, *, optional: bool) -> None:
+  """The value of a leaf key has its default's type (an int where a float is expected, a list where a
+  tuple is); None only where the default is None (a placeholder)."""
+  if value is None:
+    ok = optional
+  elif expected is float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+  elif expected is int:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  elif expected in (tuple, list):
+    ok = isinstance(value, (tuple, list))
+  else:
+    ok = isinstance(value, expected)
+  _require(ok, key, value, f"a value of type {expected.__name__}")
+
+
+def _interval(low, high, *, low_open: bool, high_open: bool) -> str:
+  if low is None and high is None:
+    return ""
+  if high is None:
+    return f" {'>' if low_open else '>='} {low}"
+  return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def _require_range(key: str, value, *, low=None, high=None, low_open: bool = False,
+                   high_open: bool = False, integer: bool = False) -> None:
+  """`value` is a finite number (an integer with `integer`) in the interval from `low` to `high`."""
+  number = isinstance(value, numbers.Integral if integer else numbers.Real) and (
+      not isinstance(value, bool)) and math.isfinite(value)
+  inside = number and (low is None or (value > low if low_open else value >= low)) and (
+      high is None or (value < high if high_open else value <= high))
+  kind = "an integer" if integer else "a finite number"
+  _require(inside, key, value, kind + _interval(low, high, low_open=low_open, high_open=high_open))
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  """U-Net keys: every level's size and channels, the attention sizes it reaches and its heads."""
+  m = config.model
+  _require_range("model.num_res_blocks", m.num_res_blocks, low=1, integer=True)
+  _require_range("model.dropout", m.dropout, low=0.0, high=1.0, high_open=True)
+  for mult in m.channel_mults:
+    _require_range("model.channel_mults", mult, low=1, integer=True)
+  sizes = [config.data.image_size // 2 ** level for level in range(len(m.channel_mults))]
+  for size in m.attention_resolutions:
+    _require(size in sizes, "model.attention_resolutions", tuple(m.attention_resolutions),
+             f"feature-map sizes the U-Net reaches with data.image_size = {config.data.image_size} "
+             f"and {len(m.channel_mults)} levels: {sizes} ({size} never occurs)")
+  attended = [m.base_channels * mult for size, mult in zip(sizes, m.channel_mults)
+              if size in m.attention_resolutions] + [m.base_channels * m.channel_mults[-1]]
+  for channels in attended:  # the bottleneck always attends
+    _require(channels % m.num_heads == 0, "model.num_heads", m.num_heads,
+             f"a divisor of the channels at every attention layer ({sorted(set(attended))})")
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+  """The ranges of the numeric keys that have no other check."""
+  _require_range("seed", config.seed, low=0, high=2**32 - 1, integer=True)
+  _require_range("data.image_size", config.data.image_size, low=1, integer=True)
+  _require_range("data.channels", config.data.channels, low=1, integer=True)
+  _require_range("diffusion.max_final_lambda", config.diffusion.max_final_lambda, low=0.0)
+  o = config.optimizer
+  _require_range("optimizer.learning_rate", o.learning_rate, low=0.0, low_open=True)
+  _require_range("optimizer.warmup_steps", o.warmup_steps, low=0, integer=True)
+  _require_range("optimizer.grad_clip_norm", o.grad_clip_norm, low=0.0, low_open=True)
+  _require_range("optimizer.b1", o.b1, low=0.0, high=1.0, high_open=True)
+  _require_range("optimizer.b2", o.b2, low=0.0, high=1.0, high_open=True)
+  _require_range("optimizer.weight_decay", o.weight_decay, low=0.0)
+  _require_range("training.max_nonfinite_steps", config.training.max_nonfinite_steps, low=0,
+                 integer=True)
+  e = config.eval
+  for key in ("batch_size", "num_examples", "bound_batches"):
+    _require_range(f"eval.{key}", e[key], low=1, integer=True)
+  # generation's precision/recall use each sample's 3rd nearest neighbour among the others
+  _require_range("eval.num_generated", e.num_generated, low=4, integer=True)
+  _require_range("eval.seed", e.seed, low=0, high=2**32 - 1, integer=True)
+  _require(len(e.mask_ratios) >= 1, "eval.mask_ratios", e.mask_ratios, "a non-empty tuple")
+  for ratio in e.mask_ratios:
+    _require_range("eval.mask_ratios", ratio, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 def _require(condition: bool, key: str, value, allowed: str) -> None:
@@ -208,6 +291,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   """Raises ValueError naming the key, its value and what is allowed, for the first problem found."""
   _check_keys(config, default_config(), "")
   specs = specs_from_config(config.modalities)
+  for spec in specs:
+    _require_range(f"modalities.{spec.name}.loss_weight", spec.loss_weight, low=0.0)
+    _require_range(f"modalities.{spec.name}.profile_scale", spec.profile_scale)
+  _check_numbers(config)
   for name in config.data.derived:
     _require(name in DERIVED, "data.derived", tuple(config.data.derived),
              f"names from {sorted(DERIVED)}")
@@ -243,6 +330,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
     _require(int(m[key]) >= 1, f"model.{key}", m[key], "an integer >= 1")
   _require(m.base_channels % m.num_groups == 0, "model.num_groups", m.num_groups,
            f"a divisor of model.base_channels = {m.base_channels}")
+  _check_model(config)
 
   o = config.optimizer
   _require(o.schedule in LR_SCHEDULES, "optimizer.schedule", o.schedule, f"one of {LR_SCHEDULES}")
@@ -266,7 +354,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   _require(s.sampler in SAMPLERS, "sampling.sampler", s.sampler, f"one of {SAMPLERS}")
   _require(1 <= s.num_steps <= d.num_steps, "sampling.num_steps", s.num_steps,
            f"1..{d.num_steps} (diffusion.num_steps)")
-  _require(s.eta >= 0.0, "sampling.eta", s.eta, "a value >= 0")
+  _require_range("sampling.eta", s.eta, low=0.0)
   _require(s.categorical_feedback in CATEGORICAL_FEEDBACK, "sampling.categorical_feedback",
            s.categorical_feedback, f"one of {CATEGORICAL_FEEDBACK}")
   _require(int(s.num_samples) >= 0, "sampling.num_samples", s.num_samples, "an integer >= 0")
@@ -278,6 +366,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
            "a value in [0, 1]")
   _require(int(e.replacement_resamples) >= 1, "eval.replacement_resamples", e.replacement_resamples,
            "an integer >= 1")
+  _require(e.batch_size % num_processes == 0, "eval.batch_size", e.batch_size,
+           f"a multiple of the {num_processes} processes (each reads its share of a batch)")
   for key in ("after_training", "during_training"):
     unknown = set(e[key]) - set(EVALUATOR_NAMES)
     _require(not unknown, f"eval.{key}", tuple(e[key]), f"names from {list(EVALUATOR_NAMES)}")

@@ -13,8 +13,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmdiff_jax import installed_configs
-from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, EVALUATOR_NAMES, run_evaluators,
-                                           save_eval_metrics)
+from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, EVALUATOR_NAMES, EVALUATORS,
+                                           run_evaluators, save_eval_metrics)
+from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import distributed
 from mmdiff_jax.training.train import restore_latest
 
@@ -22,21 +23,22 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "The training run's directory.")
-flags.DEFINE_list("evaluators", list(EVALUATOR_NAMES), "Evaluators to run (those that apply).")
+flags.DEFINE_list("evaluators", None, "Evaluators to run (default: every one that applies); each "
+                  "named must apply to the experiment.")
 flags.DEFINE_string("metrics_name", "eval_metrics",
                     "Write WORKDIR/<name>.json (and <name>.bootstrap.json): another name keeps the "
                     "main file as it is, e.g. for the same metrics at another eval.num_steps.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES, *,
-             metrics_name: str = "eval_metrics") -> dict:
-  """Restores the newest checkpoint's EMA parameters, runs the evaluators, merges their metrics into
-  eval_metrics.json (those of other evaluators at the same step are kept); returns this call's."""
-  unknown = set(evaluators) - set(EVALUATOR_NAMES)
-  if unknown:
-    raise ValueError(f"--evaluators: unknown {sorted(unknown)}; expected names from {EVALUATOR_NAMES}")
+def evaluate(config, workdir: str, evaluators=None, *, metrics_name: str = "eval_metrics") -> dict:
+  """Restores the newest checkpoint's EMA parameters, runs the evaluators (None: every one that
+  applies; named ones must apply), merges their metrics into WORKDIR/<metrics_name>.json (those of
+  other evaluators at the same step are kept); returns this call's."""
+  if evaluators is not None:
+    _check_evaluators(tuple(evaluators), config)
   experiment, step, state = restore_latest(config, workdir)
+  evaluators = EVALUATOR_NAMES if evaluators is None else evaluators
   results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators)}
   save_eval_metrics(workdir, step, results, name=metrics_name)
   if jax.process_index() == 0:
@@ -44,11 +46,26 @@ def evaluate(config, workdir: str, evaluators=EVALUATOR_NAMES, *,
   return results
 
 
+def _check_evaluators(names: tuple[str, ...], config) -> None:
+  """Raises ValueError when `names` is empty, unknown, or names one that does not apply to the
+  experiment (which would otherwise be left out without a word)."""
+  unknown = set(names) - set(EVALUATOR_NAMES)
+  if not names or unknown:
+    raise ValueError(f"--evaluators: got {list(names)}; expected names from {list(EVALUATOR_NAMES)}")
+  experiment = build_experiment(config)
+  applicable = [name for name in EVALUATOR_NAMES if EVALUATORS[name].applies(experiment)]
+  not_applicable = [name for name in names if name not in applicable]
+  if not_applicable:
+    raise ValueError(f"--evaluators: {not_applicable} do not apply to this experiment (modalities "
+                     f"{sorted(config.modalities)}, task {config.task!r}); those that apply: "
+                     f"{applicable}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)
-  evaluate(FLAGS.config, FLAGS.workdir, tuple(FLAGS.evaluators), metrics_name=FLAGS.metrics_name)
+  evaluate(FLAGS.config, FLAGS.workdir, FLAGS.evaluators, metrics_name=FLAGS.metrics_name)
 
 
 if __name__ == "__main__":

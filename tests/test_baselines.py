@@ -148,14 +148,16 @@ def test_class_conditional_baseline_end_to_end_with_label_agreement(data_dir, tm
   without = evaluate.evaluate(config, workdir, ("label_agreement",))
   assert without["eval/label_agreement_skipped"] == "config.eval.classifier_workdir is not set"
   config.eval.classifier_workdir = classifier_workdir
-  metrics = evaluate.evaluate(config, workdir, ("label_agreement", "generation", "label_accuracy"))
+  with pytest.raises(ValueError, match=r"\['label_accuracy'\] do not apply to this experiment"):
+    evaluate.evaluate(config, workdir, ("label_agreement", "label_accuracy"))
+  metrics = evaluate.evaluate(config, workdir, ("label_agreement", "generation"))
   assert 0.0 <= metrics["eval/label_agreement"] <= 1.0
   assert metrics["eval/label_agreement_examples"] == 16
   assert metrics["eval/classifier_workdir"] == classifier_workdir
   assert 0.0 <= metrics["eval/classifier_test_accuracy"] <= 1.0
   assert np.isfinite(metrics["eval/frechet_alexnet_distance"])
   assert "eval/label_accuracy" not in metrics  # a condition cannot be predicted from the image
-  assert metrics["eval/evaluated"] == ["label_agreement", "generation"]  # label_accuracy: n/a
+  assert metrics["eval/evaluated"] == ["label_agreement", "generation"]
   with open(os.path.join(workdir, "eval_metrics.json")) as f:
     saved = json.load(f)
   assert "eval/label_agreement_skipped" not in saved  # measured now: the earlier note is gone

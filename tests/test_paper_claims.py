@@ -208,7 +208,8 @@ def test_mt_x_and_its_control_train_sample_and_evaluate(name, data_dir, tmp_path
   workdir = str(tmp_path / name)
   results = train.train_and_evaluate(config, workdir)
   assert [os.path.basename(p) for p in results["sample_grids"]] == ["class_conditional_step4.png"]
-  names = ("label_conditional", "inpainting", "inpainting_replacement")
+  names = {"imgmask_classcond": ("label_conditional", "inpainting"),
+           "baseline_classcond_maskaug": ("label_conditional", "inpainting_replacement")}[name]
   scores = evaluate.evaluate(config, workdir, names)
   with open(os.path.join(workdir, "eval_metrics.bootstrap.json")) as f:
     replicates = json.load(f)

@@ -1,13 +1,19 @@
-"""Reliability: kills and preemption notices, non-finite updates, bad configs and bad data.
+"""Reliability: kills and preemption notices, non-finite updates, damaged checkpoints, concurrent
+runs on one workdir, bad configs and bad data.
 
-Kill tests run the real entry point in a subprocess and send real signals; every subprocess is bounded
-in time and killed on failure.
+Kill and concurrency tests run the real entry point in a subprocess and send real signals; every
+subprocess is bounded in time and killed on failure. Damage is done to real orbax checkpoints the way
+a disk or a user does it: flipped bits, a deleted file, an emptied metadata file, an empty step.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,17 +22,23 @@ import jax
 import numpy as np
 import pytest
 
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
 from configs import imglabel
+from mmdiff_jax import evaluate
 from mmdiff_jax.config import validate_config
+from mmdiff_jax.data import fashion_mnist, pipeline
 from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
-from mmdiff_jax.training import train
-from mmdiff_jax.training.checkpoint import Checkpointer
+from mmdiff_jax.training import train, workdir_lock
+from mmdiff_jax.training.checkpoint import (Checkpointer, ModelMismatchError,
+                                            NonFiniteStateError)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # generous: a loaded machine can take minutes to start a run
 
 
 def _main_command(data_dir, workdir, **overrides):
@@ -74,6 +86,26 @@ def _checkpoint_steps(workdir):
   return Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=100).all_steps()
 
 
+def _run_json(workdir):
+  with open(os.path.join(workdir, "run.json")) as f:
+    return json.load(f)
+
+
+def _trained_steps(workdir):
+  """The steps of metrics.jsonl's training rows, in file order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [row["step"] for row in map(json.loads, f) if "loss" in row]
+
+
+def _smoke_config(data_dir, **training):
+  config = imglabel.get_config("smoke")
+  config.data.data_dir = data_dir
+  config.training.update(log_every=2, **training)
+  config.eval.after_training = ()
+  config.sampling.num_samples = 0
+  return config
+
+
 def test_sigterm_saves_current_step_and_exits_cleanly(data_dir, tmp_path):
   workdir = str(tmp_path / "wd")
   env = _env(tmp_path)
@@ -92,6 +124,9 @@ def test_sigterm_saves_current_step_and_exits_cleanly(data_dir, tmp_path):
       _main_command(data_dir, workdir, **{"training.num_steps": stopped + 2}), env, "Done at step")
   out = _finish(proc, lines)
   assert f"Resuming from step {stopped}" in out and proc.returncode == 0
+  invocations = _run_json(workdir)["invocations"]
+  assert [i["outcome"] for i in invocations] == ["stopped by SIGTERM", "finished"]
+  assert [i["steps"] for i in invocations] == [[0, stopped], [stopped, stopped + 2]]
 
 
 def test_sigkill_loses_at_most_save_interval_and_never_restores_partial(data_dir, tmp_path):
@@ -115,6 +150,15 @@ def test_sigkill_loses_at_most_save_interval_and_never_restores_partial(data_dir
   out = _finish(proc, lines)
   assert proc.returncode == 0, out[-3000:]
   assert f"Resuming from step {max(complete)}" in out
+  # The rows the killed run logged past its checkpoint were dropped, then trained again: once each.
+  assert _trained_steps(workdir) == list(range(1, max(complete) + 3))
+  # The killed invocation counts up to its last logged step.
+  run = _run_json(workdir)
+  killed, resumed = run["invocations"]
+  assert killed["outcome"] == "ended at its last logged step (killed or failed)"
+  assert killed["steps"][0] == 0 and killed["steps"][1] >= last_logged and killed["wall_s"] > 0
+  assert resumed["outcome"] == "finished" and resumed["steps"] == [max(complete), max(complete) + 2]
+  assert run["train_wall_s"] == pytest.approx(killed["wall_s"] + resumed["wall_s"], abs=0.2)
 
 
 def test_repeated_nonfinite_updates_stop_the_run_and_checkpoints_stay_finite(data_dir, tmp_path):
@@ -149,9 +193,35 @@ def test_repeated_nonfinite_updates_stop_the_run_and_checkpoints_stay_finite(dat
     ("training.batch_size", 12, r"training.batch_size: got 12; expected a multiple of 8"),
     ("sampling.sampler", "euler", r"sampling.sampler: got 'euler'; expected one of"),
     ("sampling.num_steps", 1000, r"sampling.num_steps: got 1000; expected 1..100"),
-    ("sampling.eta", -1.0, r"sampling.eta: got -1.0; expected a value >= 0"),
+    ("sampling.eta", -1.0, r"sampling.eta: got -1.0; expected a finite number >= 0"),
     ("model.dtype", "float16", r"model.dtype: got 'float16'; expected one of"),
     ("data.image_size", 29, r"data.image_size: got 29; expected a multiple of 2"),
+    # Values that used to be accepted (learning_rate -1 trained by gradient ascent and exited 0).
+    ("optimizer.learning_rate", -1.0, r"optimizer.learning_rate: got -1.0; expected a finite "
+                                      r"number > 0"),
+    ("optimizer.learning_rate", 0.0, r"optimizer.learning_rate: got 0.0; expected .* > 0"),
+    ("optimizer.learning_rate", float("nan"), r"optimizer.learning_rate: got nan; expected"),
+    ("optimizer.warmup_steps", -5, r"optimizer.warmup_steps: got -5; expected an integer >= 0"),
+    ("optimizer.grad_clip_norm", -1.0, r"optimizer.grad_clip_norm: got -1.0; expected .* > 0"),
+    ("optimizer.b1", 1.5, r"optimizer.b1: got 1.5; expected a finite number in \[0.0, 1.0\)"),
+    ("optimizer.b2", -0.1, r"optimizer.b2: got -0.1; expected a finite number in \[0.0, 1.0\)"),
+    ("optimizer.weight_decay", -1.0, r"optimizer.weight_decay: got -1.0; expected .* >= 0"),
+    ("training.max_nonfinite_steps", -1, r"training.max_nonfinite_steps: got -1; expected an "
+                                         r"integer >= 0"),
+    ("model.dropout", 1.5, r"model.dropout: got 1.5; expected a finite number in \[0.0, 1.0\)"),
+    ("model.num_heads", 3, r"model.num_heads: got 3; expected a divisor of the channels at every "
+                           r"attention layer \(\[32\]\)"),
+    ("model.num_res_blocks", 0, r"model.num_res_blocks: got 0; expected an integer >= 1"),
+    ("model.attention_resolutions", (5,), r"model.attention_resolutions: got \(5,\); expected "
+                                          r"feature-map sizes the U-Net reaches .*\[28, 14\] "
+                                          r"\(5 never occurs\)"),
+    ("data.channels", 0, r"data.channels: got 0; expected an integer >= 1"),
+    ("modalities.label.loss_weight", -1.0, r"modalities.label.loss_weight: got -1.0; expected"),
+    ("eval.mask_ratios", (1.5,), r"eval.mask_ratios: got 1.5; expected a finite number in "
+                                 r"\(0.0, 1.0\)"),
+    ("eval.num_examples", -1, r"eval.num_examples: got -1; expected an integer >= 1"),
+    ("eval.num_generated", 0, r"eval.num_generated: got 0; expected an integer >= 4"),
+    ("eval.batch_size", 0, r"eval.batch_size: got 0; expected an integer >= 1"),
 ])
 def test_config_errors_name_key_value_and_allowed(key, value, message):
   config = imglabel.get_config("smoke")
@@ -163,6 +233,14 @@ def test_config_errors_name_key_value_and_allowed(key, value, message):
   if leaf == "profile":
     node["profile_scale"] = 0.5
   with pytest.raises(ValueError, match=message):
+    validate_config(config, num_devices=8)
+
+
+def test_a_value_of_the_wrong_type_is_named():
+  config = imglabel.get_config("smoke")
+  config.optimizer = dict(config.optimizer.to_dict(), learning_rate="1e-3")  # e.g. read from JSON
+  with pytest.raises(ValueError, match=r"optimizer.learning_rate: got '1e-3'; expected a value of "
+                                       r"type float"):
     validate_config(config, num_devices=8)
 
 
@@ -229,3 +307,303 @@ def test_disk_full_during_save_is_explained_and_earlier_checkpoints_survive(tiny
     restored, data_state = checkpointer.restore(step, abstract)
     np.testing.assert_array_equal(restored["w"], states[step]["w"])
     assert data_state == {"position": step}
+
+
+# --------------------------------------------------------------------------- damaged checkpoints
+
+
+def _small_state(seed: int) -> dict:
+  """A state with arrays big enough to span several orbax data files."""
+  key = jax.random.PRNGKey(seed)
+  return {"w": jax.random.normal(key, (200, 256)), "b": jax.random.normal(key, (64,)),
+          "step": jnp.int32(seed), "opt": ({"mu": jnp.full((300,), float(seed))},)}
+
+
+def _abstract(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+
+def _data_files(step_dir):
+  """The step's array data files, largest last."""
+  return sorted(glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*")),
+                key=os.path.getsize)
+
+
+def _flip_bits(step_dir):
+  """Inverts 4 bytes at 5 offsets in each of the 4 largest data files (what a failing disk does)."""
+  files = _data_files(step_dir)[-4:]
+  assert files
+  for path in files:
+    with open(path, "rb") as f:
+      data = bytearray(f.read())
+    for offset in np.linspace(len(data) // 4, len(data) - 4, 5).astype(int):
+      data[offset:offset + 4] = bytes(b ^ 0xFF for b in data[offset:offset + 4])
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+
+
+def _empty_step_dir(step_dir):
+  shutil.rmtree(step_dir)
+  os.mkdir(step_dir)
+
+
+def _swap_in_other_arrays(step_dir):
+  """Readable, finite, wrong: the arrays of the step before, under this step's checksums."""
+  shutil.rmtree(os.path.join(step_dir, "state"))
+  previous = os.path.join(os.path.dirname(step_dir), str(int(os.path.basename(step_dir)) - 1))
+  shutil.copytree(os.path.join(previous, "state"), os.path.join(step_dir, "state"))
+
+
+DAMAGES = {
+    "bit_flips": _flip_bits,
+    "deleted_data_file": lambda step_dir: os.remove(_data_files(step_dir)[-1]),
+    "emptied_metadata": lambda step_dir: open(os.path.join(step_dir, "state", "_METADATA"),
+                                              "w").close(),
+    "empty_step_dir": _empty_step_dir,
+    "other_arrays": _swap_in_other_arrays,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_next_older_restored(damage, tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  states = {step: _small_state(step) for step in (1, 2, 3)}
+  checkpointer = Checkpointer(directory, max_to_keep=3)
+  for step, state in states.items():
+    checkpointer.save(step, state, {"position": step})
+  checkpointer.close()
+  DAMAGES[damage](os.path.join(directory, "3"))
+
+  notes = []
+  checkpointer = Checkpointer(directory, max_to_keep=3)
+  step, restored, data_state = checkpointer.restore_newest_intact(
+      _abstract(states[1]), move_damaged=True, note=notes.append)
+  assert step == 2 and data_state == {"position": 2}
+  for leaf, expected in zip(jax.tree.leaves(restored), jax.tree.leaves(states[2])):
+    np.testing.assert_array_equal(leaf, expected)
+  assert len(notes) == 1, notes
+  assert notes[0].startswith("Checkpoint 3 is damaged (") and os.path.join(
+      directory, "corrupt", "3") in notes[0]
+  assert os.listdir(os.path.join(directory, "corrupt")) == ["3"]  # kept, not deleted
+  assert checkpointer.all_steps() == [1, 2]
+  checkpointer.close()
+
+
+def test_a_checkpoint_without_checksums_holding_nonfinite_values_is_damaged(tmp_path):
+  """What an earlier version could save: orbax restores it without complaint."""
+  directory = str(tmp_path / "checkpoints")
+  good, bad = _small_state(1), _small_state(2)
+  bad["w"] = bad["w"].at[3, 4].set(jnp.nan)
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  for step, state in ((1, good), (2, bad)):
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=ocp.args.JsonSave({})))
+  manager.wait_until_finished()
+  manager.close()
+  notes = []
+  checkpointer = Checkpointer(directory, max_to_keep=3)
+  step, _, _ = checkpointer.restore_newest_intact(_abstract(good), move_damaged=True,
+                                                  note=notes.append)
+  assert step == 1 and "Checkpoint 2 is damaged (it holds non-finite values)" in notes[0]
+  checkpointer.close()
+
+
+def test_every_checkpoint_damaged_is_an_error_naming_them(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  checkpointer = Checkpointer(directory, max_to_keep=3)
+  checkpointer.save(1, _small_state(1), {})
+  checkpointer.close()
+  _empty_step_dir(os.path.join(directory, "1"))
+  checkpointer = Checkpointer(directory, max_to_keep=3)
+  with pytest.raises(OSError, match=r"Every checkpoint in .* \(\[1\]\) is damaged \(moved to"):
+    checkpointer.restore_newest_intact(_abstract(_small_state(1)), move_damaged=True,
+                                       note=lambda _: None)
+  assert os.listdir(os.path.join(directory, "corrupt")) == ["1"]
+
+
+def test_a_checkpoint_of_another_model_is_refused_and_not_moved(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  checkpointer = Checkpointer(directory, max_to_keep=3)
+  checkpointer.save(1, _small_state(1), {})
+  checkpointer.close()
+  other = _abstract(_small_state(1))
+  other["w"] = jax.ShapeDtypeStruct((200, 128), jnp.float32)
+  with pytest.raises(ModelMismatchError, match=r"Checkpoint 1 in .* holds another model"):
+    Checkpointer(directory, max_to_keep=3).restore_newest_intact(other, move_damaged=True)
+  assert not os.path.exists(os.path.join(directory, "corrupt"))
+  assert _checkpoint_steps(str(tmp_path)) == [1]
+
+
+def test_a_nonfinite_state_is_never_saved(tmp_path):
+  checkpointer = Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=3)
+  good = _small_state(1)
+  checkpointer.save(1, good, {})
+  bad = dict(good, w=good["w"].at[7, 0].set(jnp.inf))
+  with pytest.raises(NonFiniteStateError, match=r"step 2 holds non-finite values; it was not saved "
+                                                r"\(the complete checkpoints \[1\]"):
+    checkpointer.save(2, bad, {})
+  checkpointer.close()
+  assert checkpointer.all_steps() == [1]
+
+
+def test_rotation_never_deletes_the_newest_intact_checkpoint(tmp_path, capsys):
+  directory = str(tmp_path / "checkpoints")
+  checkpointer = Checkpointer(directory, max_to_keep=1)
+  checkpointer.save(1, _small_state(1), {})
+  checkpointer.save(2, _small_state(2), {})  # reads 1 back: intact
+  checkpointer.wait()
+  assert checkpointer.all_steps() == [1, 2]  # 2 is not read back yet: 1 stays
+  _flip_bits(os.path.join(directory, "2"))
+  checkpointer.save(3, _small_state(3), {})  # reads 2 back: damaged, so 1 is still the newest intact
+  checkpointer.wait()
+  assert "Checkpoint 2 is damaged" in capsys.readouterr().out
+  assert checkpointer.all_steps() == [1, 3]
+  checkpointer.close()  # reads 3 back: intact, so 1 may go
+  assert checkpointer.all_steps() == [3]
+  assert os.listdir(os.path.join(directory, "corrupt")) == ["2"]
+
+
+def test_bit_flips_in_the_newest_checkpoint_resume_from_the_newest_intact_one(data_dir, tmp_path,
+                                                                              capsys):
+  """The failure this guards against: a corrupted newest checkpoint restored into non-finite values,
+  every update skipped, and rotation deleting the intact older checkpoints."""
+  workdir = str(tmp_path / "wd")
+  config = _smoke_config(data_dir, num_steps=6, save_every=2, keep_checkpoints=3)
+  train.train_and_evaluate(config, workdir)
+  assert _checkpoint_steps(workdir) == [2, 4, 6]
+  _flip_bits(os.path.join(workdir, "checkpoints", "6"))
+
+  config.training.num_steps = 10
+  capsys.readouterr()
+  train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert "Checkpoint 6 is damaged (" in out and "Resuming from step 4\n" in out
+  assert os.listdir(os.path.join(workdir, "checkpoints", "corrupt")) == ["6"]
+  assert _checkpoint_steps(workdir) == [6, 8, 10]
+  assert _trained_steps(workdir) == [2, 4, 6, 8, 10]  # the damaged run's row 6 was dropped
+  experiment, step, state = train.restore_latest(config, workdir)
+  assert step == 10 and "damaged" not in capsys.readouterr().out
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_without_config_json_another_model_is_refused_and_leaves_nothing_behind(data_dir,
+                                                                                tmp_path):
+  workdir = str(tmp_path / "wd")
+  config = _smoke_config(data_dir, num_steps=2, save_every=2)
+  train.train_and_evaluate(config, workdir)
+  config_json = os.path.join(workdir, "config.json")
+  os.remove(config_json)
+  wrong = config.copy_and_resolve_references()
+  wrong.model.base_channels = 32
+  with pytest.raises(ValueError, match=r"Checkpoint 2 in .* holds another model"):
+    train.train_and_evaluate(wrong, workdir)
+  assert not os.path.exists(config_json)  # written only once a checkpoint restored into the model
+  assert _checkpoint_steps(workdir) == [2]
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "corrupt"))
+  config.training.num_steps = 4
+  train.train_and_evaluate(config, workdir)  # the right model still resumes
+  with open(config_json) as f:
+    assert json.load(f)["model"]["base_channels"] == 16
+  assert _checkpoint_steps(workdir) == [2, 4]
+
+
+def test_a_truncated_config_json_is_named(tmp_path):
+  (tmp_path / "config.json").write_text('{"model": {"base_chan')
+  with pytest.raises(ValueError, match=r"config.json is not valid JSON .*cut short"):
+    train.check_same_model(imglabel.get_config("smoke"), str(tmp_path))
+
+
+def test_stale_unfinished_saves_and_dataset_preparations_are_removed_with_a_note(tmp_path, capsys):
+  directory = tmp_path / "checkpoints"
+  checkpointer = Checkpointer(str(directory), max_to_keep=3)
+  stale = directory / "7.orbax-checkpoint-tmp-1764620000000000"
+  (stale / "state").mkdir(parents=True)
+  notes = []
+  assert checkpointer.remove_stale_tmp(note=notes.append) == [str(stale)]
+  assert not stale.exists() and notes[0].startswith("Removed 1 unfinished checkpoint save")
+  checkpointer.close()
+  incomplete = tmp_path / "tfds" / fashion_mnist.NAME / "incomplete.0123abcd.1.0.0"
+  incomplete.mkdir(parents=True)
+  pipeline._remove_incomplete(str(tmp_path / "tfds" / fashion_mnist.NAME))
+  assert not incomplete.exists()
+  assert "Removed 1 unfinished dataset preparation" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- one run per workdir
+
+
+def test_a_second_run_on_a_busy_workdir_stops_at_once_naming_the_first(data_dir, tmp_path):
+  workdir = str(tmp_path / "wd")
+  proc, lines = _run_until(
+      _main_command(data_dir, workdir, **{"training.num_steps": 100_000,
+                                          "training.save_every": 2}),
+      _env(tmp_path), "step 2/")
+  try:
+    config = _smoke_config(data_dir, num_steps=4)
+    start = time.monotonic()
+    with pytest.raises(workdir_lock.WorkdirBusyError,
+                       match=rf"in use by another run \(host {socket.gethostname()}, pid "
+                             rf"{proc.pid}, since 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC: .*main"):
+      train.train_and_evaluate(config, workdir)
+    assert time.monotonic() - start < 20
+    assert proc.poll() is None  # the first run goes on
+  finally:
+    proc.kill()
+    proc.wait(timeout=60)
+  # Its process is gone but it never released the lock: the next run takes it over, with a note.
+  notes = []
+  fd = workdir_lock.acquire(workdir, note=notes.append)
+  workdir_lock.release(fd)
+  assert len(notes) == 1 and f"pid {proc.pid}" in notes[0] and "process is gone" in notes[0]
+  fd = workdir_lock.acquire(workdir, note=notes.append)  # released cleanly: no note
+  workdir_lock.release(fd)
+  assert len(notes) == 1
+
+
+def test_the_lock_is_exclusive_within_one_machine(tmp_path):
+  fd = workdir_lock.acquire(str(tmp_path))
+  try:
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=rf"pid {os.getpid()}"):
+      workdir_lock.acquire(str(tmp_path))
+  finally:
+    workdir_lock.release(fd)
+
+
+# --------------------------------------------------------------------------- evaluate, raw data
+
+
+def test_evaluate_neither_creates_a_missing_workdir_nor_skips_a_named_evaluator(tmp_path):
+  config = imglabel.get_config("smoke")
+  missing = str(tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint in .*missing/checkpoints \(it does "
+                                              r"not exist\)"):
+    evaluate.evaluate(config, missing)
+  with pytest.raises(FileNotFoundError, match=r"missing/checkpoints"):
+    train.sample_from_checkpoint(config, missing)
+  assert not os.path.exists(missing)
+  with pytest.raises(ValueError, match=r"--evaluators: \['segmentation_miou'\] do not apply to this "
+                                       r"experiment .*those that apply: \['label_accuracy'"):
+    evaluate.evaluate(config, missing, ("label_accuracy", "segmentation_miou"))
+  with pytest.raises(ValueError, match=r"--evaluators: got \[\]; expected names from"):
+    evaluate.evaluate(config, missing, ())
+
+
+def test_a_damaged_raw_file_and_an_uncreatable_data_dir_are_named(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  for name in os.listdir(fashion_mnist.DEFAULT_RAW_DIR):
+    os.symlink(os.path.join(fashion_mnist.DEFAULT_RAW_DIR, name), raw / name)
+  damaged = raw / "t10k-labels-idx1-ubyte.gz"
+  data = bytearray(damaged.read_bytes())
+  damaged.unlink()
+  data[20:28] = b"\xff" * 8  # inside the deflate stream: zlib's own error, not a CRC mismatch
+  damaged.write_bytes(bytes(data))
+  with pytest.raises(fashion_mnist.IdxFormatError,
+                     match=rf"Cannot read IDX file {damaged} \(error: .*\): it is damaged or cut "
+                           rf"short.*data.raw_dir"):
+    fashion_mnist.load_raw_split(str(raw), "test")
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(OSError, match=r"data dir .*file/tfds \(config key data.data_dir.*\) cannot be "
+                                    r"created"):
+    pipeline.prepare_fashion_mnist(data_dir=str(blocker / "tfds"), raw_dir=str(raw))

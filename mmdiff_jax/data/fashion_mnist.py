@@ -34,6 +34,7 @@ from __future__ import annotations
 import gzip
 import inspect
 import os
+import zlib
 from typing import Iterator, Mapping
 
 from etils import epath
@@ -137,8 +138,11 @@ def read_idx(path: str, *, ndim: int, expected_count: int | None = None,
   try:
     with opener(path, "rb") as f:
       data = f.read()
-  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError.
-    raise IdxFormatError(f"Cannot read IDX file {path}: {e}") from e
+  except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; damaged data zlib's
+    raise IdxFormatError(
+        f"Cannot read IDX file {path} ({type(e).__name__}: {e}): it is damaged or cut short. "
+        f"Reinstall it (`{INSTALL_COMMAND} --reinstall`) or point `{CONFIG_KEY}` at intact "
+        f"copies.") from e
   header_len = 4 + 4 * ndim
   if len(data) < header_len:
     raise IdxFormatError(

@@ -49,8 +49,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import logging
 import os
+import shutil
 import sys
 from typing import Any, Iterator, Mapping
 
@@ -146,11 +148,17 @@ def prepare_fashion_mnist(
     return builder
   # Check before creating anything on disk, for a clear error.
   fashion_mnist.check_raw_files(raw_dir)
-  os.makedirs(data_dir, exist_ok=True)
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+  except OSError as e:
+    raise OSError(e.errno, f"The TFDS data dir {data_dir} (config key data.data_dir, or "
+                  f"$TFDS_DATA_DIR) cannot be created ({e.strerror}); set data.data_dir to a "
+                  f"writable directory.") from e
   with _file_lock(os.path.join(data_dir, f".{name}.lock")):
     # Another process may have finished while we waited: re-open.
     builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
     if not _is_prepared(builder):
+      _remove_incomplete(os.path.join(data_dir, name))
       logging.info("Preparing %s from %s into %s (one-time).",
                    name, raw_dir, data_dir)
       builder.download_and_prepare(
@@ -163,6 +171,17 @@ def prepare_fashion_mnist(
       )
       builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
   return builder
+
+
+def _remove_incomplete(dataset_dir: str) -> None:
+  """Deletes the ``incomplete.*`` directories a killed preparation left in ``dataset_dir`` (called
+  under the preparation lock, so no other process is writing one)."""
+  stale = sorted(glob.glob(os.path.join(dataset_dir, "incomplete.*")))
+  for path in stale:
+    shutil.rmtree(path)
+  if stale:
+    print(f"Removed {len(stale)} unfinished dataset preparation(s) left by an interrupted run: "
+          f"{stale}", flush=True)
 
 
 def _not_prepared_message(name: str, data_dir: str, reason: str) -> str:

@@ -32,7 +32,8 @@ from mmdiff_jax.training import distributed
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
 from mmdiff_jax.training import transplant
-from mmdiff_jax.training.checkpoint import Checkpointer
+from mmdiff_jax.training import workdir_lock
+from mmdiff_jax.training.checkpoint import Checkpointer, NonFiniteStateError
 from mmdiff_jax.training.dashboard import Dashboard
 
 
@@ -56,6 +57,28 @@ class MetricsWriter:
       else:
         with open(self.path, "a") as f:
           f.write(line)
+
+  def drop_after(self, step: int) -> int:
+    """Removes the rows past `step` (written after the checkpoint a run resumes from, so about to be
+    written again) and any line a kill cut short; returns how many were removed."""
+    path = epath.Path(self.path)
+    if not self.enabled or not path.exists():
+      return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+    if len(kept) < len(lines):
+      tmp = path.parent / (path.name + ".tmp")
+      tmp.write_text("".join(kept))
+      tmp.replace(path)
+    return len(lines) - len(kept)
+
+
+def _row_step(line: str) -> int | None:
+  """The step of a metrics.jsonl row; None for a line that is not a complete row."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def machine_description() -> dict[str, Any]:
@@ -103,25 +126,41 @@ def _shell_quote(arg: str) -> str:
 
 class RunRecord:
   """WORKDIR/run.json: the training budget behind a run's numbers (steps, batch, wall time summed
-  over resumed invocations, machine). RESULTS.md is generated from it and eval_metrics.json."""
+  over resumed invocations, machine). RESULTS.md is generated from it and eval_metrics.json.
+
+  Every invocation that trains is recorded when it starts and updated at each logged step, so one
+  that is killed still counts up to its last logged step (its "outcome" then says so).
+  """
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     self.path = epath.Path(workdir) / "run.json"
     self.enabled = jax.process_index() == 0
     self.record = json.loads(self.path.read_text()) if self.path.exists() else {
         "train_wall_s": 0.0, "invocations": []}
+    for invocation in self.record["invocations"]:
+      if invocation.get("outcome") == "running":  # the workdir lock rules out a live one
+        invocation["outcome"] = "ended at its last logged step (killed or failed)"
     self.record.update(batch_size=int(config.training.batch_size),
                        num_steps=int(config.training.num_steps), command=_command_line())
     self.commit = source_commit()
+    self.wall_before = float(self.record["train_wall_s"])  # earlier invocations' training time
 
-  def add(self, *, first_step: int, last_step: int, wall_s: float) -> None:
-    self.record["train_wall_s"] += wall_s
-    self.record["steps_done"] = last_step
+  def start(self, *, first_step: int) -> None:
     self.record["invocations"].append({
-        "steps": [first_step, last_step], "wall_s": round(wall_s, 1),
-        "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": self.commit,
-        **machine_description()})
-    self.record["commit"] = self.commit
+        "steps": [first_step, first_step], "wall_s": 0.0,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": self.commit,
+        "outcome": "running", **machine_description()})
+    self.update(last_step=first_step, wall_s=0.0)
+
+  def update(self, *, last_step: int, wall_s: float, outcome: str | None = None) -> None:
+    """The current invocation reached `last_step` after `wall_s` seconds (ended: `outcome`)."""
+    invocation = self.record["invocations"][-1]
+    invocation.update(steps=[invocation["steps"][0], last_step], wall_s=round(wall_s, 1),
+                      finished_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
+    if outcome:
+      invocation["outcome"] = outcome
+    self.record.update(train_wall_s=self.wall_before + wall_s, steps_done=last_step,
+                       commit=self.commit)
     if self.enabled:
       tmp = self.path.parent / (self.path.name + ".tmp")
       tmp.write_text(json.dumps(self.record, indent=1))
@@ -269,14 +308,14 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
 def _restore_or_init(experiment, tx, mesh, config, checkpointer, train_iter):
   abstract, shardings = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
                                                   seed=config.seed)
-  latest = checkpointer.latest_step()
-  if latest is None:
+  found = checkpointer.restore_newest_intact(abstract, move_damaged=True)  # damaged: set aside
+  if found is None:
     state = state_lib.create_train_state(experiment.model, tx, shardings, config.seed)
     if config.training.init_from:
       state = _initialise_from(state, config.training.init_from)
     return state, shardings
+  latest, state, data_state = found
   print(f"Resuming from step {latest}", flush=True)
-  state, data_state = checkpointer.restore(latest, abstract)
   if data_state:
     train_iter.set_state(data_state)
   return state, shardings
@@ -304,23 +343,24 @@ def _initialise_from(state, workdir: str):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints), then samples and evaluates.
+  Holds the workdir's lock throughout: a second run on it stops at once.
 
   Returns:
     the final metrics (also appended to WORKDIR/metrics.jsonl).
   """
-  # ---------------------------------------------------------------- set-up and validation
   validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  _check_writable(workdir)
+  with workdir_lock.hold(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  # ---------------------------------------------------------------- set-up and validation
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   t = config.training
-  _check_writable(workdir)
   if any((epath.Path(workdir) / "checkpoints").glob("[0-9]*")):  # resuming: the same model only
     check_same_model(config, workdir)
-  if jax.process_index() == 0:  # what this workdir was trained with (evaluators reload it)
-    # Replaced atomically: other processes may be reading it in check_same_model.
-    tmp = epath.Path(workdir) / "config.json.tmp"
-    tmp.write_text(config.to_json_best_effort(indent=1))
-    tmp.replace(epath.Path(workdir) / "config.json")
   dashboard = Dashboard(workdir)
   writer = MetricsWriter(workdir, dashboard)
   if jax.process_index() == 0:
@@ -337,12 +377,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- state: restore or init
   tx = state_lib.make_optimizer(config)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
+  checkpointer.remove_stale_tmp()  # under the workdir lock: no other run's save is in flight
   state, shardings = _restore_or_init(experiment, tx, mesh, config, checkpointer, train_iter)
   train_step = state_lib.make_train_step(experiment.objective(), tx, ema_decay=t.ema_decay,
                                          mesh=mesh, shardings=shardings,
                                          grad_accum_steps=int(t.grad_accum_steps))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   start = int(state.step)
+  _write_config(config, workdir)  # only now: the checkpoint (if any) restored into this model
+  if writer.drop_after(start):
+    print(f"metrics.jsonl: removed the rows past step {start} (they are trained again)", flush=True)
   print(f"{num_params / 1e6:.2f}M parameters; training steps {start} -> {t.num_steps}", flush=True)
   if jax.process_count() > 1 and start < t.num_steps:
     # Compile, then take the first step together: CPU (gloo) collectives fail when one process
@@ -355,6 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pending: list[dict] = []
   last_time, last_step = time.perf_counter(), start
   run_record, loop_start = RunRecord(workdir, config), time.perf_counter()
+  if start < t.num_steps:
+    run_record.start(first_step=start)
   stop = StopRequest()
   with stop.on_sigterm():
     for step in range(start + 1, t.num_steps + 1):
@@ -379,23 +425,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if steps_per_s:
           means["steps_per_s"] = steps_per_s
         writer.write(step, means)
+        run_record.update(last_step=step, wall_s=time.perf_counter() - loop_start)
         if jax.process_index() == 0:
           print(_progress_line(step, t.num_steps, steps_per_s, means), flush=True)
         if t.max_nonfinite_steps and means["nonfinite_streak"] >= t.max_nonfinite_steps:
           checkpointer.close()
+          run_record.update(last_step=step, wall_s=time.perf_counter() - loop_start,
+                            outcome="stopped: non-finite updates")
           raise FloatingPointError(
               f"{means['nonfinite_streak']} updates in a row had a non-finite loss or gradients "
               f"(by step {step}); they were skipped and no checkpoint holds them. Stopping: lower "
               f"config.optimizer.learning_rate or check the data (the limit is "
               f"config.training.max_nonfinite_steps={t.max_nonfinite_steps}).")
       if step % t.save_every == 0 or step == t.num_steps:
-        checkpointer.save(step, state, train_iter.get_state())
+        _save(checkpointer, step, state, train_iter)
       if stop.requested(synchronise=step % t.log_every == 0):
         if step % t.save_every and step != t.num_steps:
-          checkpointer.save(step, state, train_iter.get_state())
+          _save(checkpointer, step, state, train_iter)
         checkpointer.close()
         dashboard.close()
-        run_record.add(first_step=start, last_step=step, wall_s=time.perf_counter() - loop_start)
+        run_record.update(last_step=step, wall_s=time.perf_counter() - loop_start,
+                          outcome="stopped by SIGTERM")
         print(f"Received SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
               f"exiting. Rerun the same command to resume.", flush=True)
         return {"stopped_at_step": step}
@@ -405,8 +455,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write(step, evaluate_during_training(experiment, state.ema_params, config))
   checkpointer.wait()
   if int(state.step) > start:
-    run_record.add(first_step=start, last_step=int(state.step),
-                   wall_s=time.perf_counter() - loop_start)
+    run_record.update(last_step=int(state.step), wall_s=time.perf_counter() - loop_start,
+                      outcome="finished")
 
   # ---------------------------------------------------------------- samples and evaluation
   final_step = int(state.step)
@@ -428,6 +478,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
+def _save(checkpointer: Checkpointer, step: int, state, train_iter) -> None:
+  try:
+    checkpointer.save(step, state, train_iter.get_state())
+  except NonFiniteStateError as e:
+    checkpointer.wait()
+    raise FloatingPointError(
+        f"Stopping: {e}. Updates that overflow leave no way back; lower "
+        f"config.optimizer.learning_rate or config.optimizer.grad_clip_norm, or check the data, "
+        f"then rerun to resume from the newest checkpoint.") from e
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """WORKDIR/config.json: what this workdir was trained with (evaluators and resumes check it)."""
+  if jax.process_index() == 0:
+    # Replaced atomically: other processes may be reading it in check_same_model.
+    tmp = epath.Path(workdir) / "config.json.tmp"
+    tmp.write_text(config.to_json_best_effort(indent=1))
+    tmp.replace(epath.Path(workdir) / "config.json")
+
+
 def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises ValueError, naming the keys, when `config` describes another model than the one the run
   in `workdir` was trained with (its config.json; config.MODEL_DEFINING_KEYS): its checkpoints
@@ -435,7 +505,14 @@ def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     return
-  differences = model_differences(json.loads(path.read_text()), config)
+  try:
+    trained = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(
+        f"{path} is not valid JSON ({e}; cut short?), so the model this workdir was trained with is "
+        f"unknown. Put back a copy of it, or delete it: the checkpoint's array shapes are still "
+        f"checked against the config on restore.") from e
+  differences = model_differences(trained, config)
   if differences:
     listing = "; ".join(f"{k}: trained {a!r}, given {b!r}" for k, (a, b) in differences.items())
     raise ValueError(
@@ -451,16 +528,20 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str):
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   tx = state_lib.make_optimizer(config)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                              max_to_keep=config.training.keep_checkpoints)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {checkpointer.directory}; "
-                            f"train first (--mode=train)")
+  directory = os.path.join(workdir, "checkpoints")
+  if not epath.Path(directory).exists():  # checked first: the Checkpointer would create it
+    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {directory} (it does not "
+                            f"exist); train first (--mode=train)")
+  checkpointer = Checkpointer(directory, max_to_keep=config.training.keep_checkpoints)
   abstract, _ = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
                                           seed=config.seed)
-  state, _ = checkpointer.restore(step, abstract)
+  # Damaged checkpoints are skipped, not moved: the training run owns the directory.
+  found = checkpointer.restore_newest_intact(abstract, move_damaged=False)
   checkpointer.close()
+  if found is None:
+    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {checkpointer.directory}; "
+                            f"train first (--mode=train)")
+  step, state, _ = found
   return experiment, step, state
 
 
