@@ -2,7 +2,9 @@
 
   --mode=train   (default) train, resuming from the newest checkpoint in the workdir, then sample and
                  evaluate.
-  --mode=sample  load the newest checkpoint and write sample grids to WORKDIR/samples.
+  --mode=sample  load the newest checkpoint and write sample grids to WORKDIR/samples; with
+                 --num_samples=N instead N samples for external metrics (.npz and/or a PNG folder,
+                 joint or given --sample_labels; see mmdiff_jax/sampling/export.py).
 Any config key can be overridden: --config.training.num_steps=500.
 """
 
@@ -12,6 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from mmdiff_jax.sampling import export
 from mmdiff_jax.training import distributed, train
 
 FLAGS = flags.FLAGS
@@ -19,6 +22,13 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:v
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+flags.DEFINE_integer("num_samples", 0, "--mode=sample: write this many samples for external "
+                     "metrics instead of grids (0: grids).")
+flags.DEFINE_list("sample_format", list(export.FORMATS), "With --num_samples: npz and/or png.")
+flags.DEFINE_string("sample_labels", "", "With --num_samples: '' joint samples; 'balanced' or "
+                    "class ids '3' / '0,1,2' (cycled) to sample given labels.")
+flags.DEFINE_string("sample_dir", None, "With --num_samples: output folder (default "
+                    "WORKDIR/samples/export_step<step>).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,6 +44,11 @@ def main(argv):
                       os.path.join(os.path.expanduser("~"), ".cache", "mmdiff_jax", "xla"))
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.num_samples:
+    paths = export.export_from_checkpoint(
+        FLAGS.config, FLAGS.workdir, num_samples=FLAGS.num_samples, formats=FLAGS.sample_format,
+        labels=FLAGS.sample_labels, out_dir=FLAGS.sample_dir)
+    print(f"Wrote {paths}", flush=True)
   else:
     train.sample_from_checkpoint(FLAGS.config, FLAGS.workdir)
 
