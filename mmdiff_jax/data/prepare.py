@@ -272,7 +272,7 @@ def _open(path: str, what: str) -> Image.Image:
   try:
     image = Image.open(path)
     image.load()
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL raises all
     raise PrepareError(f"{path}: cannot read this {what} ({type(e).__name__}: {e})") from e
   return image
 
