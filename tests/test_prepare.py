@@ -195,9 +195,12 @@ def test_manifest_masks_of_another_size_resized_together(sets, data_dir, env, tm
       "data.name": "seg_set", "data.data_dir": data_dir, "data.derived": "()",
       "data.channels": 3, "data.ignore_label": 255, "modalities.segmentation.num_classes": 3,
       "eval.after_training": "('segmentation_miou',)"})
-  metrics = _final_metrics(workdir)
-  assert 0 <= metrics["eval/segmentation_miou"] <= 1
-  assert np.isfinite(metrics["recovery/segmentation"])
+  assert 0 <= _final_metrics(workdir)["eval/segmentation_miou"] <= 1
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  # The void pixels (255) neither stop the data checks nor make the loss non-finite.
+  assert all(np.isfinite(r["recovery/segmentation"]) and r["skipped"] == 0
+             for r in rows if "recovery/segmentation" in r)
 
 
 def test_non_square_set_resized_and_cropped(sets, data_dir, env, tmp_path):
@@ -424,3 +427,51 @@ def test_training_resume_is_bit_exact_with_augmentation(sets, data_dir, env, tmp
   checkpointer = Checkpointer(str(tmp_path / "resumed" / "checkpoints"), max_to_keep=10)
   assert checkpointer.all_steps() == [2, 4]
   del experiment
+
+
+# ------------------------------------------------------------------------------- ignore label, export
+
+
+def test_ignore_label_is_left_out_of_the_segmentation_loss():
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.models.modalities import specs_from_config  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.training.losses import recovery_nll  # pylint: disable=import-outside-toplevel
+  spec = specs_from_config({"image": {"kind": "image"}, "seg": {"kind": "segmentation",
+                                                               "num_classes": 3}})[1]
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+  target = rng.integers(0, 3, (2, 4, 4)).astype(np.int32)
+  target[:, 0] = 255
+  loss = recovery_nll(spec, jnp.asarray(logits), jnp.asarray(target), ignore_label=255)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  picked = np.take_along_axis(log_p[:, 1:], target[:, 1:, :, None], axis=-1)
+  np.testing.assert_allclose(loss, -picked.reshape(2, -1).mean(1), rtol=1e-5)
+  logits[:, 0] = 100.0  # what the head says on ignored pixels does not count
+  np.testing.assert_allclose(
+      recovery_nll(spec, jnp.asarray(logits), jnp.asarray(target), ignore_label=255), loss)
+
+
+def test_ignore_label_must_be_outside_the_classes():
+  from mmdiff_jax.config import validate_config  # pylint: disable=import-outside-toplevel
+  from configs import imgseg  # pylint: disable=import-outside-toplevel
+  config = imgseg.get_config("smoke")
+  config.data.ignore_label = 3
+  with pytest.raises(ValueError, match="data.ignore_label: got 3; expected .*outside 0..num_classes"):
+    validate_config(config)
+  config.data.ignore_label = 255
+  validate_config(config)
+  config = imglabel.get_config("smoke")
+  config.data.ignore_label = 255
+  with pytest.raises(ValueError, match="data.ignore_label.*with a segmentation modality"):
+    validate_config(config)
+
+
+def test_sample_labels_spec():
+  from mmdiff_jax.sampling import export  # pylint: disable=import-outside-toplevel
+  assert export.sample_labels("", num_samples=4, num_classes=3) is None
+  np.testing.assert_array_equal(export.sample_labels("balanced", num_samples=5, num_classes=3),
+                                [0, 1, 2, 0, 1])
+  np.testing.assert_array_equal(export.sample_labels("2", num_samples=3, num_classes=3), [2, 2, 2])
+  for bad in ("3", "cat", "-1"):
+    with pytest.raises(ValueError, match=f"--sample_labels={bad!r}: expected 'balanced' or class"):
+      export.sample_labels(bad, num_samples=3, num_classes=3)
