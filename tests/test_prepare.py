@@ -209,7 +209,7 @@ def test_non_square_set_resized_and_cropped(sets, data_dir, env, tmp_path):
   assert pipeline.load_source({"name": "wide", "data_dir": data_dir}, "train")[0][
       "image"].shape == (12, 20, 3)
   evaluation = next(pipeline.make_iterator(
-      _config(data_dir, "wide", **{"data.resize": "area"}), split="test", global_batch_size=4,
+      _config(data_dir, "wide", **{"data.resize": "area"}).data, split="test", global_batch_size=4,
       seed=0, shuffle=False))
   assert evaluation["image"].shape == (4, 8, 8, 3)
 
