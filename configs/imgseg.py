@@ -4,10 +4,12 @@ The map is derived per pixel (mmdiff_jax/data/derived.py, "garment_segmentation"
 1 + class where the garment's ink is (> 0.2 of full intensity), so 11 classes. One model generates
 (image, map) pairs jointly, and maps for given images (image -> segmentation).
 
-A dataset with its own maps is selected by name: every numeric feature a TFDS dataset stores reaches
-the batch, so set data.name (prepared in array_record format), data.derived=(), data.image_size to the
-stored size, and modalities.segmentation.feature / num_classes to the stored integer (H, W) map, e.g.
-  --config.data.name=NAME --config.data.derived="()" --config.modalities.segmentation.feature=mask
+A dataset with its own maps is selected by name: its mask feature ((H, W) or (H, W, 1) class ids,
+data.segmentation_key, default "segmentation") is the batch's "segmentation", resized and cropped with
+the image, so set data.name (prepared in array_record format, e.g. by mmdiff_jax.data.prepare),
+data.derived=(), data.image_size, modalities.segmentation.num_classes, and data.ignore_label if some
+pixels are unlabelled, e.g.
+  --config.data.name=NAME --config.data.derived="()" --config.data.segmentation_key=mask
 The segmentation_agreement evaluator applies to the derived maps only (it re-derives them).
 
   python -m mmdiff_jax.main --config=configs/imgseg.py:smoke --workdir=/tmp/imgseg_smoke

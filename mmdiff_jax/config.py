@@ -13,6 +13,7 @@ import numbers
 import ml_collections
 
 from mmdiff_jax.data.derived import DERIVED
+from mmdiff_jax.data.pipeline import CROPS, RESIZES
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.diffusion.aggregation import final_coefficients
 from mmdiff_jax.diffusion.schedules import _BETA_FNS, get_schedule
@@ -46,7 +47,21 @@ def default_config() -> ml_collections.ConfigDict:
       image_size=32,  # 28 (as stored) or 32 (padded with background, so the U-Net can halve it 3 times)
       channels=1,  # image channels (the diffusion space is image_size x image_size x channels)
       image_key="image",  # feature holding the uint8 image in the TFDS dataset
-      label_key="label",  # feature holding the integer class label in the TFDS dataset
+      label_key="label",  # feature holding the integer class label (optional: unlabelled datasets
+                          # work for every config without a label modality)
+      segmentation_key="segmentation",  # feature holding segmentation masks (H, W) or (H, W, 1) of
+                                        # class ids (optional); the batch's "segmentation"
+      embedding_key="embedding",  # feature holding a float vector per image (optional)
+      train_split="train",  # TFDS split trained on, e.g. "train" or "train[:90%]"
+      eval_split="test",  # TFDS split evaluated on (imagenet_resized has no "test": "validation")
+      ignore_label=ml_collections.config_dict.placeholder(int),  # segmentation class id left out of
+                          # the recovery loss and of mIoU (e.g. 255 for Cityscapes' void); None: none
+      resize="none",  # "none": stored size (image_size = stored side, stored + 4: padded, smaller:
+                      # cropped); "area" or "bilinear": shorter side resized to image_size (masks
+                      # nearest), then cropped to a square
+      crop="center",  # where the image_size x image_size window is cut: "center" or "random"
+                      # (random on the training stream; evaluation always cuts the centre)
+      random_flip=False,  # training stream: flip image (and mask) left-right with probability 1/2
       derived=(),  # derived features (mmdiff_jax/data/derived.py), e.g. ("garment_segmentation",)
   ))
 
@@ -295,9 +310,24 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
     _require_range(f"modalities.{spec.name}.loss_weight", spec.loss_weight, low=0.0)
     _require_range(f"modalities.{spec.name}.profile_scale", spec.profile_scale)
   _check_numbers(config)
-  for name in config.data.derived:
-    _require(name in DERIVED, "data.derived", tuple(config.data.derived),
-             f"names from {sorted(DERIVED)}")
+  # .get with the defaults: a run's config.json written before these keys existed still loads.
+  data, data_defaults = config.data, default_config().data
+  get = lambda key: data.get(key, data_defaults[key])
+  for name in data.derived:
+    _require(name in DERIVED, "data.derived", tuple(data.derived), f"names from {sorted(DERIVED)}")
+  _require(get("resize") in RESIZES, "data.resize", get("resize"), f"one of {RESIZES}")
+  _require(get("crop") in CROPS, "data.crop", get("crop"), f"one of {CROPS}")
+  _require(isinstance(get("random_flip"), bool), "data.random_flip", get("random_flip"),
+           "True or False")
+  for key in ("train_split", "eval_split", "image_key"):
+    _require(isinstance(get(key), str) and bool(get(key)), f"data.{key}", get(key),
+             "a non-empty string")
+  ignore = get("ignore_label")
+  if ignore is not None:
+    segmentations = [s for s in specs if s.kind == "segmentation"]
+    _require(bool(segmentations) and all(not 0 <= ignore < s.num_classes for s in segmentations),
+             "data.ignore_label", ignore, "None, or with a segmentation modality a class id "
+             "outside 0..num_classes - 1 (e.g. 255)")
 
   d = config.diffusion
   _require(d.schedule in _BETA_FNS, "diffusion.schedule", d.schedule, f"one of {sorted(_BETA_FNS)}")

@@ -35,6 +35,7 @@ class Experiment:
   weights: jnp.ndarray  # (T, N) aggregation weights of aggregated_specs(specs)
   parameterization: str
   task: str = "diffusion"
+  ignore_label: int | None = None  # config.data.ignore_label, honoured by the objective
 
   @property
   def is_generative(self) -> bool:
@@ -42,8 +43,9 @@ class Experiment:
 
   def objective(self) -> Objective | PredictionObjective:
     if not self.is_generative:
-      return PredictionObjective(self.model)
-    return Objective(self.model, self.schedule, self.weights, self.parameterization)
+      return PredictionObjective(self.model, ignore_label=self.ignore_label)
+    return Objective(self.model, self.schedule, self.weights, self.parameterization,
+                     ignore_label=self.ignore_label)
 
   def sampler(self, kind: str, num_steps: int, *, eta: float = 0.0, clip_denoised: bool = True,
               categorical_feedback: str = "expected") -> Sampler | PredictionSampler:
@@ -94,4 +96,5 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   schedule = get_schedule(config.diffusion.schedule, config.diffusion.num_steps)
   return Experiment(specs=specs, model=model, schedule=schedule,
                     weights=aggregation_weights(schedule, specs),
-                    parameterization=config.diffusion.parameterization, task=config.task)
+                    parameterization=config.diffusion.parameterization, task=config.task,
+                    ignore_label=config.data.get("ignore_label"))

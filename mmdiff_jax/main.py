@@ -3,7 +3,9 @@
   --mode=train   (default) train, resuming from the newest checkpoint in the workdir, then sample and
                  evaluate.
   --mode=sample  load the newest checkpoint (or with --params=FILE an exported file) and write sample
-                 grids to WORKDIR/samples.
+                 grids to WORKDIR/samples; with --num_samples=N instead N samples for external
+                 metrics (.npz and/or a PNG folder, joint or given --sample_labels; see
+                 mmdiff_jax/sampling/export.py).
   --mode=export  write the newest checkpoint's EMA parameters alone to
                  WORKDIR/export/ema_params_step<N>.msgpack (flax.serialization).
   --library_logs show the INFO logs of the libraries underneath (orbax, absl, TFDS, grain); by default
@@ -21,7 +23,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmdiff_jax import installed_configs
-from mmdiff_jax.training import distributed, export, train
+from mmdiff_jax.sampling import export as sample_export
+from mmdiff_jax.training import distributed, train
+from mmdiff_jax.training import export as params_export
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
@@ -31,6 +35,13 @@ flags.DEFINE_enum("mode", "train", ["train", "sample", "export"], "What to do.")
 flags.DEFINE_string("params", None, "--mode=sample: an exported parameter file (--mode=export) to "
                     "sample from instead of the newest checkpoint.")
 flags.DEFINE_bool("library_logs", False, "Show the INFO logs of orbax, absl, TFDS and grain.")
+flags.DEFINE_integer("num_samples", 0, "--mode=sample: write this many samples for external "
+                     "metrics instead of grids (0: grids).")
+flags.DEFINE_list("sample_format", list(sample_export.FORMATS), "With --num_samples: npz and/or png.")
+flags.DEFINE_string("sample_labels", "", "With --num_samples: '' joint samples; 'balanced' or "
+                    "class ids '3' / '0,1,2' (cycled) to sample given labels.")
+flags.DEFINE_string("sample_dir", None, "With --num_samples: output folder (default "
+                    "WORKDIR/samples/export_step<step>).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -51,9 +62,14 @@ def main(argv):
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == "export":
-    print(f"Wrote {export.export_ema_params(FLAGS.config, FLAGS.workdir)}", flush=True)
+    print(f"Wrote {params_export.export_ema_params(FLAGS.config, FLAGS.workdir)}", flush=True)
+  elif FLAGS.num_samples:
+    paths = sample_export.export_from_checkpoint(
+        FLAGS.config, FLAGS.workdir, num_samples=FLAGS.num_samples, formats=FLAGS.sample_format,
+        labels=FLAGS.sample_labels, out_dir=FLAGS.sample_dir)
+    print(f"Wrote {paths}", flush=True)
   elif FLAGS.params:
-    export.sample_from_exported(FLAGS.config, FLAGS.params, FLAGS.workdir)
+    params_export.sample_from_exported(FLAGS.config, FLAGS.params, FLAGS.workdir)
   else:
     train.sample_from_checkpoint(FLAGS.config, FLAGS.workdir)
 

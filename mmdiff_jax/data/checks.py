@@ -14,12 +14,12 @@ def _fail(where: str, feature: str, problem: str) -> None:
 
 
 def check_batch(batch: Mapping[str, np.ndarray], specs: Sequence[ModalitySpec],
-                z_shape: Sequence[int], *, where: str) -> None:
+                z_shape: Sequence[int], *, where: str, ignore_label: int | None = None) -> None:
   """Raises ValueError naming `where` (the dataset/split) and the feature, for the first problem.
 
   Checks: every modality's feature is present; images are float (B, *z_shape) and finite; labels are
-  integer (B,) in 0..num_classes-1; segmentation maps are integer (B, H, W) in range; embeddings are
-  float (B, dim) and finite.
+  integer (B,) in 0..num_classes-1; segmentation maps are integer (B, H, W) in range (or equal to
+  `ignore_label`); embeddings are float (B, dim) and finite.
   """
   for spec in specs:
     if spec.feature not in batch:
@@ -40,9 +40,14 @@ def check_batch(batch: Mapping[str, np.ndarray], specs: Sequence[ModalitySpec],
     if integer:
       if not np.issubdtype(x.dtype, np.integer):
         _fail(where, spec.feature, f"has dtype {x.dtype}; expected integers")
+      if spec.kind == "segmentation" and ignore_label is not None:
+        x = x[x != ignore_label]
       if x.size and (x.min() < 0 or x.max() >= spec.num_classes):
         _fail(where, spec.feature, f"has values in [{x.min()}, {x.max()}]; expected 0.."
-                                   f"{spec.num_classes - 1} (modalities.{spec.name}.num_classes)")
+                                   f"{spec.num_classes - 1} (modalities.{spec.name}.num_classes"
+                                   + (f", or data.ignore_label = {ignore_label})"
+                                      if spec.kind == "segmentation" and ignore_label is not None
+                                      else ")"))
     else:
       if not np.issubdtype(x.dtype, np.floating):
         _fail(where, spec.feature, f"has dtype {x.dtype}; expected floats")

@@ -17,17 +17,31 @@ with the keys:
               ~/tensorflow_datasets.
   raw_dir:    directory of the raw Fashion-MNIST .gz files; None ->
               /usr/share/datasets/fashion-mnist.
-  image_key:  feature holding the uint8 image, default "image".
-  label_key:  feature holding the integer label, default "label".
+  image_key:  feature holding the uint8 image (H, W[, C]), default "image".
+  label_key:  feature holding the integer label, default "label"; optional:
+              a dataset without it has no "label" in its batches.
+  segmentation_key: feature holding a segmentation mask (H, W) or (H, W, 1)
+              of class ids, default "segmentation"; optional.
+  embedding_key: feature holding a float vector (D,), default "embedding";
+              optional.
   image_size: output side S (``make_iterator`` only), default: native size.
-              Native (28 for Fashion-MNIST) -> as is; native + 4 (32) -> padded
-              by 2 pixels on each side with the background value -1.
+  resize:     "none" (default): stored size S -> as is; S - 4 (square) ->
+              padded by 2 pixels on each side with the background value -1;
+              larger -> cropped to S x S. "area" / "bilinear": the shorter side
+              is resized to S (aspect kept; masks always nearest), then
+              cropped to S x S.
+  crop:       "center" (default) or "random": where the S x S window is cut
+              (random on the training stream only; evaluation cuts the centre).
+  random_flip: on the training stream, flip each image left-right with
+              probability 1/2, its mask with it (default False).
 
 Batches (``make_iterator``) are dicts of numpy arrays:
 
   image: float32 (B, S, S, C) in [-1, 1] (C = 1 for Fashion-MNIST; 0 -> -1,
          255 -> +1),
-  label: int32 (B,),
+  label: int32 (B,) (when the dataset has label_key),
+  segmentation: int32 (B, S, S) (when it has segmentation_key),
+  embedding: as stored (when it has embedding_key),
   any other numeric feature the dataset stores, stacked as stored (e.g.
          "embedding": float32 (B, 256)),
   the features named in ``derived`` (``mmdiff_jax.data.derived``),
@@ -42,12 +56,15 @@ may straddle an epoch boundary; nothing is dropped between epochs). Process i
 of P takes elements [i*B, (i+1)*B) of every global batch, so the processes'
 batches are disjoint and, concatenated in process order, give exactly the
 global batch. Every batch is a pure function of its step number, so the
-iterator state is just the step (see ``DataIterator``).
+iterator state is just the step (see ``DataIterator``). Random crops and
+flips are drawn per stream position from (seed, position) only, so they too
+are the same after a resume and with any process count.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import logging
@@ -59,6 +76,7 @@ from typing import Any, Iterator, Mapping
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from mmdiff_jax.data import fashion_mnist
 from mmdiff_jax.data.derived import TRAINING_ONLY, derive
@@ -71,6 +89,11 @@ OFFLINE_BUILDERS = {
 }
 
 _STATE_VERSION = 1
+RESIZE_METHODS = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR}
+RESIZES = ("none", *RESIZE_METHODS)
+CROPS = ("center", "random")
+# Mixed into the seed of the per-position augmentation draws (distinct from derived features').
+_AUGMENT_STREAM = 0x6175676D
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -286,8 +309,10 @@ def num_examples(data_config, split: str) -> int:
 def class_names(data_config) -> list[str] | None:
   """Names of the label classes (index -> name), or None if not a ClassLabel."""
   builder = get_builder(data_config)
-  feature = builder.info.features[_get(data_config, "label_key", "label")]
-  names = getattr(feature, "names", None)
+  label_key = _get(data_config, "label_key", "label")
+  if label_key not in builder.info.features:  # an unlabelled dataset
+    return None
+  names = getattr(builder.info.features[label_key], "names", None)
   return list(names) if names is not None else None
 
 
@@ -295,47 +320,187 @@ def class_names(data_config) -> list[str] | None:
 # Batching.
 
 
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """How stored images become S x S (S = image_size); see the module doc.
+
+  crop "random" and random_flip are set only for the training stream (``geometry_from_config``).
+  """
+  image_size: int
+  resize: str = "none"
+  crop: str = "center"
+  random_flip: bool = False
+
+  @property
+  def is_random(self) -> bool:
+    return self.crop == "random" or self.random_flip
+
+
+def geometry_from_config(data_config, native_hw: tuple[int, int], *, training: bool) -> Geometry:
+  """The Geometry of ``data_config`` for images stored at native_hw = (H, W).
+
+  Raises:
+    ValueError naming the data.* key, its value and what is allowed.
+  """
+  resize = _get(data_config, "resize", "none")
+  crop = _get(data_config, "crop", "center")
+  if resize not in RESIZES:
+    raise ValueError(f"data.resize={resize!r}: expected one of {RESIZES}")
+  if crop not in CROPS:
+    raise ValueError(f"data.crop={crop!r}: expected one of {CROPS}")
+  geometry = Geometry(
+      image_size=int(_get(data_config, "image_size", min(native_hw))), resize=resize,
+      crop=crop if training else "center",
+      random_flip=bool(_get(data_config, "random_flip", False)) and training)
+  _check_geometry(native_hw, geometry)
+  return geometry
+
+
+def _check_geometry(native_hw: tuple[int, int], geometry: Geometry) -> None:
+  h, w = native_hw
+  size = geometry.image_size
+  if size < 1:
+    raise ValueError(f"data.image_size={size}: expected a positive integer")
+  if geometry.resize == "none" and min(h, w) < size and not _is_padded(native_hw, size):
+    raise ValueError(
+        f"data.image_size={size} is not supported for {h}x{w} images with data.resize='none': "
+        f"use at most {min(h, w)} (as is, or cropped)"
+        + (f", {h + 4} (pad 2 px of background on each side)" if h == w else "")
+        + ", or data.resize='area' or 'bilinear' (the shorter side resized to data.image_size)")
+
+
+def _is_padded(native_hw: tuple[int, int], image_size: int) -> bool:
+  """Whether images are padded by 2 px of background (square images, image_size = side + 4)."""
+  return native_hw[0] == native_hw[1] and image_size == native_hw[0] + 4
+
+
+def _resize_image(image: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
+  """uint8 (H, W, C) -> uint8 (h, w, C) = size, each channel with PIL's area (box) or bilinear."""
+  channels = [np.asarray(Image.fromarray(image[..., c]).resize(
+      (size[1], size[0]), resample=RESIZE_METHODS[method])) for c in range(image.shape[-1])]
+  return np.stack(channels, axis=-1)
+
+
+def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """(H, W) class ids -> (h, w) = size, nearest neighbour (pixel centres), any integer dtype."""
+  rows = (np.arange(size[0]) + 0.5) * mask.shape[0] // size[0]
+  cols = (np.arange(size[1]) + 0.5) * mask.shape[1] // size[1]
+  return mask[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+
+
+def transform_example(image: np.ndarray, mask: np.ndarray | None, *, geometry: Geometry,
+                      rng: np.random.Generator | None):
+  """One example's resize, crop and flip (see the module doc).
+
+  Args:
+    image: uint8 (H, W, C) as stored.
+    mask: (H', W') class ids or None; brought to the image's size by nearest neighbour first.
+    geometry: what to do; crop "random" and random_flip draw from `rng`.
+
+  Returns:
+    (uint8 (S, S, C), int32 (S, S) or None).
+  """
+  size = geometry.image_size
+  h, w = image.shape[:2]
+  if geometry.resize != "none":
+    scale = size / min(h, w)
+    h, w = max(size, round(h * scale)), max(size, round(w * scale))
+    image = _resize_image(image, (h, w), geometry.resize)
+  if mask is not None and mask.shape != (h, w):
+    mask = _resize_nearest(mask, (h, w))
+  if geometry.crop == "random":
+    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+  else:
+    top, left = (h - size) // 2, (w - size) // 2
+  image = image[top:top + size, left:left + size]
+  mask = None if mask is None else mask[top:top + size, left:left + size]
+  if geometry.random_flip and rng.random() < 0.5:
+    image = image[:, ::-1]
+    mask = None if mask is None else mask[:, ::-1]
+  return image, None if mask is None else mask.astype(np.int32)
+
+
+def _as_masks(masks: np.ndarray) -> np.ndarray:
+  """(B, H, W) or (B, H, W, 1) class ids -> (B, H, W)."""
+  if masks.ndim == 4 and masks.shape[-1] == 1:
+    return masks[..., 0]
+  if masks.ndim != 3:
+    raise ValueError(f"segmentation masks of shape {masks.shape[1:]}; expected (H, W) or (H, W, 1)")
+  return masks
+
+
 class _ReadBatch:
-  """Maps a local batch number to a preprocessed batch (vectorized).
+  """Maps a local batch number to a preprocessed batch (vectorized where the geometry allows).
 
   Global stream position q holds record ``order[q]``; local batch b of process
   p covers positions b*G + p*B + [0, B) (clipped to the stream length).
   """
 
   def __init__(self, *, source, order, stream_len, global_batch_size,
-               local_batch_size, process_index, image_key, label_key,
-               image_size, with_index, derived=(), seed=0):
+               local_batch_size, process_index, keys, geometry, with_index, derived=(), seed=0):
     self._source = source
     self._order = order
     self._stream_len = stream_len
     self._g = global_batch_size
     self._b = local_batch_size
     self._p = process_index
-    self._image_key = image_key
-    self._label_key = label_key
-    self._image_size = image_size
+    self._keys = dict(keys)  # batch name ("image", "label", "segmentation", "embedding") -> stored
+    self._geometry = geometry
     self._with_index = with_index
     self._derived = tuple(derived)
     self._seed = int(seed)
 
-  def record_indices(self, batch_index: int) -> list[int]:
+  def _positions(self, batch_index: int) -> range:
     start = batch_index * self._g + self._p * self._b
-    stop = min(start + self._b, self._stream_len)
-    return [int(self._order[q]) for q in range(start, stop)]
+    return range(start, min(start + self._b, self._stream_len))
+
+  def record_indices(self, batch_index: int) -> list[int]:
+    return [int(self._order[q]) for q in self._positions(batch_index)]
+
+  def _geometric(self, images, masks, positions):
+    """(float32 (B, S, S, C) in [-1, 1], int32 (B, S, S) or None) of the stored images and masks."""
+    g = self._geometry
+    native_hw = images.shape[1:3]
+    if g.resize == "none" and not g.is_random and (
+        _is_padded(native_hw, g.image_size) or native_hw == (g.image_size,) * 2):
+      if masks is not None and _is_padded(native_hw, g.image_size):
+        masks = np.pad(masks, ((0, 0), (2, 2), (2, 2)))  # background class 0
+      return (preprocess_images(images, image_size=g.image_size),
+              None if masks is None else masks.astype(np.int32))
+    out_images, out_masks = [], []
+    for i, q in enumerate(positions):
+      rng = np.random.default_rng([self._seed, _AUGMENT_STREAM, q]) if g.is_random else None
+      image, mask = transform_example(images[i], None if masks is None else masks[i],
+                                      geometry=g, rng=rng)
+      out_images.append(image)
+      out_masks.append(mask)
+    images = preprocess_images(np.stack(out_images), image_size=g.image_size)
+    return images, None if masks is None else np.stack(out_masks)
 
   def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+    positions = self._positions(batch_index)
     keys = self.record_indices(batch_index)
     getitems = getattr(self._source, "__getitems__", None)
     records = (getitems(keys) if getitems is not None
                else [self._source[k] for k in keys])
-    images = np.stack([np.asarray(r[self._image_key]) for r in records])
-    labels = np.asarray([r[self._label_key] for r in records], dtype=np.int32)
-    batch = {"image": preprocess_images(images, image_size=self._image_size),
-             "label": labels}
-    for key in records[0].keys() - {self._image_key, self._label_key}:
-      values = np.stack([np.asarray(r[key]) for r in records])
+    stack = lambda key: np.stack([np.asarray(r[key]) for r in records])
+    present = {name: key for name, key in self._keys.items() if key in records[0]}
+    images = stack(present["image"])
+    if images.ndim == 3:
+      images = images[..., None]
+    masks = _as_masks(stack(present["segmentation"])) if "segmentation" in present else None
+    batch = {}
+    batch["image"], segmentation = self._geometric(images, masks, positions)
+    if segmentation is not None:
+      batch["segmentation"] = segmentation
+    if "label" in present:
+      batch["label"] = np.asarray([r[present["label"]] for r in records], dtype=np.int32)
+    for key in records[0].keys() - set(present.values()):
+      values = stack(key)
       if np.issubdtype(values.dtype, np.number):  # stored features pass through as they are
         batch[key] = values
+    if "embedding" in present:
+      batch["embedding"] = stack(present["embedding"])
     if self._with_index:
       batch["index"] = np.asarray(keys, dtype=np.int64)
     return derive(batch, self._derived, seed=self._seed, batch_index=batch_index,
@@ -503,15 +668,20 @@ def make_iterator(
   local_batch_size = global_batch_size // process_count
 
   name = _get(data_config, "name", OFFLINE_FASHION_MNIST)
-  image_key = _get(data_config, "image_key", "image")
-  label_key = _get(data_config, "label_key", "label")
+  keys = {"image": _get(data_config, "image_key", "image"),
+          "label": _get(data_config, "label_key", "label"),
+          "segmentation": _get(data_config, "segmentation_key", "segmentation"),
+          "embedding": _get(data_config, "embedding_key", "embedding")}
   source = load_source(data_config, split)
   n = len(source)
   if n == 0:
     raise ValueError(f"Split {split!r} of {name!r} is empty.")
-  native_hw = tuple(np.asarray(source[0][image_key]).shape[:2])
-  image_size = int(_get(data_config, "image_size", native_hw[0]))
-  _check_image_size(native_hw, image_size)
+  first = source[0]
+  if keys["image"] not in first:
+    raise ValueError(f"data.image_key={keys['image']!r}: dataset {name!r} (split {split!r}) has "
+                     f"no such feature; it has {sorted(first)}")
+  native_hw = tuple(np.asarray(first[keys["image"]]).shape[:2])
+  geometry = geometry_from_config(data_config, native_hw, training=training)
 
   order = grain.MapDataset.range(n)
   if shuffle:
@@ -539,8 +709,7 @@ def make_iterator(
   read_batch = _ReadBatch(
       source=source, order=order, stream_len=stream_len,
       global_batch_size=global_batch_size, local_batch_size=local_batch_size,
-      process_index=process_index, image_key=image_key, label_key=label_key,
-      image_size=image_size, with_index=with_index,
+      process_index=process_index, keys=keys, geometry=geometry, with_index=with_index,
       derived=derived_names, seed=int(seed))
   batches = grain.MapDataset.range(n_local_batches).map(read_batch)
   read_options = grain.ReadOptions(
@@ -557,23 +726,28 @@ def make_iterator(
       "shuffle": bool(shuffle),
       "num_epochs": num_epochs if num_epochs is None else int(num_epochs),
       "drop_remainder": bool(drop_remainder),
-      "image_size": int(image_size),
+      "image_size": int(geometry.image_size),
       "derived": list(derived_names),
   }
+  if geometry != Geometry(geometry.image_size):  # only then: states saved before it existed resume
+    settings["geometry"] = dataclasses.asdict(geometry)
   return DataIterator(inner, settings=settings, num_batches=num_batches)
 
 
 __all__ = [
     "DataIterator",
     "DatasetNotPreparedError",
+    "Geometry",
     "OFFLINE_FASHION_MNIST",
     "class_names",
     "get_builder",
     "load_source",
+    "geometry_from_config",
     "make_iterator",
     "native_image_size",
     "native_images",
     "num_examples",
     "prepare_fashion_mnist",
     "preprocess_images",
+    "transform_example",
 ]

@@ -19,15 +19,13 @@ from mmdiff_jax.data import derived, pipeline
 from mmdiff_jax.evaluation import features, metrics
 from mmdiff_jax.sampling import inpainting as inpainting_lib
 
-SPLIT = "test"
-
 
 def _test_batches(config, num_examples: int):
   """(batch, count) pairs covering the first `num_examples` test examples, in stored order."""
   e = config.eval
-  iterator = pipeline.make_iterator(config.data, split=SPLIT, global_batch_size=e.batch_size,
-                                    seed=e.seed, shuffle=False, num_epochs=1, drop_remainder=False,
-                                    read_threads=0)
+  iterator = pipeline.make_iterator(config.data, split=config.data.eval_split,
+                                    global_batch_size=e.batch_size, seed=e.seed, shuffle=False,
+                                    num_epochs=1, drop_remainder=False, read_threads=0)
   seen = 0
   for batch in iterator:
     if seen >= num_examples:
@@ -135,7 +133,8 @@ def segmentation_miou(experiment, params, config) -> dict[str, float]:
                                        {base.name: batch[base.feature]})[seg.name]))
     target.append(batch[seg.feature])
   predicted, target = np.concatenate(predicted), np.concatenate(target)
-  return {f"{seg.name}_miou": metrics.mean_iou(predicted, target, seg.num_classes),
+  return {f"{seg.name}_miou": metrics.mean_iou(predicted, target, seg.num_classes,
+                                               ignore_index=config.data.ignore_label),
           f"{seg.name}_miou_examples": len(target)}
 
 
@@ -281,7 +280,7 @@ def embedding_consistency(experiment, params, config) -> dict[str, float]:
   nothing about pairing (AlexNet's post-ReLU features share a positive mean direction: about 0.55
   for random pairs of test images, 0.71 within a class)."""
   base, emb = experiment.specs[0], _spec(experiment, "embedding")
-  native_size = pipeline.native_image_size(config.data, SPLIT)
+  native_size = pipeline.native_image_size(config.data, config.data.eval_split)
   generated, of_images = [], []
   for out in _generate(experiment, params, config, 3):
     generated.append(np.asarray(out[emb.name]))

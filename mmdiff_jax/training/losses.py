@@ -37,12 +37,21 @@ def _per_example_sum(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(x.reshape(x.shape[0], -1), axis=1)
 
 
-def recovery_nll(spec: ModalitySpec, output: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-  """-log p(x_i | z_t) of one modality from its head's output: (B,)."""
+def recovery_nll(spec: ModalitySpec, output: jnp.ndarray, target: jnp.ndarray, *,
+                 ignore_label: int | None = None) -> jnp.ndarray:
+  """-log p(x_i | z_t) of one modality from its head's output: (B,).
+
+  For a segmentation map, pixels whose target is `ignore_label` are left out: the mean is over the
+  other pixels of each example (0 for an example with none).
+  """
   if spec.recovery_loss == "cross_entropy":
     return optax.softmax_cross_entropy_with_integer_labels(output, target)
   if spec.recovery_loss == "pixel_cross_entropy":
-    return _per_example_mean(optax.softmax_cross_entropy_with_integer_labels(output, target))
+    if ignore_label is None:
+      return _per_example_mean(optax.softmax_cross_entropy_with_integer_labels(output, target))
+    valid = target != ignore_label
+    nll = optax.softmax_cross_entropy_with_integer_labels(output, jnp.where(valid, target, 0))
+    return _per_example_sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(_per_example_sum(valid), 1)
   if spec.recovery_loss == "mse":
     return _per_example_mean(jnp.square(output - target))
   raise ValueError(f"recovery_loss of modality {spec.name!r}: unknown {spec.recovery_loss!r}")
@@ -57,11 +66,15 @@ class Objective:
     schedule: the noise schedule (T steps).
     weights: (T, N) aggregation weights of model.aggregated.
     parameterization: "eps", "z0" or "v": what the base head predicts.
+    ignore_label: segmentation class id of pixels without a label (config.data.ignore_label): they
+      are encoded as 0 (no class information in the forward process) and left out of the recovery
+      loss; None: every pixel is labelled.
   """
   model: MTDiffusion
   schedule: Schedule
   weights: jnp.ndarray
   parameterization: str = "eps"
+  ignore_label: int | None = None
 
   def __call__(self, params, batch: dict[str, Any], rng: jax.Array, *, train: bool = True):
     """Returns (loss, metrics); metrics are batch means of per-example values."""
@@ -74,7 +87,7 @@ class Objective:
     noise = jax.random.normal(noise_rng, z0.shape, z0.dtype)
 
     variables = {"params": params}
-    encodings = self.model.apply(variables, batch, batch_size, method=MTDiffusion.encode)
+    encodings = self._encode(variables, batch, batch_size)
     z_t = process.sample_marginal(self.schedule, self.weights, t, z0, encodings, noise)
     conditions = {s.name: batch[s.feature] for s in self.model.conditions}
     outputs = self.model.apply(variables, z_t, t, train=train, conditions=conditions,
@@ -84,7 +97,8 @@ class Objective:
     target = {"eps": noise, "z0": z0,
               "v": process.v_from_z0_eps(self.schedule, t, z0, noise)}[self.parameterization]
     denoise_mse = _per_example_mean(jnp.square(prediction - target))
-    recovery = {s.name: recovery_nll(s, outputs[s.name], batch[s.feature]) for s in aggregated}
+    recovery = {s.name: recovery_nll(s, outputs[s.name], batch[s.feature],
+                                     ignore_label=self.ignore_label) for s in aggregated}
     loss_per_example = denoise_mse + sum(
         (s.loss_weight * recovery[s.name] for s in aggregated), jnp.zeros_like(denoise_mse))
 
@@ -93,6 +107,21 @@ class Objective:
     metrics.update(self._bound_terms(variables, z0, encodings, z_t, t, outputs, recovery))
     metrics = {k: jnp.mean(v) for k, v in metrics.items()}
     return metrics["loss"], metrics
+
+  def _encode(self, variables, batch, batch_size: int) -> jnp.ndarray:
+    """E_i(x_i) of the aggregated modalities, (N, B, *z_shape); ignored pixels encode as 0."""
+    segmentations = [i for i, s in enumerate(self.model.aggregated) if s.kind == "segmentation"]
+    if self.ignore_label is None or not segmentations:
+      return self.model.apply(variables, batch, batch_size, method=MTDiffusion.encode)
+    valid = {i: batch[self.model.aggregated[i].feature] != self.ignore_label for i in segmentations}
+    labelled = dict(batch)
+    for i in segmentations:
+      feature = self.model.aggregated[i].feature
+      labelled[feature] = jnp.where(valid[i], batch[feature], 0)
+    encodings = self.model.apply(variables, labelled, batch_size, method=MTDiffusion.encode)
+    for i in segmentations:
+      encodings = encodings.at[i].multiply(valid[i][..., None].astype(encodings.dtype))
+    return encodings
 
   def _bound_terms(self, variables, z0, encodings, z_t, t, outputs, recovery):
     """Per-example bound terms in nats (no gradient flows through them)."""
@@ -122,22 +151,26 @@ class Objective:
     return {k: sg(v) for k, v in terms.items()}
 
 
-def prediction_loss(spec: ModalitySpec, output: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+def prediction_loss(spec: ModalitySpec, output: jnp.ndarray, target: jnp.ndarray, *,
+                    ignore_label: int | None = None) -> jnp.ndarray:
   """Per-example loss of a predictor's target: its recovery NLL; MSE for an image target: (B,)."""
   if spec.is_base:
     return _per_example_mean(jnp.square(output - target))
-  return recovery_nll(spec, output, target)
+  return recovery_nll(spec, output, target, ignore_label=ignore_label)
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictionObjective:
-  """The loss of a single-task predictor baseline (same call signature as Objective)."""
+  """The loss of a single-task predictor baseline (same call signature as Objective); ignore_label
+  as in Objective."""
   model: Predictor
+  ignore_label: int | None = None
 
   def __call__(self, params, batch: dict[str, Any], rng: jax.Array, *, train: bool = True):
     """Returns (loss, metrics): the target's loss, batch mean."""
     source, target = self.model.spec(self.model.input), self.model.spec(self.model.target)
     output = self.model.apply({"params": params}, batch[source.feature], train=train,
                               rngs={"dropout": rng})
-    loss = jnp.mean(prediction_loss(target, output, batch[target.feature]))
+    loss = jnp.mean(prediction_loss(target, output, batch[target.feature],
+                                    ignore_label=self.ignore_label))
     return loss, {"loss": loss, f"prediction/{target.name}": loss}

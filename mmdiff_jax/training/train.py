@@ -371,7 +371,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   # ---------------------------------------------------------------- input
   train_iter = pipeline.make_iterator(
-      config.data, split="train", global_batch_size=t.batch_size, seed=config.seed, shuffle=True,
+      config.data, split=config.data.train_split, global_batch_size=t.batch_size, seed=config.seed,
+      shuffle=True,
       process_index=jax.process_index(), process_count=jax.process_count(), training=True)
 
   # ---------------------------------------------------------------- state: restore or init
@@ -406,7 +407,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     for step in range(start + 1, t.num_steps + 1):
       local_batch = next(train_iter)
       check_batch(local_batch, experiment.specs, experiment.model.z_shape,
-                  where=f"dataset {config.data.name!r} (train)")
+                  where=f"dataset {config.data.name!r} ({config.data.train_split})",
+                  ignore_label=config.data.ignore_label)
       batch = sharding_lib.global_batch(local_batch, mesh)
       state, metrics = train_step(state, batch)
       pending.append(metrics)
