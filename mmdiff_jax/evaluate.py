@@ -34,15 +34,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 def evaluate(config, workdir: str, evaluators=None, *, metrics_name: str = "eval_metrics") -> dict:
   """Restores the newest checkpoint's EMA parameters, runs the evaluators (None: every one that
   applies; named ones must apply), merges their metrics into WORKDIR/<metrics_name>.json (those of
-  other evaluators at the same step are kept); returns this call's."""
+  other evaluators at the same step are kept) and their bootstrap replicates into
+  WORKDIR/<metrics_name>.bootstrap.json; returns this call's metrics."""
   if evaluators is not None:
     _check_evaluators(tuple(evaluators), config)
   experiment, step, state = restore_latest(config, workdir)
   evaluators = EVALUATOR_NAMES if evaluators is None else evaluators
   results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators)}
   save_eval_metrics(workdir, step, results, name=metrics_name)
+  results.pop(BOOTSTRAP_KEY, None)  # in WORKDIR/<metrics_name>.bootstrap.json
   if jax.process_index() == 0:
-    print(json.dumps({k: v for k, v in results.items() if k != BOOTSTRAP_KEY}, indent=1), flush=True)
+    print(json.dumps(results, indent=1), flush=True)
   return results
 
 
