@@ -9,6 +9,7 @@ Tests get the references through the ``ref`` fixture (a namespace of the functio
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 import types
@@ -22,8 +23,13 @@ import pytest
 # The whole session runs on 8 simulated CPU devices (set before any backend starts), so sharded code
 # paths are exercised everywhere. Identical programs compiled by different tests (each train run builds
 # its own jitted step) are served from a persistent compilation cache.
+# The command-line runs that tests start as subprocesses share the same cache (through the environment
+# they inherit), so the smoke config's programs compile once per session, not once per run.
+_XLA_CACHE = tempfile.mkdtemp(prefix="mmdiff_jax_xla_cache_")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 jax.config.update("jax_num_cpu_devices", 8)
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="mmdiff_jax_xla_cache_"))
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 # Make the package importable from a plain checkout (it is not pip-installed in CI or here).

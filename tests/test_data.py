@@ -368,6 +368,26 @@ def test_process_shards_disjoint_and_cover_global_batch(prepared):
                            process_index=2, process_count=2)
 
 
+def test_derived_features_depend_on_the_stream_position_only(prepared):
+  """Random masks (and the augmentation drawing from them) are the same for an example whether the
+  global batch is read by one process or split over two, and whatever the batch size."""
+  cfg = _config(prepared, derived=("random_square_mask", "masked_image_augmentation"))
+  kw = dict(split="train", seed=5, with_index=True, training=True)
+  full = _take(pipeline.make_iterator(cfg, global_batch_size=32, **kw), 2)
+  shards = [_take(pipeline.make_iterator(cfg, global_batch_size=32, process_index=i,
+                                         process_count=2, **kw), 2) for i in range(2)]
+  for step in range(2):
+    for key in ("index", "mask", "masked_image", "image"):
+      np.testing.assert_array_equal(
+          np.concatenate([shards[0][step][key], shards[1][step][key]]), full[step][key],
+          err_msg=f"step {step}: {key}")
+  (double,) = _take(pipeline.make_iterator(cfg, global_batch_size=64, **kw), 1)
+  for key in ("index", "mask", "image"):
+    np.testing.assert_array_equal(double[key], np.concatenate([b[key] for b in full]), err_msg=key)
+  replaced = np.all(double["image"] == double["masked_image"], axis=(1, 2, 3))
+  assert 0 < replaced.sum() < len(replaced)  # some examples replaced by their masked copy, not all
+
+
 @pytest.mark.parametrize("read_threads", [0, 2])
 def test_state_resume_gives_identical_batches(prepared, read_threads):
   cfg = _config(prepared, image_size=32)

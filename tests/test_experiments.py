@@ -123,19 +123,19 @@ def test_colorized_maps_tell_classes_apart():
 def test_square_masks_cover_the_ratio_and_are_seeded():
   shape = (3, 28, 28, 1)
   masks = derived.square_masks(shape, ratios=np.array([0.1, 0.5, 0.7]),
-                               rng=np.random.default_rng(0))
+                               rngs=[np.random.default_rng(0)] * 3)
   assert masks.shape == shape
   # 28 px over a 4x4 grid: 7x7 cells; round(ratio * 16) cells.
   np.testing.assert_array_equal(masks.sum(axis=(1, 2, 3)) / 49, [2, 8, 11])
   again = derived.square_masks(shape, ratios=np.array([0.1, 0.5, 0.7]),
-                               rng=np.random.default_rng(0))
+                               rngs=[np.random.default_rng(0)] * 3)
   np.testing.assert_array_equal(masks, again)
   batch = {"image": np.ones(shape, np.float32), "label": np.zeros(3, np.int32)}
-  out = derived.derive(dict(batch), ("random_square_mask",), seed=1, batch_index=5, process_index=0)
+  out = derived.derive(dict(batch), ("random_square_mask",), seed=1, positions=range(3))
   np.testing.assert_array_equal(out["masked_image"], 1.0 - out["mask"])
   assert np.all((out["mask"].mean(axis=(1, 2, 3)) >= 1 / 16) & (out["mask"].mean(axis=(1, 2, 3)) <= 12 / 16))
   with pytest.raises(ValueError, match=r"config.data.derived: unknown 'blur'"):
-    derived.derive(dict(batch), ("blur",), seed=1, batch_index=0, process_index=0)
+    derived.derive(dict(batch), ("blur",), seed=1, positions=range(3))
 
 
 def test_embedding_is_precomputed_into_the_dataset(data_dir):

@@ -91,7 +91,7 @@ def test_replacement_keeps_the_observation_and_with_nothing_masked_returns_it(un
                                             resamples=resamples)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(images))
   mask = jnp.asarray(derived.square_masks((3, 28, 28), ratios=np.full(3, 0.5),
-                                          rng=np.random.default_rng(0)))
+                                          rngs=[np.random.default_rng(0)] * 3))
   out = np.asarray(inpainting.known_region_replacement(sampler, params, jax.random.PRNGKey(0), images,
                                                        mask, resamples=resamples))
   known = np.asarray(mask) == 0
@@ -199,7 +199,7 @@ def test_masked_image_augmentation_applies_to_the_training_stream_only(data_dir)
   assert not np.any(np.all(clean["image"] == clean["masked_image"], axis=(1, 2, 3)))
   with pytest.raises(ValueError, match="needs 'random_square_mask' before it"):
     derived.derive({"image": clean["image"]}, ("masked_image_augmentation",), seed=0,
-                   batch_index=0, process_index=0)
+                   positions=range(len(clean["image"])))
 
 
 @pytest.mark.parametrize("name", ["imgmask_classcond", "baseline_classcond_maskaug"])

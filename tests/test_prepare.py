@@ -41,13 +41,6 @@ def _images(rng, count, shape):
   return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(count)]
 
 
-def _env(cache_dir):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PLATFORMS="cpu",
-             PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)
-  return env
-
-
 def _run(args, env):
   result = subprocess.run([sys.executable, "-u", "-m", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -78,8 +71,11 @@ def _tree_listing(folder):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  return _env(tmp_path_factory.mktemp("xla_cache"))
+def env():
+  """The subprocesses' environment (compilation cache shared through conftest)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env.pop("XLA_FLAGS", None)
+  return env
 
 
 @pytest.fixture(scope="module")

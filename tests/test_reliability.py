@@ -48,9 +48,8 @@ def _main_command(data_dir, workdir, **overrides):
           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in flags.items()]
 
 
-def _env(tmp_path):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
-             JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   env.pop("XLA_FLAGS", None)
   return env
 
@@ -108,7 +107,7 @@ def _smoke_config(data_dir, **training):
 
 def test_sigterm_saves_current_step_and_exits_cleanly(data_dir, tmp_path):
   workdir = str(tmp_path / "wd")
-  env = _env(tmp_path)
+  env = _env()
   proc, lines = _run_until(
       _main_command(data_dir, workdir, **{"training.num_steps": 100_000,
                                           "training.save_every": 1000}),
@@ -131,7 +130,7 @@ def test_sigterm_saves_current_step_and_exits_cleanly(data_dir, tmp_path):
 
 def test_sigkill_loses_at_most_save_interval_and_never_restores_partial(data_dir, tmp_path):
   workdir = str(tmp_path / "wd")
-  env = _env(tmp_path)
+  env = _env()
   save_every = 2  # saves are nearly always in flight: the kill lands during one
   proc, lines = _run_until(
       _main_command(data_dir, workdir, **{"training.num_steps": 100_000,
@@ -537,7 +536,7 @@ def test_a_second_run_on_a_busy_workdir_stops_at_once_naming_the_first(data_dir,
   proc, lines = _run_until(
       _main_command(data_dir, workdir, **{"training.num_steps": 100_000,
                                           "training.save_every": 2}),
-      _env(tmp_path), "step 2/")
+      _env(), "step 2/")
   try:
     config = _smoke_config(data_dir, num_steps=4)
     start = time.monotonic()

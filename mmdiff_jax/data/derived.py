@@ -1,13 +1,14 @@
 """Features derived from a preprocessed batch, named in config.data.derived.
 
-Each takes the batch (images float32 (B, H, W, C) in [-1, 1], labels int32 (B,)) and a numpy Generator
-seeded from (seed, batch number, process), so the same batch always gets the same derived features,
-also after a resume.
+Each takes the batch (images float32 (B, H, W, C) in [-1, 1], labels int32 (B,)) and one numpy
+Generator per example, seeded from (seed, the example's position in the global stream) only: an example
+gets the same derived features after a resume, in any batch size and with any number of processes
+sharing the global batch.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -15,40 +16,48 @@ import numpy as np
 INK_THRESHOLD = -0.6
 MASK_RATIOS = (0.1, 0.7)
 MASK_GRID = 4  # masks are made of square cells of a MASK_GRID x MASK_GRID grid over the image
+# Mixed into the seed of the per-position draws (distinct from the pipeline's crop and flip stream).
+_DERIVED_STREAM = 0x64657276
+
+Generators = Sequence[np.random.Generator]
 
 
-def garment_segmentation(batch, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def garment_segmentation(batch, rngs: Generators) -> dict[str, np.ndarray]:
   """"segmentation": int32 (B, H, W): 0 = background, 1 + label where the garment's ink is.
 
   Fashion-MNIST has no segmentation labels; this per-pixel map (background vs. the garment's class)
   is derived from the image and its label, so a model of (image, map) must get shape and class right.
   """
-  del rng
+  del rngs
   ink = batch["image"][..., 0] > INK_THRESHOLD
   return {"segmentation": np.where(ink, batch["label"][:, None, None] + 1, 0).astype(np.int32)}
 
 
-def square_masks(shape, *, ratios: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """float32 (B, H, W, 1) masks, 1 = missing: round(ratio * 16) random cells of a 4x4 grid each."""
+def square_masks(shape, *, ratios: np.ndarray, rngs: Generators) -> np.ndarray:
+  """float32 (B, H, W, 1) masks, 1 = missing: round(ratio * 16) random cells of a 4x4 grid each,
+  example i's cells drawn from rngs[i] (the same Generator may stand at several places)."""
   b, h, w = shape[:3]
+  if not len(ratios) == len(rngs) == b:
+    raise ValueError(f"square_masks: {b} examples, {len(ratios)} ratios and {len(rngs)} generators")
   cells = MASK_GRID * MASK_GRID
   masks = np.zeros((b, cells), np.float32)
-  for i, ratio in enumerate(ratios):
+  for i, (ratio, rng) in enumerate(zip(ratios, rngs)):
     masks[i, rng.permutation(cells)[: max(1, int(round(ratio * cells)))]] = 1.0
   grid = masks.reshape(b, MASK_GRID, MASK_GRID)
   mask = np.repeat(np.repeat(grid, -(-h // MASK_GRID), axis=1), -(-w // MASK_GRID), axis=2)
   return mask[:, :h, :w, None]
 
 
-def random_square_mask(batch, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def random_square_mask(batch, rngs: Generators) -> dict[str, np.ndarray]:
   """"mask" (see square_masks) with ratios drawn uniformly from MASK_RATIOS; "masked_image": the
   image with missing pixels set to 0."""
   images = batch["image"]
-  mask = square_masks(images.shape, ratios=rng.uniform(*MASK_RATIOS, size=len(images)), rng=rng)
+  ratios = np.array([rng.uniform(*MASK_RATIOS) for rng in rngs])
+  mask = square_masks(images.shape, ratios=ratios, rngs=rngs)
   return {"mask": mask, "masked_image": np.where(mask > 0, 0.0, images).astype(np.float32)}
 
 
-def masked_image_augmentation(batch, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def masked_image_augmentation(batch, rngs: Generators) -> dict[str, np.ndarray]:
   """"image": each example replaced by its "masked_image" with probability 1/2 (needs
   random_square_mask before it). A training-time augmentation: a model trained with it sees clean and
   masked images alike as images to generate, without the masked image as a modality of its own (the
@@ -56,7 +65,7 @@ def masked_image_augmentation(batch, rng: np.random.Generator) -> dict[str, np.n
   if "masked_image" not in batch:
     raise ValueError("config.data.derived: 'masked_image_augmentation' needs 'random_square_mask' "
                      "before it (it replaces images by their masked copies)")
-  replace = rng.random(len(batch["image"])) < 0.5
+  replace = np.array([rng.random() < 0.5 for rng in rngs])
   return {"image": np.where(replace[:, None, None, None], batch["masked_image"],
                             batch["image"]).astype(np.float32)}
 
@@ -70,11 +79,19 @@ DERIVED: dict[str, Callable[..., dict[str, np.ndarray]]] = {
 TRAINING_ONLY = frozenset({"masked_image_augmentation"})
 
 
-def derive(batch, names, *, seed: int, batch_index: int, process_index: int):
-  """Adds the named derived features to `batch` (a dict of numpy arrays)."""
-  rng = np.random.default_rng([seed, batch_index, process_index])
+def derive(batch, names, *, seed: int, positions: Sequence[int]):
+  """Adds the named derived features to `batch` (a dict of numpy arrays of B examples).
+
+  positions: the B examples' positions in the global stream (what seeds their draws).
+  """
   for name in names:
     if name not in DERIVED:
       raise ValueError(f"config.data.derived: unknown {name!r}; expected names from {sorted(DERIVED)}")
-    batch.update(DERIVED[name](batch, rng))
+  if not names:
+    return batch
+  rngs = [np.random.default_rng([seed, _DERIVED_STREAM, int(q)]) for q in positions]
+  if len(rngs) != len(batch["image"]):
+    raise ValueError(f"derive: {len(batch['image'])} examples but {len(rngs)} positions")
+  for name in names:
+    batch.update(DERIVED[name](batch, rngs))
   return batch

@@ -57,8 +57,9 @@ of P takes elements [i*B, (i+1)*B) of every global batch, so the processes'
 batches are disjoint and, concatenated in process order, give exactly the
 global batch. Every batch is a pure function of its step number, so the
 iterator state is just the step (see ``DataIterator``). Random crops and
-flips are drawn per stream position from (seed, position) only, so they too
-are the same after a resume and with any process count.
+flips, and the random draws of derived features, are drawn per stream
+position from (seed, position) only, so they too are the same after a resume
+and with any process count.
 """
 
 from __future__ import annotations
@@ -503,8 +504,7 @@ class _ReadBatch:
       batch["embedding"] = stack(present["embedding"])
     if self._with_index:
       batch["index"] = np.asarray(keys, dtype=np.int64)
-    return derive(batch, self._derived, seed=self._seed, batch_index=batch_index,
-                  process_index=self._p)
+    return derive(batch, self._derived, seed=self._seed, positions=positions)
 
 
 def preprocess_images(images: np.ndarray, *, image_size: int) -> np.ndarray:

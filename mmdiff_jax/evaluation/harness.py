@@ -153,7 +153,8 @@ def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, An
     psnr, lpips = [], []
     for i, (batch, _) in enumerate(_test_batches(config, config.eval.num_examples)):
       images = batch[experiment.specs[0].feature]
-      mask = derived.square_masks(images.shape, ratios=np.full(len(images), ratio), rng=rng)
+      mask = derived.square_masks(images.shape, ratios=np.full(len(images), ratio),
+                                  rngs=[rng] * len(images))
       masked_images = np.where(mask > 0, 0.0, images).astype(np.float32)
       out = np.asarray(inpaint(jax.random.fold_in(jax.random.PRNGKey(config.eval.seed), i), batch,
                                masked_images, mask))
