@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from configs import baseline_uncond, imglabel
-from mmdiff_jax.config import validate_config
+from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib

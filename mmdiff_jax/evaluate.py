@@ -17,7 +17,7 @@ from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, EVALUATOR_NAMES, EVALU
                                            run_evaluators, save_eval_metrics)
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import distributed
-from mmdiff_jax.training.train import restore_latest
+from mmdiff_jax.training.restore import classifier_for, restore_latest
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
@@ -40,7 +40,8 @@ def evaluate(config, workdir: str, evaluators=None, *, metrics_name: str = "eval
     _check_evaluators(tuple(evaluators), config)
   experiment, step, state = restore_latest(config, workdir)
   evaluators = EVALUATOR_NAMES if evaluators is None else evaluators
-  results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators)}
+  results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators,
+                                            classify=classifier_for(config, experiment))}
   save_eval_metrics(workdir, step, results, name=metrics_name)
   results.pop(BOOTSTRAP_KEY, None)  # in WORKDIR/<metrics_name>.bootstrap.json
   if jax.process_index() == 0:

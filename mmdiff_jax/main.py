@@ -5,7 +5,7 @@
   --mode=sample  load the newest checkpoint (or with --params=FILE an exported file) and write sample
                  grids to WORKDIR/samples; with --num_samples=N instead N samples for external
                  metrics (.npz and/or a PNG folder, joint or given --sample_labels; see
-                 mmdiff_jax/sampling/export.py).
+                 mmdiff_jax/sampling/sample_export.py).
   --mode=export  write the newest checkpoint's EMA parameters alone to
                  WORKDIR/export/ema_params_step<N>.msgpack (flax.serialization).
   --library_logs show the INFO logs of the libraries underneath (orbax, absl, TFDS, grain); by default
@@ -23,9 +23,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmdiff_jax import installed_configs
-from mmdiff_jax.sampling import export as sample_export
+from mmdiff_jax.sampling import sample_export
 from mmdiff_jax.training import distributed, train
-from mmdiff_jax.training import export as params_export
+from mmdiff_jax.training import params_export
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mmdiff_jax import evaluate
-from mmdiff_jax.config import validate_config
+from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.models.modalities import specs_from_config
 from mmdiff_jax.training import state as state_lib
@@ -165,7 +165,7 @@ def test_class_conditional_baseline_end_to_end_with_label_agreement(data_dir, tm
 
 
 def test_classifier_must_be_a_label_predictor(data_dir, tmp_path, classifier_workdir):
-  from mmdiff_jax.evaluation.harness import load_classifier
+  from mmdiff_jax.training.restore import load_classifier
   with pytest.raises(FileNotFoundError, match=r"no config.json there; train the classifier first"):
     load_classifier(str(tmp_path), (28, 28, 1))
   with pytest.raises(ValueError, match=r"takes images of shape \(28, 28, 1\)"):

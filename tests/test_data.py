@@ -21,6 +21,7 @@ from etils import epath
 
 import mmdiff_jax
 from mmdiff_jax.data import fashion_mnist as fm
+from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.data import pipeline
 
 RAW_DIR = fm.DEFAULT_RAW_DIR
@@ -283,8 +284,8 @@ def test_batch_shapes_dtypes_ranges(prepared):
 def test_preprocess_maps_uint8_to_unit_range():
   x = np.array([0, 255, 51], np.uint8).reshape(1, 1, 3, 1).repeat(3, axis=1)
   with pytest.raises(ValueError):
-    pipeline.preprocess_images(x, image_size=3 + 1)
-  y = pipeline.preprocess_images(x, image_size=7)
+    images_lib.preprocess_images(x, image_size=3 + 1)
+  y = images_lib.preprocess_images(x, image_size=7)
   np.testing.assert_allclose(y[0, 2, 2:5, 0], [-1.0, 1.0, -0.6], atol=1e-6)
   assert np.all(y[:, :2] == -1) and np.all(y[:, -2:] == -1)
 

@@ -11,6 +11,7 @@ import pytest
 
 from mmdiff_jax import evaluate
 from mmdiff_jax.data import derived
+from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.training import train
 
 
@@ -91,7 +92,7 @@ def test_segmentation_pair_agreement_constructed():
 
 
 def test_model_differences_name_the_keys_that_change_the_model():
-  from mmdiff_jax.config import model_differences
+  from mmdiff_jax.training.restore import model_differences
   trained = json.loads(importlib.import_module("configs.imglabel").get_config("small").to_json_best_effort())
   same = importlib.import_module("configs.imglabel").get_config("small")
   same.eval.num_steps, same.training.num_steps, same.model.dtype = 3, 7, "bfloat16"
@@ -109,6 +110,23 @@ def test_model_differences_name_the_keys_that_change_the_model():
   other = importlib.import_module("configs.imglabel").get_config("small")
   other.diffusion.parameterization = "v"
   assert model_differences(trained, other) == {}
+
+
+def test_a_run_made_before_a_key_existed_still_loads(tmp_path):
+  from mmdiff_jax.config_validation import validate_config
+  from mmdiff_jax.training.restore import run_config
+  trained = json.loads(importlib.import_module("configs.imglabel").get_config("small").to_json_best_effort())
+  del trained["eval"]["sdedit_t0_fraction"]  # keys added to the library after the run was made
+  del trained["data"]["random_flip"]
+  trained["modalities"]["label"]["profile_scale"] = 0.5  # the run's own values are kept
+  (tmp_path / "config.json").write_text(json.dumps(trained))
+  config = run_config(str(tmp_path), name="a run")
+  validate_config(config)
+  assert config.eval.sdedit_t0_fraction == importlib.import_module("mmdiff_jax.config").default_config().eval.sdedit_t0_fraction
+  assert config.data.random_flip is False and config.modalities.label.profile_scale == 0.5
+  assert sorted(config.modalities) == ["image", "label"]
+  with pytest.raises(FileNotFoundError, match=r"elsewhere: no config.json there"):
+    run_config(str(tmp_path / "missing"), name="elsewhere")
 
 
 def test_colorized_maps_tell_classes_apart():
@@ -143,7 +161,7 @@ def test_embedding_is_precomputed_into_the_dataset(data_dir):
   (recomputed here from the batch's own images) and unit-RMS; training images padded to 32 crop back
   to the stored image exactly."""
   from mmdiff_jax.data import pipeline
-  from mmdiff_jax.evaluation import features
+  from mmdiff_jax.models import alexnet_features as features
   config = importlib.import_module("configs.imgemb").get_config("smoke")
   config.data.data_dir = data_dir
   assert config.data.name == "fashion_mnist_offline_alexnet" and not config.data.derived
@@ -159,7 +177,7 @@ def test_embedding_is_precomputed_into_the_dataset(data_dir):
   config.data.image_size = 32
   padded = next(pipeline.make_iterator(config.data, split="test", global_batch_size=8, seed=0,
                                        shuffle=True, read_threads=0))
-  np.testing.assert_array_equal(pipeline.native_images(padded["image"], native_size=28),
+  np.testing.assert_array_equal(images_lib.native_images(padded["image"], native_size=28),
                                 batch["image"])
   np.testing.assert_array_equal(padded["embedding"], batch["embedding"])
   assert pipeline.native_image_size(config.data, "test") == 28

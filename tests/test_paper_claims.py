@@ -19,7 +19,7 @@ from mmdiff_jax.evaluation import harness, metrics
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.sampling import inpainting
 from mmdiff_jax.training import state as state_lib
-from mmdiff_jax.training import train, transplant
+from mmdiff_jax.training import restore, train, transplant
 
 from test_baselines import _config, _random_params
 
@@ -160,7 +160,7 @@ def test_classifier_starts_from_a_diffusion_models_backbone(data_dir, tmp_path):
   diffusion = _config("baseline_uncond", data_dir)
   diffusion.training.num_steps = 2
   train.train_and_evaluate(diffusion, str(tmp_path / "uncond"))
-  _, _, source = train.restore_latest(diffusion, str(tmp_path / "uncond"))
+  _, _, source = restore.restore_latest(diffusion, str(tmp_path / "uncond"))
   classifier = _config("classifier", data_dir)
   classifier.training.update(num_steps=2, init_from=str(tmp_path / "uncond"))
   experiment = build_experiment(classifier)

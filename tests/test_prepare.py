@@ -17,7 +17,7 @@ from PIL import Image
 
 from configs import imglabel
 from mmdiff_jax.data import pipeline, prepare
-from mmdiff_jax.training import train
+from mmdiff_jax.training import restore, train
 from mmdiff_jax.training.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -418,7 +418,7 @@ def test_training_resume_is_bit_exact_with_augmentation(sets, data_dir, env, tmp
   train.train_and_evaluate(straight, str(tmp_path / "resumed"))
   restored = []
   for name in ("straight", "resumed"):
-    experiment, step, state = train.restore_latest(straight, str(tmp_path / name))
+    experiment, step, state = restore.restore_latest(straight, str(tmp_path / name))
     restored.append(state)
     assert step == 4
   jax.tree.map(np.testing.assert_array_equal, restored[0], restored[1])  # params, EMA, optimizer
@@ -450,7 +450,7 @@ def test_ignore_label_is_left_out_of_the_segmentation_loss():
 
 
 def test_ignore_label_must_be_outside_the_classes():
-  from mmdiff_jax.config import validate_config  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.config_validation import validate_config  # pylint: disable=import-outside-toplevel
   from configs import imgseg  # pylint: disable=import-outside-toplevel
   config = imgseg.get_config("smoke")
   config.data.ignore_label = 3
@@ -465,7 +465,7 @@ def test_ignore_label_must_be_outside_the_classes():
 
 
 def test_sample_labels_spec():
-  from mmdiff_jax.sampling import export  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.sampling import sample_export as export  # pylint: disable=import-outside-toplevel
   assert export.sample_labels("", num_samples=4, num_classes=3) is None
   np.testing.assert_array_equal(export.sample_labels("balanced", num_samples=5, num_classes=3),
                                 [0, 1, 2, 0, 1])

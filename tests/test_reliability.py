@@ -27,13 +27,13 @@ import orbax.checkpoint as ocp
 
 from configs import imglabel
 from mmdiff_jax import evaluate
-from mmdiff_jax.config import validate_config
+from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import fashion_mnist, pipeline
 from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
-from mmdiff_jax.training import train, workdir_lock
+from mmdiff_jax.training import restore, train, workdir_lock
 from mmdiff_jax.training.checkpoint import (Checkpointer, ModelMismatchError,
                                             NonFiniteStateError)
 
@@ -480,7 +480,7 @@ def test_bit_flips_in_the_newest_checkpoint_resume_from_the_newest_intact_one(da
   assert os.listdir(os.path.join(workdir, "checkpoints", "corrupt")) == ["6"]
   assert _checkpoint_steps(workdir) == [6, 8, 10]
   assert _trained_steps(workdir) == [2, 4, 6, 8, 10]  # the damaged run's row 6 was dropped
-  experiment, step, state = train.restore_latest(config, workdir)
+  experiment, step, state = restore.restore_latest(config, workdir)
   assert step == 10 and "damaged" not in capsys.readouterr().out
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
 
@@ -509,7 +509,7 @@ def test_without_config_json_another_model_is_refused_and_leaves_nothing_behind(
 def test_a_truncated_config_json_is_named(tmp_path):
   (tmp_path / "config.json").write_text('{"model": {"base_chan')
   with pytest.raises(ValueError, match=r"config.json is not valid JSON .*cut short"):
-    train.check_same_model(imglabel.get_config("smoke"), str(tmp_path))
+    restore.check_same_model(imglabel.get_config("smoke"), str(tmp_path))
 
 
 def test_stale_unfinished_saves_and_dataset_preparations_are_removed_with_a_note(tmp_path, capsys):

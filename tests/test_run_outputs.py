@@ -19,7 +19,8 @@ from tensorboardX.proto import event_pb2
 
 from configs import imglabel
 from mmdiff_jax import installed_configs
-from mmdiff_jax.training import dashboard, export, train
+from mmdiff_jax.training import dashboard, restore, train
+from mmdiff_jax.training import params_export as export
 
 
 def read_events(logdir: str) -> list[event_pb2.Event]:
@@ -97,7 +98,7 @@ def test_exported_parameters_sample_the_same_images_as_the_checkpoint(run):
   config, workdir, _ = run
   path = export.export_ema_params(config, workdir)
   assert path == os.path.join(workdir, "export", "ema_params_step6.msgpack")
-  experiment, step, state = train.restore_latest(config, workdir)
+  experiment, step, state = restore.restore_latest(config, workdir)
   _, params = export.load_params(config, path)
   sample = jax.jit(experiment.sampler("ddim", 3).sample, static_argnums=(2,))
   rng = jax.random.PRNGKey(7)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import classifier, imglabel
-from mmdiff_jax.config import validate_config
+from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib

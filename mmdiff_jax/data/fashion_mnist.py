@@ -41,6 +41,9 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmdiff_jax.data import images as images_lib
+from mmdiff_jax.models import alexnet_features as features
+
 NAME = "fashion_mnist_offline"
 EMBEDDING_NAME = "fashion_mnist_offline_alexnet"
 DEFAULT_RAW_DIR = "/usr/share/datasets/fashion-mnist"
@@ -258,16 +261,12 @@ class FashionMnistOfflineAlexnet(FashionMnistOffline):
   RELEASE_NOTES = {"1.0.0": "fashion_mnist_offline + unit-RMS AlexNet relu5 embedding (256)."}
 
   def _features(self) -> dict[str, tfds.features.FeatureConnector]:
-    from mmdiff_jax.evaluation import features  # pylint: disable=import-outside-toplevel
     return dict(super()._features(), embedding=tfds.features.Tensor(
         shape=(features.EMBEDDING_DIM,), dtype=np.float32))
 
   def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
-    # Imported here: the input pipeline imports this module.
-    from mmdiff_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-    from mmdiff_jax.evaluation import features  # pylint: disable=import-outside-toplevel
     images, labels = load_raw_split(self._raw_dir, split)
     embeddings = features.image_embedding(
-        pipeline.preprocess_images(images, image_size=IMAGE_SHAPE[0]))
+        images_lib.preprocess_images(images, image_size=IMAGE_SHAPE[0]))
     for i in range(images.shape[0]):
       yield i, {"image": images[i], "label": int(labels[i]), "embedding": embeddings[i]}

@@ -80,6 +80,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmdiff_jax.data import fashion_mnist
+from mmdiff_jax.data.images import preprocess_images
 from mmdiff_jax.data.derived import TRAINING_ONLY, derive
 
 OFFLINE_FASHION_MNIST = fashion_mnist.NAME
@@ -507,49 +508,10 @@ class _ReadBatch:
     return derive(batch, self._derived, seed=self._seed, positions=positions)
 
 
-def preprocess_images(images: np.ndarray, *, image_size: int) -> np.ndarray:
-  """uint8 (B, H, W[, C]) -> float32 (B, S, S, C) in [-1, 1], S = image_size.
-
-  S == H: unchanged geometry; S == H + 4: 2 px of background (-1) on each side.
-  """
-  images = np.asarray(images)
-  if images.ndim == 3:
-    images = images[..., None]
-  b, h, w, c = images.shape
-  _check_image_size((h, w), image_size)
-  x = images.astype(np.float32)
-  x *= np.float32(2.0 / 255.0)
-  x -= np.float32(1.0)
-  if image_size == h:
-    return x
-  pad = (image_size - h) // 2
-  out = np.full((b, image_size, image_size, c), -1.0, dtype=np.float32)
-  out[:, pad:pad + h, pad:pad + w, :] = x
-  return out
-
-
-def native_images(images: np.ndarray, *, native_size: int) -> np.ndarray:
-  """The inverse of preprocess_images' padding: (B, S, S, C) -> (B, N, N, C), N = native_size."""
-  s = images.shape[1]
-  _check_image_size((native_size, native_size), s)
-  pad = (s - native_size) // 2
-  return images[:, pad:pad + native_size, pad:pad + native_size]
-
-
 def native_image_size(data_config, split: str) -> int:
   """The side of the images as the dataset stores them (28 for Fashion-MNIST)."""
   source = load_source(data_config, split)
   return int(np.asarray(source[0][_get(data_config, "image_key", "image")]).shape[0])
-
-
-def _check_image_size(native_hw: tuple[int, int], image_size: int) -> None:
-  h, w = native_hw
-  if h != w:
-    raise ValueError(f"Only square images are supported, got {h}x{w}.")
-  if image_size not in (h, h + 4):
-    raise ValueError(
-        f"data.image_size={image_size} is not supported for {h}x{w} images: "
-        f"use {h} (as is) or {h + 4} (pad 2 px of background on each side).")
 
 
 class DataIterator(grain.DatasetIterator):
@@ -745,9 +707,7 @@ __all__ = [
     "geometry_from_config",
     "make_iterator",
     "native_image_size",
-    "native_images",
     "num_examples",
     "prepare_fashion_mnist",
-    "preprocess_images",
     "transform_example",
 ]

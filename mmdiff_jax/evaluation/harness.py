@@ -13,10 +13,12 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from mmdiff_jax.data import derived, pipeline
-from mmdiff_jax.evaluation import features, metrics
+from mmdiff_jax.data import images as images_lib
+from mmdiff_jax.evaluation import metrics
+from mmdiff_jax.models import alexnet_features as features
+from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import inpainting as inpainting_lib
 
 
@@ -33,14 +35,6 @@ def _test_batches(config, num_examples: int):
     take = min(len(batch["image"]), num_examples - seen)
     yield {k: v[:take] for k, v in batch.items()}, take
     seen += take
-
-
-def _host(tree):
-  """numpy copies of the sampler's outputs on every process (with several processes they are global
-  arrays spread over all of them: every process runs the evaluators, and gathers)."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _sampler(experiment, config):
@@ -75,7 +69,7 @@ def _generate(experiment, params, config, seed_offset: int):
   rng, out = jax.random.PRNGKey(e.seed + seed_offset), []
   for i, observed in enumerate(_generation_conditions(experiment, config, e.num_generated)):
     n = min(e.batch_size, e.num_generated - i * e.batch_size)
-    out.append(_host(jitted(params, jax.random.fold_in(rng, i), observed, n)))
+    out.append(fetch(jitted(params, jax.random.fold_in(rng, i), observed, n)))
   return out
 
 
@@ -91,7 +85,7 @@ def _conditional(experiment, params, config):
   # params is an argument, not a closed-over constant (with several processes it spans all of them).
   sample = jax.jit(lambda p, r, obs: sampler.sample(
       p, r, next(iter(obs.values())).shape[0], observed=obs))
-  return lambda r, observed: _host(sample(params, r, observed))
+  return lambda r, observed: fetch(sample(params, r, observed))
 
 
 def _with_bootstrap(name: str, values, **extra) -> dict[str, Any]:
@@ -181,7 +175,7 @@ def inpainting_sdedit(experiment, params, config) -> dict[str, Any]:
   sampler = _sampler(experiment, config)
   run = jax.jit(lambda p, r, x, obs: inpainting_lib.sdedit(
       sampler, p, r, x, t0_fraction=float(config.eval.sdedit_t0_fraction), observed=obs))
-  return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: _host(run(
+  return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: fetch(run(
       params, rng, masked_images, _conditions_of(experiment, batch))), "inpainting_sdedit")
 
 
@@ -191,7 +185,7 @@ def inpainting_replacement(experiment, params, config) -> dict[str, Any]:
   sampler = _sampler(experiment, config)
   run = jax.jit(lambda p, r, x, m, obs: inpainting_lib.known_region_replacement(
       sampler, p, r, x, m, resamples=int(config.eval.replacement_resamples), observed=obs))
-  return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: _host(run(
+  return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: fetch(run(
       params, rng, masked_images, mask, _conditions_of(experiment, batch))), "inpainting_replacement")
 
 
@@ -218,11 +212,12 @@ def generation(experiment, params, config) -> dict[str, Any]:
   return _image_set_scores(experiment, config, np.concatenate(generated))
 
 
-def label_conditional(experiment, params, config) -> dict[str, Any]:
+def label_conditional(experiment, params, config, classify=None) -> dict[str, Any]:
   """Images generated given the test split's labels (the first eval.num_generated, in order: the
   test set's class balance), from any model with a label, aggregated (observed: its true encoding at
-  every step) or a condition: Fréchet AlexNet distance, precision/recall, and, with
-  eval.classifier_workdir, the agreement of an independent classifier with the given labels.
+  every step) or a condition: Fréchet AlexNet distance, precision/recall, and, with `classify` (the
+  classifier of eval.classifier_workdir, images (B, H, W, C) -> labels (B,)), the agreement of that
+  independent classifier with the given labels.
   Sampled with the same seeds as `generation`, so a model that ignores its label scores alike."""
   base = experiment.specs[0]
   label = _spec(experiment, "label", conditions=True)
@@ -235,8 +230,7 @@ def label_conditional(experiment, params, config) -> dict[str, Any]:
     given.append(batch[label.feature])
   generated, given = np.concatenate(generated), np.concatenate(given)
   parts = [_image_set_scores(experiment, config, generated, prefix="label_conditional/")]
-  if e.classifier_workdir:
-    classify = load_classifier(e.classifier_workdir, experiment.model.z_shape)
+  if classify is not None:
     agree = np.concatenate([classify(generated[i:i + e.batch_size])
                             for i in range(0, len(generated), e.batch_size)]) == given
     parts.append(_with_bootstrap("label_conditional/label_agreement", agree,
@@ -286,7 +280,7 @@ def embedding_consistency(experiment, params, config) -> dict[str, float]:
   for out in _generate(experiment, params, config, 3):
     generated.append(np.asarray(out[emb.name]))
     of_images.append(features.image_embedding(
-        pipeline.native_images(np.asarray(out[base.name]), native_size=native_size)))
+        images_lib.native_images(np.asarray(out[base.name]), native_size=native_size)))
   generated, of_images = np.concatenate(generated), np.concatenate(of_images)
   cosines = metrics.cosine_similarity(generated, of_images)
   # Chance level: each generated embedding vs the embedding of another generated image.
@@ -296,42 +290,16 @@ def embedding_consistency(experiment, params, config) -> dict[str, float]:
           f"{emb.name}_cosine_examples": len(cosines)}
 
 
-def load_classifier(workdir: str, image_shape) -> Callable[[np.ndarray], np.ndarray]:
-  """The image -> label predictor trained in `workdir` (configs/classifier.py; its config.json and
-  newest checkpoint): returns images (B, H, W, C) -> predicted labels (B,)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  from mmdiff_jax.training.train import restore_latest  # here: train imports this module
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(
-        f"config.eval.classifier_workdir={workdir}: no config.json there; train the classifier first: "
-        f"python -m mmdiff_jax.main --config=configs/classifier.py:small --workdir={workdir}")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  experiment, _, state = restore_latest(config, workdir)
-  model = experiment.model
-  if experiment.is_generative or model.spec(model.target).kind != "label":
-    raise ValueError(f"config.eval.classifier_workdir={workdir}: expected an image -> label "
-                     f"predictor (task 'prediction', target of kind 'label'), got task "
-                     f"{experiment.task!r}")
-  if tuple(image_shape) != tuple(model.z_shape):
-    raise ValueError(f"config.eval.classifier_workdir={workdir}: the classifier takes images of "
-                     f"shape {model.z_shape}, the evaluated model makes {tuple(image_shape)}")
-  predict = jax.jit(lambda p, x: experiment.sampler("ddim", 1).sample(
-      p, None, x.shape[0], observed={model.input: x})[model.target])
-  return lambda images: np.asarray(_host(predict(state.ema_params, images)))
-
-
-def label_agreement(experiment, params, config) -> dict[str, float]:
-  """An independent classifier's label for each generated image vs the label generated with it (or,
-  for a class-conditional model, the label it was given); plus the classifier's own test accuracy."""
+def label_agreement(experiment, params, config, classify=None) -> dict[str, float]:
+  """An independent classifier's label (`classify`: images (B, H, W, C) -> labels (B,), the classifier
+  of eval.classifier_workdir) for each generated image vs the label generated with it (or, for a
+  class-conditional model, the label it was given); plus the classifier's own test accuracy."""
   base = experiment.specs[0]
   label = _spec(experiment, "label", conditions=True)
-  if not config.eval.classifier_workdir:
+  if classify is None:
     raise ValueError("config.eval.classifier_workdir is not set: label agreement needs an "
                      "independent classifier; train one with configs/classifier.py:small and pass "
                      "--config.eval.classifier_workdir=DIR")
-  classify = load_classifier(config.eval.classifier_workdir, experiment.model.z_shape)
   predicted, generated = [], []
   for out in _generate(experiment, params, config, 4):
     predicted.append(classify(np.asarray(out[base.name])))
@@ -354,7 +322,7 @@ def bound(experiment, params, config) -> dict[str, float]:
   objective = jax.jit(lambda p, b, r: experiment.objective()(p, b, r, train=False)[1])
   rng, totals, count = jax.random.PRNGKey(config.eval.seed + 2), {}, 0
   for i, (batch, n) in enumerate(_test_batches(config, config.eval.bound_batches * config.eval.batch_size)):
-    values = _host(objective(params, batch, jax.random.fold_in(rng, i)))
+    values = fetch(objective(params, batch, jax.random.fold_in(rng, i)))
     for k, v in values.items():
       if k.startswith("bound/"):
         totals[k] = totals.get(k, 0.0) + float(v) * n
@@ -378,6 +346,8 @@ class Evaluator:
   conditions: bool = False
   unavailable: Callable[[Any], str | None] = lambda config: None
   image_only: bool = False  # only for diffusion models without aggregated modalities (baselines)
+  # Takes `classify`, eval.classifier_workdir's classifier (None where that is not set).
+  uses_classifier: bool = False
 
   def applies(self, experiment) -> bool:
     if self.generative and not experiment.is_generative:
@@ -394,7 +364,7 @@ EVALUATORS: dict[str, Evaluator] = {
     "inpainting_sdedit": Evaluator(inpainting_sdedit, generative=True, image_only=True),
     "inpainting_replacement": Evaluator(inpainting_replacement, generative=True, image_only=True),
     "label_conditional": Evaluator(label_conditional, needs="label", generative=True,
-                                   conditions=True),
+                                   conditions=True, uses_classifier=True),
     "embedding_consistency": Evaluator(embedding_consistency, needs="embedding", generative=True),
     "generation": Evaluator(generation, generative=True),
     "segmentation_agreement": Evaluator(
@@ -402,7 +372,7 @@ EVALUATORS: dict[str, Evaluator] = {
         unavailable=lambda config: None if "garment_segmentation" in config.data.derived else
         "defined for maps derived by garment_segmentation (config.data.derived) only"),
     "label_agreement": Evaluator(
-        label_agreement, needs="label", generative=True, conditions=True,
+        label_agreement, needs="label", generative=True, conditions=True, uses_classifier=True,
         unavailable=lambda config: None if config.eval.classifier_workdir else
         "config.eval.classifier_workdir is not set"),
     "bound": Evaluator(bound, generative=True),
@@ -448,13 +418,16 @@ def save_eval_metrics(workdir: str, step: int, results: dict[str, Any], *,
   return merged
 
 
-def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES) -> dict[str, Any]:
+def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES, *,
+                   classify=None) -> dict[str, Any]:
   """Runs the named evaluators that apply to this experiment; returns {"eval/<metric>": value},
   "eval/<metric>_ci95": [lower, upper] (95% percentile bootstrap interval over the evaluated
   examples) where the evaluator gives replicates, BOOTSTRAP_KEY: {"eval/<metric>": replicates} (written
   to eval_metrics.bootstrap.json by save_eval_metrics, for paired intervals of ratios between runs), and
   "eval/evaluated": the names of those that ran. One that cannot run with this config (e.g.
   label_agreement without config.eval.classifier_workdir) leaves its reason in "eval/<name>_skipped".
+  classify: the independent classifier of config.eval.classifier_workdir (images (B, H, W, C) ->
+  labels (B,); mmdiff_jax.training.restore.load_classifier), for the evaluators that use one.
   """
   results, evaluated, replicates = {}, [], {}
   for name in names:
@@ -465,7 +438,8 @@ def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES) -> dict[st
     if reason:
       results[f"eval/{name}_skipped"] = reason
       continue
-    values = dict(evaluator.evaluate(experiment, params, config))
+    extra = {"classify": classify} if evaluator.uses_classifier else {}
+    values = dict(evaluator.evaluate(experiment, params, config, **extra))
     for metric, draws in values.pop("bootstrap", {}).items():
       replicates[f"eval/{metric}"] = [float(f"{x:.6g}") for x in np.asarray(draws)]
       results[f"eval/{metric}_ci95"] = list(metrics.percentile_interval(draws, point=values[metric]))

@@ -1,7 +1,7 @@
 """Evaluation metrics: pure functions on numpy (or jax) arrays, computed in float64 numpy.
 
 Feature-space metrics take features, not images, so the feature network is a separate choice
-(``mmdiff_jax.evaluation.features.alexnet_features`` is the default one). With AlexNet features the
+(``mmdiff_jax.models.alexnet_features.alexnet_features`` is the default one). With AlexNet features the
 Fréchet distance is a "Fréchet AlexNet distance" -- NOT an FID, which is defined on Inception-v3
 features; its numbers are not comparable to published FIDs.
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+from mmdiff_jax.models import alexnet_features as features
 
 # --------------------------------------------------------------------------- Fréchet distance
 
@@ -211,7 +213,6 @@ def masked_lpips(images, references, masks, *, composite_known: bool = True,
   Returns:
     (B,) float32, lower is better; 0 when the masked region equals the reference.
   """
-  from mmdiff_jax.evaluation import features  # pylint: disable=import-outside-toplevel
 
   x = np.asarray(images, np.float32)
   r = np.asarray(references, np.float32)

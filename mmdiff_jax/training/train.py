@@ -22,13 +22,15 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mmdiff_jax.config import model_differences, validate_config
+from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import pipeline
 from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, run_evaluators, save_eval_metrics
 from mmdiff_jax.experiment import Experiment, build_experiment
+from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import distributed
+from mmdiff_jax.training.restore import check_same_model, classifier_for, restore_latest, run_config
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
 from mmdiff_jax.training import transplant
@@ -240,21 +242,12 @@ def evaluate_during_training(experiment: Experiment, params, config) -> dict[str
   cheap.eval.update(num_examples=min(e.num_examples, n), num_generated=min(e.num_generated, n),
                     batch_size=min(e.batch_size, n),
                     bound_batches=max(1, min(e.bound_batches, -(-n // min(e.batch_size, n)))))
-  results = run_evaluators(experiment, params, cheap, names=tuple(e.during_training))
+  results = run_evaluators(experiment, params, cheap, names=tuple(e.during_training),
+                           classify=classifier_for(config, experiment))
   # Per-example tables (a dict of bootstrap replicates, where an evaluator gives them) stay out of
   # metrics.jsonl rows.
   return {"periodic_eval/" + k.removeprefix("eval/"): v for k, v in results.items()
           if k != "eval/evaluated" and not isinstance(v, dict)}
-
-
-def fetch(tree):
-  """Host numpy copies of (possibly multi-process, sharded) arrays, on every process.
-
-  With several processes this is a collective: every process must call it.
-  """
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def save_sample_grids(experiment: Experiment, params, config, workdir: str, step: int,
@@ -325,10 +318,7 @@ def _initialise_from(state, workdir: str):
   """`state` with the parameters (and their EMA) of the newest checkpoint in `workdir` (its EMA
   parameters) wherever paths and shapes match (transplant.transplant); the optimizer state stays fresh."""
   name = f"config.training.init_from={workdir}"
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{name}: no config.json there (expected a trained run's workdir)")
-  source_config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  source_config = run_config(workdir, name=name)
   _, source_step, source_state = restore_latest(source_config, workdir)
   source = jax.device_get(source_state.ema_params)
   params, copied, kept = transplant.transplant(jax.device_get(state.params), source,
@@ -468,13 +458,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                               final_step, class_names=names)
   dashboard.images(final_step, results["sample_grids"])
   results.update(run_evaluators(experiment, state.ema_params, config,
-                                names=config.eval.after_training))
+                                names=config.eval.after_training,
+                                classify=classifier_for(config, experiment)))
   evaluated = {k: v for k, v in results.items() if k != "sample_grids"}
   writer.write(final_step, {k: v for k, v in evaluated.items() if k != BOOTSTRAP_KEY})
   if evaluated:
     save_eval_metrics(workdir, final_step, evaluated)
   if jax.process_index() == 0:
-    print(f"Done at step {final_step}: {json.dumps(results)}", flush=True)
+    summary = json.dumps({k: v for k, v in results.items() if k != BOOTSTRAP_KEY})
+    where = (f" (bootstrap replicates: {os.path.join(workdir, 'eval_metrics.bootstrap.json')})"
+             if BOOTSTRAP_KEY in results else "")
+    print(f"Done at step {final_step}: {summary}{where}", flush=True)
   checkpointer.close()
   dashboard.close()
   return results
@@ -498,53 +492,6 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     tmp = epath.Path(workdir) / "config.json.tmp"
     tmp.write_text(config.to_json_best_effort(indent=1))
     tmp.replace(epath.Path(workdir) / "config.json")
-
-
-def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Raises ValueError, naming the keys, when `config` describes another model than the one the run
-  in `workdir` was trained with (its config.json; config.MODEL_DEFINING_KEYS): its checkpoints
-  would load and silently compute something else."""
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists():
-    return
-  try:
-    trained = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(
-        f"{path} is not valid JSON ({e}; cut short?), so the model this workdir was trained with is "
-        f"unknown. Put back a copy of it, or delete it: the checkpoint's array shapes are still "
-        f"checked against the config on restore.") from e
-  differences = model_differences(trained, config)
-  if differences:
-    listing = "; ".join(f"{k}: trained {a!r}, given {b!r}" for k, (a, b) in differences.items())
-    raise ValueError(
-        f"--workdir={workdir} holds a run trained with another model than this config describes "
-        f"({listing}). Give the run's values (its config.json has them, e.g. --config.<key>=<trained "
-        f"value>) or use another workdir.")
-
-
-def restore_latest(config: ml_collections.ConfigDict, workdir: str):
-  """(experiment, step, state) of the newest checkpoint in `workdir`, on this machine's mesh."""
-  validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-  check_same_model(config, workdir)
-  experiment = build_experiment(config)
-  mesh = sharding_lib.make_mesh(config.mesh)
-  tx = state_lib.make_optimizer(config)
-  directory = os.path.join(workdir, "checkpoints")
-  if not epath.Path(directory).exists():  # checked first: the Checkpointer would create it
-    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {directory} (it does not "
-                            f"exist); train first (--mode=train)")
-  checkpointer = Checkpointer(directory, max_to_keep=config.training.keep_checkpoints)
-  abstract, _ = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
-                                          seed=config.seed)
-  # Damaged checkpoints are skipped, not moved: the training run owns the directory.
-  found = checkpointer.restore_newest_intact(abstract, move_damaged=False)
-  checkpointer.close()
-  if found is None:
-    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {checkpointer.directory}; "
-                            f"train first (--mode=train)")
-  step, state, _ = found
-  return experiment, step, state
 
 
 def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:

@@ -11,16 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      out.update(_flat(value, path + "/"))
-    else:
-      out[path] = value
-  return out
+from mmdiff_jax.training.restore import flatten
 
 
 def transplant(target: Mapping[str, Any], source: Mapping[str, Any], *,
@@ -35,9 +26,9 @@ def transplant(target: Mapping[str, Any], source: Mapping[str, Any], *,
   Raises:
     ValueError: a path of both trees with different shapes (all of them listed), or nothing copied.
   """
-  source_flat = _flat(source)
+  source_flat = flatten(source, separator="/")
   mismatched = [f"{path}: here {np.shape(value)}, there {np.shape(source_flat[path])}"
-                for path, value in _flat(target).items()
+                for path, value in flatten(target, separator="/").items()
                 if path in source_flat and np.shape(value) != np.shape(source_flat[path])]
   if mismatched:
     raise ValueError(f"{source_name}: parameters with the same path but another shape: "

@@ -20,7 +20,9 @@ from mmdiff_jax.data import pipeline
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
-from mmdiff_jax.training.train import fetch, restore_latest, save_sample_grids
+from mmdiff_jax.multihost import fetch
+from mmdiff_jax.training.restore import restore_latest
+from mmdiff_jax.training.train import save_sample_grids
 
 
 def exported_path(workdir: str, step: int) -> str:

@@ -20,7 +20,9 @@ import jax
 import numpy as np
 from PIL import Image
 
+from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
+from mmdiff_jax.training.restore import restore_latest
 
 FORMATS = ("npz", "png")
 
@@ -55,7 +57,6 @@ def generate(experiment, params, *, num_samples: int, batch_size: int, seed: int
 
   Every process must call it (the sampler runs over the whole mesh).
   """
-  from mmdiff_jax.training.train import fetch  # pylint: disable=import-outside-toplevel
   base = experiment.specs[0]
   label = next((s for s in experiment.specs if s.kind == "label"), None)
   if labels is None and experiment.model.conditions:
@@ -113,7 +114,6 @@ def export_from_checkpoint(config, workdir: str, *, num_samples: int, formats: S
 
   out_dir defaults to WORKDIR/samples/export_step<step>.
   """
-  from mmdiff_jax.training.train import restore_latest  # pylint: disable=import-outside-toplevel
   if num_samples < 1:
     raise ValueError(f"--num_samples={num_samples}: expected >= 1")
   if not formats or set(formats) - set(FORMATS):

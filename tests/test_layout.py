@@ -1,0 +1,90 @@
+"""The package's import structure: no import cycles (counting imports inside functions too), and config
+files that load without the machine-learning stack."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mmdiff_jax"
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(ROOT).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: pathlib.Path, modules: set[str]) -> set[str]:
+  """The package modules `path` imports, at module level or inside functions."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found.update(alias.name for alias in node.names if alias.name in modules)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      # "from a.b import c": the module a.b.c where there is one, else the name c of module a.b.
+      for alias in node.names:
+        submodule = f"{node.module}.{alias.name}"
+        found.add(submodule if submodule in modules else node.module)
+  found &= modules
+  return found
+
+
+def _graph() -> dict[str, set[str]]:
+  paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+  modules = set(paths)
+  return {name: _imports(path, modules) - {name} for name, path in paths.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  """One import cycle as a list of modules, or None."""
+  state: dict[str, str] = {}
+  stack: list[str] = []
+
+  def visit(node):
+    state[node] = "open"
+    stack.append(node)
+    for nxt in sorted(graph[node]):
+      if state.get(nxt) == "open":
+        return stack[stack.index(nxt):] + [nxt]
+      if nxt not in state:
+        found = visit(nxt)
+        if found:
+          return found
+    stack.pop()
+    state[node] = "done"
+    return None
+
+  for node in sorted(graph):
+    if node not in state:
+      found = visit(node)
+      if found:
+        return found
+  return None
+
+
+def test_cycle_finder_finds_a_cycle():
+  assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+  assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycles_in_the_package():
+  graph = _graph()
+  assert "mmdiff_jax.training.train" in graph and graph["mmdiff_jax.training.train"]
+  assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_config_module_imports_nothing_from_the_package():
+  graph = _graph()
+  assert graph["mmdiff_jax.config"] == set()
+
+
+def test_config_files_load_without_the_ml_stack():
+  code = ("import sys; import configs.imglabel as c; c.get_config('small'); "
+          "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'grain', 'tensorflow_datasets') "
+          "if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       check=True).stdout
+  assert out.strip() == "[]", out
