@@ -1,4 +1,5 @@
-"""The options for what the paper leaves open: how unobserved categorical modalities are fed back."""
+"""The options for what the paper leaves open: how a label is encoded, how unobserved categorical
+modalities are fed back."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmdiff_jax.data.statistics import class_mean_codes, read_class_mean_codes
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.sampling.samplers import Sampler, feedback_logits
+from mmdiff_jax.training import restore, train
 
 from test_baselines import _config, _random_params
 
@@ -72,3 +75,40 @@ def test_smooth_label_code_is_low_frequency_and_unit_rms():
   assert neighbour_correlation(codes) > 0.8 and abs(neighbour_correlation(white)) < 0.2
   samples = experiment.sampler("ddim", 2).sample(params, jax.random.PRNGKey(0), 2)
   assert samples["image"].shape == (2, 28, 28, 1)
+
+
+def test_class_mean_codes_known_answer():
+  # Class 0: left half bright; class 1: right half bright; class 2: all mid-grey.
+  images = np.full((6, 2, 2, 1), 0.0)
+  images[0:2, :, 0] = 1.0
+  images[2:4, :, 1] = 1.0
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  codes = class_mean_codes(images, labels, num_classes=3)
+  overall = images.reshape(6, -1).mean(0)
+  for c in range(3):
+    diff = images[labels == c].reshape(2, -1).mean(0) - overall
+    np.testing.assert_allclose(codes[c], diff / np.sqrt(np.mean(diff ** 2)), rtol=1e-6)
+  np.testing.assert_allclose(np.sqrt(np.mean(codes ** 2, axis=1)), 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match=r"classes without examples in the training split: \[3\]"):
+    class_mean_codes(images, labels, num_classes=4)
+  with pytest.raises(ValueError, match="mean image of the whole split"):
+    class_mean_codes(np.ones((4, 2, 2, 1)), np.array([0, 1, 0, 1]), num_classes=2)
+
+
+def test_class_mean_code_is_written_at_the_start_and_stays_frozen(data_dir, tmp_path):
+  config = _config("imglabel", data_dir)
+  config.modalities.label.encoder = "class_mean"
+  config.sampling.num_samples = 0
+  workdir = str(tmp_path / "class_mean")
+  train.train_and_evaluate(config, workdir)
+  experiment, step, state = restore.restore_latest(config, workdir)
+  assert step == config.training.num_steps
+  expected = read_class_mean_codes(config.data, label_feature="label", num_classes=10)
+  for tree in (state.params, state.ema_params):
+    codes = np.asarray(jax.device_get(tree["encoders_label"]["codes"]))
+    # Frozen: only decoupled weight decay touches it, a common factor that unit RMS takes out.
+    rms = np.sqrt(np.mean(codes ** 2, axis=1, keepdims=True))
+    np.testing.assert_allclose(codes / rms, expected, rtol=1e-4, atol=1e-5)
+  code = experiment.model.apply({"params": state.params}, jnp.arange(10),
+                                method=lambda m, y: m.encoders["label"].encode(y))
+  np.testing.assert_allclose(np.asarray(code).reshape(10, -1), expected, rtol=1e-4, atol=1e-5)

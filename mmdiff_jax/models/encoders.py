@@ -67,6 +67,16 @@ class SmoothCategoricalEncoder(CategoricalEncoder):
     return unit_rms(fine.reshape(self.num_classes, -1), axes=(1,))
 
 
+class ClassMeanEncoder(CategoricalEncoder):
+  """A fixed code per class derived from the data: each class's mean training image minus the mean of
+  all (mmdiff_jax.data.statistics.class_mean_codes). Training writes it into the "codes" parameter
+  when it starts (mmdiff_jax.training.label_codes) and never changes it: gradients stop here.
+  Labels (B,) -> (B, *z_shape)."""
+
+  def _table(self):
+    return unit_rms(jax.lax.stop_gradient(self.codes), axes=(1,))
+
+
 class PixelCategoricalEncoder(nn.Module):
   """A learned code per class in each pixel. Maps (B, H, W) ints -> (B, H, W, C).
 
@@ -129,6 +139,7 @@ ENCODERS = {
     "identity": IdentityEncoder,
     "categorical": CategoricalEncoder,
     "smooth_categorical": SmoothCategoricalEncoder,
+    "class_mean": ClassMeanEncoder,
     "pixel_categorical": PixelCategoricalEncoder,
     "linear": EmbeddingEncoder,
 }

@@ -23,7 +23,7 @@ BASE_KIND = "image"
 # kind -> allowed encoder, head and recovery-loss names (the first of each is the default).
 KINDS: dict[str, dict[str, tuple[str, ...]]] = {
     "image": {"encoder": ("identity",), "head": ("conv",), "recovery_loss": ("none",)},
-    "label": {"encoder": ("categorical", "smooth_categorical"), "head": ("pooled_mlp",),
+    "label": {"encoder": ("categorical", "smooth_categorical", "class_mean"), "head": ("pooled_mlp",),
               "recovery_loss": ("cross_entropy",)},
     "segmentation": {"encoder": ("pixel_categorical",), "head": ("conv",),
                      "recovery_loss": ("pixel_cross_entropy",)},

@@ -29,7 +29,7 @@ from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, run_evaluators, save_ev
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
-from mmdiff_jax.training import distributed
+from mmdiff_jax.training import distributed, label_codes
 from mmdiff_jax.training.restore import check_same_model, classifier_for, restore_latest, run_config
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
@@ -304,6 +304,7 @@ def _restore_or_init(experiment, tx, mesh, config, checkpointer, train_iter):
   found = checkpointer.restore_newest_intact(abstract, move_damaged=True)  # damaged: set aside
   if found is None:
     state = state_lib.create_train_state(experiment.model, tx, shardings, config.seed)
+    state = label_codes.with_class_mean_codes(state, experiment, config)
     if config.training.init_from:
       state = _initialise_from(state, config.training.init_from)
     return state, shardings

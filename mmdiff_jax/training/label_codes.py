@@ -1,0 +1,34 @@
+"""Writing data-derived label codes (encoder "class_mean") into a freshly initialised train state."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from mmdiff_jax.data.statistics import read_class_mean_codes
+
+
+def with_class_mean_codes(state, experiment, config):
+  """`state` with the "codes" of every "class_mean" encoder (in params and EMA params) set to the
+  training split's class-mean code; unchanged if there is none. Works on sharded, multi-process
+  arrays (each process fills its own shards)."""
+  specs = [s for s in experiment.model.aggregated if s.encoder == "class_mean"]
+  if not specs:
+    return state
+  params, ema = dict(state.params), dict(state.ema_params)
+  for spec in specs:
+    name = f"encoders_{spec.name}"
+    table = read_class_mean_codes(config.data, label_feature=spec.feature,
+                                  num_classes=spec.num_classes)
+    old = params[name]["codes"]
+    if table.shape != old.shape:
+      raise ValueError(f"modalities.{spec.name}.encoder='class_mean': the training split's images "
+                       f"give codes of shape {table.shape}, the model's are {old.shape}")
+    # Two arrays, not one shared: the train step donates the state's buffers.
+    place = lambda: jax.make_array_from_callback(old.shape, old.sharding,
+                                                 lambda index: np.asarray(table, old.dtype)[index])
+    params[name] = {**params[name], "codes": place()}
+    ema[name] = {**ema[name], "codes": place()}
+    print(f"Label code of '{spec.name}': class means of {config.data.train_split} (frozen)",
+          flush=True)
+  return state.replace(params=params, ema_params=ema)
