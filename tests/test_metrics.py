@@ -9,7 +9,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from mmdiff_jax.models import alexnet_features as features, metrics
+from mmdiff_jax.evaluation import metrics
+from mmdiff_jax.models import alexnet_features as features
 
 FASHION_TEST_IMAGES = pathlib.Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
