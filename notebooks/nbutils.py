@@ -1,8 +1,9 @@
 """Small helpers shared by the notebooks: choosing the dataset, showing images and plots; and the
 notebooks' Colab link and install cell, written from REPOSITORY.
 
-Plots use matplotlib when it is installed (as on Colab) and fall back to plain PIL images otherwise,
-so the notebooks run with nothing beyond the package's own dependencies.
+Segmentation maps are coloured by the package's own `mmdiff_jax.sampling.grids.colorize`, so the
+notebooks and the sample PNGs of a run colour them alike. Plots need matplotlib (there on Colab; pip
+installs it with the package's `test` extra).
 
 For your own clone: set REPOSITORY below and run `python3 notebooks/nbutils.py`; it rewrites every
 notebook's "Open in Colab" link and the clone URL in its install cell (tests/test_notebooks.py checks
@@ -18,11 +19,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-try:  # optional
-  import matplotlib.pyplot as plt
-except ImportError:  # pragma: no cover - depends on the environment
-  plt = None
 
 QUICK = os.environ.get("MMDIFF_NOTEBOOK_QUICK", "0") == "1"  # set by tests/test_notebooks.py
 
@@ -134,25 +130,12 @@ def to_uint8(images) -> np.ndarray:
   return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
-# 11 distinct colours for segmentation maps: background black, then one per class.
-PALETTE = np.array([
-    [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
-], np.uint8)
-
-
-def colorize(maps) -> np.ndarray:
-  """Integer maps (B, H, W) -> uint8 (B, H, W, 3), one colour per class."""
-  maps = np.asarray(maps)
-  return PALETTE[np.clip(maps, 0, len(PALETTE) - 1)]
-
-
 def grid(rows: Sequence, *, row_titles: Sequence[str] | None = None,
          captions: Sequence[Sequence[str]] | None = None, scale: int = 2) -> Image.Image:
   """A PIL image of rows of pictures.
 
   Args:
-    rows: each an array (B, H, W[, C]), float in [-1, 1] or uint8 RGB (e.g. from `colorize`).
+    rows: each an array (B, H, W[, C]), float in [-1, 1] (e.g. maps from grids.colorize) or uint8 RGB.
     row_titles: a title left of each row.
     captions: per row, a caption under each picture.
   """
@@ -190,67 +173,20 @@ def show(image) -> None:
 # --------------------------------------------------------------------------- plots
 
 
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-
-
 def line_plot(series: Mapping[str, tuple], *, title: str = "", xlabel: str = "", ylabel: str = "",
               logy: bool = False, size=(6.0, 3.2)) -> None:
-  """Shows one line per entry {label: (x, y)}: matplotlib if installed, else a simple PIL chart."""
-  if plt is not None:
-    figure, axes = plt.subplots(figsize=size)
-    for label, (x, y) in series.items():
-      axes.plot(np.asarray(x), np.asarray(y), label=label)
-    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if logy:
-      axes.set_yscale("log")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    plt.show()
-    plt.close(figure)
-    return
-  show(_pil_line_plot(series, title=title, xlabel=xlabel, ylabel=ylabel, logy=logy))
-
-
-def _pil_line_plot(series, *, title, xlabel, ylabel, logy, width=640, height=340) -> Image.Image:
-  left, right, top, bottom = 70, 150, 28, 40
-  canvas = Image.new("RGB", (width, height), "white")
-  draw = ImageDraw.Draw(canvas)
-  font = _font()
-  transform = (lambda v: np.log10(np.maximum(v, 1e-30))) if logy else (lambda v: v)
-  xs = np.concatenate([np.asarray(x, np.float64).ravel() for x, _ in series.values()])
-  ys = np.concatenate([transform(np.asarray(y, np.float64).ravel()) for _, y in series.values()])
-  x0, x1 = float(xs.min()), float(xs.max())
-  y0, y1 = float(np.nanmin(ys)), float(np.nanmax(ys))
-  if not logy and 0.0 <= y0 < 0.2 * (y1 - y0):
-    y0 = 0.0  # start the axis at 0 when the data almost does
-  if y1 - y0 < 1e-12:
-    y0, y1 = y0 - 1.0, y1 + 1.0
-  if x1 - x0 < 1e-12:
-    x1 = x0 + 1.0
-  pw, ph = width - left - right, height - top - bottom
-  px = lambda x: left + (x - x0) / (x1 - x0) * pw
-  py = lambda y: top + (1.0 - (y - y0) / (y1 - y0)) * ph
-  draw.rectangle([left, top, left + pw, top + ph], outline="black")
-  for k in range(5):
-    value = y0 + (y1 - y0) * k / 4
-    label = f"{10 ** value:.2g}" if logy else f"{value:.3g}"
-    draw.text((4, py(value) - 5), label, fill="black", font=font)
-    draw.line([left - 3, py(value), left, py(value)], fill="black")
-    xv = x0 + (x1 - x0) * k / 4
-    draw.text((px(xv) - 10, top + ph + 4), f"{xv:.0f}" if x1 - x0 >= 20 else f"{xv:.3g}",
-              fill="black", font=font)
-  draw.text((left, 8), title, fill="black", font=font)
-  draw.text((left + pw // 2 - 3 * len(xlabel), height - 16), xlabel, fill="black", font=font)
-  draw.text((4, top - 16), ylabel, fill="black", font=font)
-  for i, (label, (x, y)) in enumerate(series.items()):
-    color = _COLORS[i % len(_COLORS)]
-    points = [(px(a), py(b)) for a, b in zip(np.asarray(x, np.float64).ravel(),
-                                             transform(np.asarray(y, np.float64).ravel()))]
-    draw.line(points, fill=color, width=2)
-    draw.line([width - right + 8, top + 14 * i + 6, width - right + 28, top + 14 * i + 6],
-              fill=color, width=2)
-    draw.text((width - right + 32, top + 14 * i), label[:18], fill="black", font=font)
-  return canvas
+  """Shows one line per entry {label: (x, y)} (matplotlib)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axes = plt.subplots(figsize=size)
+  for label, (x, y) in series.items():
+    axes.plot(np.asarray(x), np.asarray(y), label=label)
+  axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+  if logy:
+    axes.set_yscale("log")
+  axes.grid(alpha=0.3)
+  axes.legend()
+  plt.show()
+  plt.close(figure)
 
 
 def table(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> None:

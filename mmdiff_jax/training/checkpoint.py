@@ -263,6 +263,3 @@ def _abstract(state: Any) -> Any:
   """Shapes, dtypes and shardings of `state` (what it restores into)."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
-
-def is_primary() -> bool:
-  return jax.process_index() == 0
