@@ -46,8 +46,6 @@ def subprocess_env(data_dir, tmp_path_factory):
       # be the python3 on PATH).
       PYTHON=sys.executable,
       TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-      # Halves the compile time of the tiny programs here (every comparison uses the same flags).
-      XLA_FLAGS=" ".join(filter(None, [env.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])),
       JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
       PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
   return env

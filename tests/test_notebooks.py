@@ -57,7 +57,6 @@ def test_notebook_runs(path, data_dir, tmp_path, monkeypatch):
   monkeypatch.setenv("MMDIFF_NOTEBOOK_QUICK", "1")
   monkeypatch.setenv("MMDIFF_REPO", str(ROOT))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
   notebook = nbformat.read(path, as_version=4)
   client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}})

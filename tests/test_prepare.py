@@ -74,7 +74,6 @@ def _tree_listing(folder):
 def env():
   """The subprocesses' environment (compilation cache shared through conftest)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)
   return env
 
 

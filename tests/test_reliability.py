@@ -50,7 +50,6 @@ def _main_command(data_dir, workdir, **overrides):
 
 def _env():
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)
   return env
 
 
