@@ -12,7 +12,7 @@ def with_class_mean_codes(state, experiment, config):
   """`state` with the "codes" of every "class_mean" encoder (in params and EMA params) set to the
   training split's class-mean code; unchanged if there is none. Works on sharded, multi-process
   arrays (each process fills its own shards)."""
-  specs = [s for s in experiment.model.aggregated if s.encoder == "class_mean"]
+  specs = [s for s in experiment.specs if s.is_aggregated and s.encoder == "class_mean"]
   if not specs:
     return state
   params, ema = dict(state.params), dict(state.ema_params)
