@@ -28,7 +28,7 @@ SMOKE = {"training.num_steps": 2, "training.save_every": 2, "training.log_every"
          "eval.batch_size": 8, "eval.num_examples": 8, "eval.num_generated": 8,
          "eval.bound_batches": 1, "data.image_size": 8,
          # the smoke U-Net attends at 14x14, a size 8x8 images never reach
-         "model.attention_resolutions": "()"}
+         "model.attention_resolutions": ()}
 
 
 def _save(path, array):
