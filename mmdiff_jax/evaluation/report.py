@@ -52,15 +52,22 @@ def load_runs(results_dir: str) -> dict[str, dict[str, Any]]:
   return runs
 
 
-def _sampler_sweep(folder: str) -> dict[int, dict[str, Any]]:
-  """{DDIM steps: metrics} from the folder's eval_metrics_ddim<K>.json files (`evaluate
-  --metrics_name=eval_metrics_ddim<K> --config.eval.num_steps=<K>`)."""
+def _sampler_sweep(folder: str) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+  """{DDIM steps: (metrics, bootstrap replicates or {})} from the folder's eval_metrics_ddim<K>.json
+  files and their .bootstrap.json siblings (`evaluate --metrics_name=eval_metrics_ddim<K>
+  --config.eval.num_steps=<K>`)."""
   sweep = {}
   for file in os.listdir(folder):
     stem = file[:-len(".json")]
     if file.startswith("eval_metrics_ddim") and file.endswith(".json") and stem[17:].isdigit():
       with open(os.path.join(folder, file)) as f:
-        sweep[int(stem[17:])] = json.load(f)
+        values = json.load(f)
+      replicates_path = os.path.join(folder, f"{stem}.bootstrap.json")
+      replicates = {}
+      if os.path.exists(replicates_path):
+        with open(replicates_path) as f:
+          replicates = json.load(f)
+      sweep[int(stem[17:])] = (values, replicates)
   return dict(sorted(sweep.items()))
 
 
@@ -74,7 +81,7 @@ def render_sampler_sweep(runs) -> list[str]:
   lines = []
   for name, r in runs.items():
     sweep = r["sampler_steps"]
-    columns = [(h, k) for h, k in SWEPT if any(k in m for m in sweep.values())]
+    columns = [(h, k) for h, k in SWEPT if any(k in m for m, _ in sweep.values())]
     if not sweep or not columns:
       continue
     lines += [f"## Sampler steps: `{name}`", "",
@@ -82,8 +89,9 @@ def render_sampler_sweep(runs) -> list[str]:
               "claims use the count pinned in the configs (`eval.num_steps`).", "",
               "| DDIM steps | " + " | ".join(h for h, _ in columns) + " |",
               "|---" * (len(columns) + 1) + "|"]
-    for steps, values in sweep.items():
-      lines.append(f"| {steps} | " + " | ".join(_with_interval(values, k) for _, k in columns) + " |")
+    for steps, (values, replicates) in sweep.items():
+      lines.append(f"| {steps} | " + " | ".join(_with_interval(values, k, replicates)
+                                               for _, k in columns) + " |")
     lines.append("")
   return lines
 
