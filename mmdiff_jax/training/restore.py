@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
-
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
