@@ -29,8 +29,15 @@ import pytest
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 # The command-line runs that tests start as subprocesses share the same cache (through the environment
-# they inherit), so the smoke config's programs compile once per session, not once per run.
-_XLA_CACHE = tempfile.mkdtemp(prefix="mmdiff_jax_xla_cache_")
+# they inherit), and so do the parallel workers of one test run (pytest-xdist gives them one run id):
+# the smoke config's programs compile once per test run, not once per test. JAX writes cache entries
+# atomically, so concurrent writers are safe.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN_ID:
+    _XLA_CACHE = os.path.join(tempfile.gettempdir(), f"mmdiff_jax_xla_cache_{_RUN_ID}")
+    os.makedirs(_XLA_CACHE, exist_ok=True)
+else:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="mmdiff_jax_xla_cache_")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 jax.config.update("jax_num_cpu_devices", 8)
