@@ -15,7 +15,6 @@ import statistics
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common, setups
 from mmdiff_jax.experiment import build_experiment

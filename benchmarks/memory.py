@@ -110,10 +110,11 @@ def main():
   for variant in dict.fromkeys(r["config"] for r in results):
     dp, fs = [next(r for r in results if r["config"] == variant and r["strategy"] == s)
               for s in STRATEGIES]
+    compiled = lambda part: (dp["compiled_per_device_bytes"][part]
+                             / fs["compiled_per_device_bytes"][part])
     ratio_rows.append([variant,
                        f"{dp['state_per_device_bytes']['total'] / fs['state_per_device_bytes']['total']:.2f}",
-                       f"{dp['compiled_per_device_bytes']['arguments'] / fs['compiled_per_device_bytes']['arguments']:.2f}",
-                       f"{dp['compiled_per_device_bytes']['temporaries'] / fs['compiled_per_device_bytes']['temporaries']:.2f}"])
+                       f"{compiled('arguments'):.2f}", f"{compiled('temporaries'):.2f}"])
   common.print_table("Data-parallel / FSDP, per device",
                      ["config", "state", "arguments (compiled)", "temporaries (compiled)"], ratio_rows)
   common.write_json(args.json, {"machine": machine, "results": results, "args": vars(args)})

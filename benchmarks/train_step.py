@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 
-import jax
 
 from benchmarks import common, setups
 

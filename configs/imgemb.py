@@ -20,6 +20,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default_config()
   config.data.name = "fashion_mnist_offline_alexnet"
   config.modalities.embedding = dict(
-      kind="embedding", feature="embedding", dim=256, encoder="linear", head="pooled_mlp",
-      recovery_loss="mse", loss_weight=0.1, profile="bump", profile_scale=2.0)
+      kind="embedding", feature="embedding", dim=256, encoder="linear", loss_weight=0.1,
+      profile="bump", profile_scale=2.0)
   return apply_size(config, variant)

@@ -23,8 +23,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # The base modality (kind "image") is z_0; the label is aggregated into the forward process with
   # the "bump" profile lambda_t = scale sqrt(abar_t)(1 - sqrt(abar_t)) (lambda_T ~ 0).
   config.modalities.label = dict(
-      kind="label", feature="label", num_classes=10, encoder="categorical", head="pooled_mlp",
-      recovery_loss="cross_entropy", loss_weight=0.1, profile="bump", profile_scale=2.0)
+      kind="label", feature="label", num_classes=10, encoder="categorical", loss_weight=0.1,
+      profile="bump", profile_scale=2.0)
 
   # v-prediction: eps amplifies a mismatch between the assumed and the true label encoding by
   # lambda_t / sqrt(abar_t); measured at `small`: class -> image samples of the eps model were mostly

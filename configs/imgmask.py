@@ -18,8 +18,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default_config()
   config.data.derived = ("random_square_mask",)
   config.modalities.masked_image = dict(
-      kind="masked_image", feature="masked_image", encoder="identity", head="conv",
-      recovery_loss="mse", loss_weight=0.1, profile="bump", profile_scale=2.0)
+      kind="masked_image", feature="masked_image", encoder="identity", loss_weight=0.1,
+      profile="bump", profile_scale=2.0)
   # v-prediction: about half eps's masked-region LPIPS at every mask ratio at `small` (RESULTS.md:
   # imgmask_small is eps, imgmask_v_small v).
   config.diffusion.parameterization = "v"

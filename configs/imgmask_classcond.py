@@ -21,7 +21,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data.derived = ("random_square_mask",)
   config.modalities.label = dict(kind="label", feature="label", num_classes=10, role="condition")
   config.modalities.masked_image = dict(
-      kind="masked_image", feature="masked_image", encoder="identity", head="conv",
-      recovery_loss="mse", loss_weight=0.1, profile="bump", profile_scale=2.0)
+      kind="masked_image", feature="masked_image", encoder="identity", loss_weight=0.1,
+      profile="bump", profile_scale=2.0)
   config.diffusion.parameterization = "v"  # as its single-task baselines and configs/imgmask.py
   return apply_size(config, variant)

@@ -27,6 +27,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data.derived = ("garment_segmentation",)
   config.modalities.segmentation = dict(
       kind="segmentation", feature="segmentation", num_classes=11, encoder="pixel_categorical",
-      head="conv", recovery_loss="pixel_cross_entropy", loss_weight=0.1, profile="bump",
-      profile_scale=2.0)
+      loss_weight=0.1, profile="bump", profile_scale=2.0)
   return apply_size(config, variant)

@@ -27,7 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="fashion_mnist_offline",  # our offline builder (or "fashion_mnist_offline_alexnet": + a
                                      # precomputed "embedding"); any other TFDS name must be prepared
-      data_dir=ml_collections.config_dict.placeholder(str),  # TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      data_dir=ml_collections.config_dict.placeholder(str),  # TFDS dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
       raw_dir="/usr/share/datasets/fashion-mnist",  # raw idx files (apt-get install dataset-fashion-mnist)
       image_size=32,  # 28 (as stored) or 32 (padded with background, so the U-Net can halve it 3 times)
       channels=1,  # image channels (the diffusion space is image_size x image_size x channels)
@@ -50,8 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
       derived=(),  # derived features (mmdiff_jax/data/derived.py), e.g. ("garment_segmentation",)
   ))
 
-  # name -> {kind, feature, encoder, head, recovery_loss, loss_weight, profile, profile_scale,
-  # num_classes, dim, role}; see mmdiff_jax/models/modalities.py. Exactly one has kind "image" (z_0).
+  # name -> {kind, feature, encoder, loss_weight, profile, profile_scale, num_classes, dim, role};
+  # see mmdiff_jax/models/modalities.py and mmdiff_jax/models/kinds/. Exactly one has kind "image"
+  # (z_0).
   c.modalities = ml_collections.ConfigDict(dict(image=dict(kind="image", feature="image")))
 
   c.diffusion = ml_collections.ConfigDict(dict(

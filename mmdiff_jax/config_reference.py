@@ -30,6 +30,7 @@ import tokenize
 import ml_collections
 
 from mmdiff_jax import config as config_lib
+from mmdiff_jax.models import kinds
 from mmdiff_jax.models import modalities as modalities_lib
 
 FUNCTION = "default_config"
@@ -210,7 +211,7 @@ def _modality_fields() -> list[tuple[str, str, str]]:
     if name == "name":
       continue
     default = defaults.get(name, dataclasses.MISSING)
-    if name in ("encoder", "head", "recovery_loss"):
+    if name == "encoder":
       shown = "by kind"
     elif name == "feature":
       shown = "the modality's name"
@@ -253,15 +254,18 @@ def generate() -> str:
       "## `modalities.<name>.*`",
       "",
       "Each entry of `config.modalities` is one modality (see mmdiff_jax/models/modalities.py).",
-      "Allowed encoder, head and recovery loss per kind (the first is the default):",
+      "Its `kind` is a file of mmdiff_jax/models/kinds/ (a new kind is a new file there); per",
+      "kind, the encoders (the first is the default), the head and the recovery loss:",
       "",
-      "| kind | encoder | head | recovery_loss |",
-      "|---|---|---|---|",
+      "| kind | encoder | head | recovery loss | needs |",
+      "|---|---|---|---|---|",
   ]
-  for kind, allowed in modalities_lib.KINDS.items():
-    lines.append(f"| `{kind}` | " + " | ".join(
-        ", ".join(f"`{v}`" for v in allowed[field])
-        for field in ("encoder", "head", "recovery_loss")) + " |")
+  for name in kinds.builtin_names():
+    kind = kinds.get(name)
+    loss = kind.recovery_nll.__name__ if kind.recovery_nll else "none (the base)"
+    lines.append(f"| `{name}` | " + ", ".join(f"`{e}`" for e in kind.encoders)
+                 + f" | `{kind.head.__name__}` | `{loss}` | "
+                 + (", ".join(f"`{r}`" for r in kind.required) or "-") + " |")
   lines += ["", "| key | default | meaning |", "|---|---|---|"]
   for name, default, meaning in _modality_fields():
     lines.append(f"| `{name}` | {_cell(default)} | {_cell(meaning)} |")

@@ -16,8 +16,8 @@ from mmdiff_jax.data.pipeline import CROPS, RESIZES
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.diffusion.aggregation import final_coefficients
 from mmdiff_jax.diffusion.schedules import _BETA_FNS, get_schedule
+from mmdiff_jax.models import kinds
 from mmdiff_jax.models.modalities import aggregated_specs, aggregation_weights, specs_from_config
-from mmdiff_jax.models.predictor import INPUT_KINDS
 from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES
 from mmdiff_jax.experiment import DTYPES, TASKS
 from mmdiff_jax.sampling.samplers import CATEGORICAL_FEEDBACK, SAMPLERS
@@ -147,7 +147,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
              "a non-empty string")
   ignore = get("ignore_label")
   if ignore is not None:
-    segmentations = [s for s in specs if s.kind == "segmentation"]
+    segmentations = [s for s in specs if kinds.get(s.kind).has_ignore_label]
     _require(bool(segmentations) and all(not 0 <= ignore < s.num_classes for s in segmentations),
              "data.ignore_label", ignore, "None, or with a segmentation modality a class id "
              "outside 0..num_classes - 1 (e.g. 255)")
@@ -163,8 +163,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   if config.task == "prediction":
     names = {s.name: s for s in specs}
     p = config.prediction
-    _require(p.input in names and names[p.input].kind in INPUT_KINDS, "prediction.input", p.input,
-             f"a modality of kind {INPUT_KINDS} among {sorted(names)}")
+    image_like = [k for k in kinds.names() if kinds.get(k).image_like]
+    _require(p.input in names and names[p.input].kind in image_like, "prediction.input", p.input,
+             f"a modality of an image-like kind {image_like} among {sorted(names)}")
     _require(p.target in names and p.target != p.input, "prediction.target", p.target,
              f"another modality among {sorted(names)}")
   for spec, value in zip(aggregated_specs(specs), final.tolist()):

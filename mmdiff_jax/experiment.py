@@ -47,12 +47,12 @@ class Experiment:
     return Objective(self.model, self.schedule, self.weights, self.parameterization,
                      ignore_label=self.ignore_label)
 
-  def sampler(self, kind: str, num_steps: int, *, eta: float = 0.0, clip_denoised: bool = True,
+  def sampler(self, method: str, num_steps: int, *, eta: float = 0.0, clip_denoised: bool = True,
               categorical_feedback: str = "expected") -> Sampler | PredictionSampler:
     """The diffusion sampler; for a predictor, its prediction behind the same interface."""
     if not self.is_generative:
       return PredictionSampler(self.model)
-    return Sampler(self.model, self.schedule, self.weights, self.parameterization, kind=kind,
+    return Sampler(self.model, self.schedule, self.weights, self.parameterization, method=method,
                    num_steps=num_steps, eta=eta, clip_denoised=clip_denoised,
                    categorical_feedback=categorical_feedback)
 
@@ -73,8 +73,8 @@ def _prior_terms(schedule: Schedule, weights):
   """(N,) lambda_T and (N,) prior KL of a unit encoding beyond DDPM's, per modality alone."""
   def excess(column):
     unit, z0 = jnp.ones((1, 1)), jnp.zeros((1,))
-    return (bound.prior_kl(schedule, column[:, None], z0, unit)
-            - bound.prior_kl(schedule, jnp.zeros_like(column)[:, None], z0, unit))[0]
+    return (bound.prior_kl(schedule, column[:, None], z0=z0, encodings=unit)
+            - bound.prior_kl(schedule, jnp.zeros_like(column)[:, None], z0=z0, encodings=unit))[0]
   return aggregation.final_coefficients(schedule, weights), jax.vmap(excess, in_axes=1)(weights)
 
 

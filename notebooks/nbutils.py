@@ -1,7 +1,7 @@
 """Small helpers shared by the notebooks: choosing the dataset, showing images and plots; and the
 notebooks' Colab link and install cell, written from REPOSITORY.
 
-Segmentation maps are coloured by the package's own `mmdiff_jax.sampling.grids.colorize`, so the
+Segmentation maps are coloured by the package's own `mmdiff_jax.models.kinds.segmentation.colorize`, so the
 notebooks and the sample PNGs of a run colour them alike. Plots need matplotlib (there on Colab; pip
 installs it with the package's `test` extra).
 
@@ -135,7 +135,7 @@ def grid(rows: Sequence, *, row_titles: Sequence[str] | None = None,
   """A PIL image of rows of pictures.
 
   Args:
-    rows: each an array (B, H, W[, C]), float in [-1, 1] (e.g. maps from grids.colorize) or uint8 RGB.
+    rows: each an array (B, H, W[, C]), float in [-1, 1] (e.g. maps from kinds.segmentation.colorize) or uint8 RGB.
     row_titles: a title left of each row.
     captions: per row, a caption under each picture.
   """

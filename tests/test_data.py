@@ -475,9 +475,7 @@ def test_stored_features_pass_through_for_a_real_segmentation_dataset(tmp_path):
   assert sorted(batch) == ["image", "index", "label", "mask"]
   for row, i in enumerate(batch["index"]):
     assert np.all(batch["mask"][row, : i + 1] == 1 + i % 3) and np.all(batch["mask"][row, i + 1:] == 0)
-  specs = [ModalitySpec(name="image", kind="image", feature="image", encoder="identity", head="conv",
-                        recovery_loss="none"),
+  specs = [ModalitySpec(name="image", kind="image", feature="image", encoder="identity"),
            ModalitySpec(name="segmentation", kind="segmentation", feature="mask",
-                        encoder="pixel_categorical", head="conv", recovery_loss="pixel_cross_entropy",
-                        num_classes=4)]
+                        encoder="pixel_categorical", num_classes=4)]
   check_batch(batch, specs, (8, 8, 1), where="tiny")

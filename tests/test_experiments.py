@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +18,20 @@ from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.training import train
 
 
+@pytest.fixture(scope="module")
+def embedding_data_dir(data_dir):
+  """data_dir with imgemb's dataset prepared, in a process with XLA's usual optimisation: preparing
+  it runs AlexNet over all 70k images, execution-bound work that the suite's compile-time setting
+  (conftest: no LLVM optimisation passes) would slow by about half."""
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(
+      "--xla_backend_optimization_level=0", ""))
+  code = ("from mmdiff_jax.data import fashion_mnist, pipeline; pipeline.prepare_fashion_mnist("
+          f"data_dir={data_dir!r}, name=fashion_mnist.EMBEDDING_NAME)")
+  subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                 cwd=pathlib.Path(__file__).resolve().parents[1])
+  return data_dir
+
+
 @pytest.mark.parametrize("name,expected", [
     ("imgseg", ["eval/segmentation_miou", "eval/segmentation_pair_miou",
                 "eval/segmentation_pair_foreground_iou", "eval/frechet_alexnet_distance",
@@ -22,9 +39,9 @@ from mmdiff_jax.training import train
     ("imgmask", ["eval/inpainting/psnr@0.1", "eval/inpainting/lpips@0.7", "eval/precision"]),
     ("imgemb", ["eval/embedding_cosine", "eval/recall"]),
 ])
-def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir, tmp_path):
+def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir, tmp_path, request):
   config = importlib.import_module(f"configs.{name}").get_config("smoke")
-  config.data.data_dir = data_dir
+  config.data.data_dir = request.getfixturevalue("embedding_data_dir") if name == "imgemb" else data_dir
   config.training.update(num_steps=4, log_every=2, save_every=4)
   config.eval.update(num_examples=16, num_generated=16, batch_size=16, bound_batches=1,
                      after_training=())
@@ -122,7 +139,8 @@ def test_a_run_made_before_a_key_existed_still_loads(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(trained))
   config = run_config(str(tmp_path), name="a run")
   validate_config(config)
-  assert config.eval.sdedit_t0_fraction == importlib.import_module("mmdiff_jax.config").default_config().eval.sdedit_t0_fraction
+  defaults = importlib.import_module("mmdiff_jax.config").default_config()
+  assert config.eval.sdedit_t0_fraction == defaults.eval.sdedit_t0_fraction
   assert config.data.random_flip is False and config.modalities.label.profile_scale == 0.5
   assert sorted(config.modalities) == ["image", "label"]
   with pytest.raises(FileNotFoundError, match=r"elsewhere: no config.json there"):
@@ -130,8 +148,8 @@ def test_a_run_made_before_a_key_existed_still_loads(tmp_path):
 
 
 def test_colorized_maps_tell_classes_apart():
-  from mmdiff_jax.sampling import grids
-  colors = grids.colorize(np.arange(11).reshape(1, 1, 11), 11)[0, 0]
+  from mmdiff_jax.models.kinds.segmentation import colorize
+  colors = colorize(np.arange(11).reshape(1, 1, 11), 11)[0, 0]
   np.testing.assert_array_equal(colors[0], [-1, -1, -1])  # background black
   assert np.all(colors >= -1) and np.all(colors <= 1)
   distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1) + 10 * np.eye(11)
@@ -156,14 +174,14 @@ def test_square_masks_cover_the_ratio_and_are_seeded():
     derived.derive(dict(batch), ("blur",), seed=1, positions=range(3))
 
 
-def test_embedding_is_precomputed_into_the_dataset(data_dir):
+def test_embedding_is_precomputed_into_the_dataset(embedding_data_dir):
   """imgemb's dataset stores each image's AlexNet embedding: batches carry it, aligned with the image
   (recomputed here from the batch's own images) and unit-RMS; training images padded to 32 crop back
   to the stored image exactly."""
   from mmdiff_jax.data import pipeline
   from mmdiff_jax.models import alexnet_features as features
   config = importlib.import_module("configs.imgemb").get_config("smoke")
-  config.data.data_dir = data_dir
+  config.data.data_dir = embedding_data_dir
   assert config.data.name == "fashion_mnist_offline_alexnet" and not config.data.derived
   batch = next(pipeline.make_iterator(config.data, split="test", global_batch_size=8, seed=0,
                                       shuffle=True, read_threads=0))

@@ -4,9 +4,11 @@ files that load without the machine-learning stack."""
 from __future__ import annotations
 
 import ast
+import io
 import pathlib
 import subprocess
 import sys
+import tokenize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mmdiff_jax"
@@ -88,3 +90,33 @@ def test_config_files_load_without_the_ml_stack():
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        check=True).stdout
   assert out.strip() == "[]", out
+
+
+def _indent_steps(source: str) -> set[int]:
+  """The widths by which blocks indent in `source` (one style: every block 2 spaces deeper)."""
+  widths, steps = [0], set()
+  for token in tokenize.generate_tokens(io.StringIO(source).readline):
+    if token.type == tokenize.INDENT:
+      steps.add(len(token.string.expandtabs(8)) - widths[-1])
+      widths.append(len(token.string.expandtabs(8)))
+    elif token.type == tokenize.DEDENT:
+      widths.pop()
+  return steps
+
+
+def test_one_indentation_style():
+  assert _indent_steps("def f():\n    return 1\n") == {4}
+  files = [p for folder in ("mmdiff_jax", "tests", "configs", "benchmarks", "notebooks", "launch")
+           for p in (ROOT / folder).rglob("*.py")]
+  assert len(files) > 50
+  wrong = {str(p.relative_to(ROOT)): steps for p in files
+           if (steps := _indent_steps(p.read_text())) - {2}}
+  assert not wrong, f"blocks indent by 2 spaces; these files indent otherwise: {wrong}"
+
+
+def test_lint_finds_nothing():
+  """ruff (config: ruff.toml) over the repository: unused imports and names, undefined names,
+  syntax errors, lines over the length limit."""
+  result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT,
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout + result.stderr

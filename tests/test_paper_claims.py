@@ -4,7 +4,6 @@ and the MT-Diffusion-X config and its control, end to end."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 
@@ -175,7 +174,7 @@ def test_classifier_starts_from_a_diffusion_models_backbone(data_dir, tmp_path):
                jax.device_get(fresh.params["head"]))
   # Through the loop: trains from there.
   results = train.train_and_evaluate(classifier, str(tmp_path / "classifier"))
-  assert results == {"sample_grids": []}
+  assert results == {"step": classifier.training.num_steps, "stopped": False, "sample_grids": []}
   other = _config("classifier", data_dir)
   other.model.base_channels = 8
   other.model.num_groups = 4

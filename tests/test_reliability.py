@@ -185,8 +185,10 @@ def test_repeated_nonfinite_updates_stop_the_run_and_checkpoints_stay_finite(dat
 @pytest.mark.parametrize("key,value,message", [
     ("training.num_step", 3, r"'training.num_step' is unknown; allowed under training: \["),
     ("modalities.label.kind", "text", r"modalities.label.kind: got 'text'; expected one of \["),
-    ("modalities.label.encoder", "cnn", r"modalities.label.encoder: got 'cnn'.*\['categorical', 'smooth_categorical', 'class_mean'\]"),
-    ("modalities.label.head", "conv", r"modalities.label.head: got 'conv'.*\['pooled_mlp'\]"),
+    ("modalities.label.encoder", "cnn",
+     r"modalities.label.encoder: got 'cnn'.*\['categorical', 'smooth_categorical', 'class_mean'\]"),
+    # The kind fixes the head (models/kinds/): the key is no longer the config's.
+    ("modalities.label.head", "conv", r"modalities.label: unknown keys \['head'\]"),
     ("modalities.label.profile", "constant", r"modalities.label.profile: got 'constant.*lambda_T"),
     ("training.batch_size", 12, r"training.batch_size: got 12; expected a multiple of 8"),
     ("sampling.sampler", "euler", r"sampling.sampler: got 'euler'; expected one of"),

@@ -110,7 +110,7 @@ def test_main_writes_the_file(tmp_path):
 
 def test_recorded_commands_split_back_into_the_arguments():
   import shlex
-  from mmdiff_jax.training.train import _shell_quote
+  from mmdiff_jax.training.run_files import _shell_quote
   args = ["--config.eval.after_training=('label_accuracy','generation')", "plain", "two words",
           'say "hi" $HOME', "it's\\", ""]
   assert shlex.split(" ".join(map(_shell_quote, args))) == args

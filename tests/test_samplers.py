@@ -40,10 +40,10 @@ def test_ddim_timesteps():
     ddim_timesteps(10, 11)
 
 
-@pytest.mark.parametrize("kind,steps", [("ddim", 4), ("ancestral", 0)])
-def test_shapes_and_determinism(setup, kind, steps):
+@pytest.mark.parametrize("method,steps", [("ddim", 4), ("ancestral", 0)])
+def test_shapes_and_determinism(setup, method, steps):
   experiment, params = setup
-  sampler = experiment.sampler(kind, steps)
+  sampler = experiment.sampler(method, steps)
   sample = jax.jit(sampler.sample, static_argnums=(2,))
   a = sample(params, jax.random.PRNGKey(0), B)
   assert a["image"].shape == (B, 28, 28, 1) and a["image"].dtype == jnp.float32
@@ -111,13 +111,13 @@ def test_steps_match_closed_forms(setup):
   noise = jax.random.normal(keys[3], z0.shape)
   t, s = 60, 35
   tv, sv = jnp.full((B,), t), jnp.full((B,), s)
-  z_t = process.sample_marginal(schedule, weights, tv, z0, enc, eps)
+  z_t = process.sample_marginal(schedule, weights, t=tv, z0=z0, encodings=enc, noise=eps)
   ddim = experiment.sampler("ddim", 10)
   z_s = ddim.step(z0, eps, enc, z_t, jnp.int32(t), jnp.int32(s), noise)
-  np.testing.assert_allclose(z_s, process.sample_marginal(schedule, weights, sv, z0, enc, eps),
+  np.testing.assert_allclose(z_s, process.sample_marginal(schedule, weights, t=sv, z0=z0, encodings=enc, noise=eps),
                              atol=2e-5)
   np.testing.assert_allclose(ddim.step(z0, eps, enc, z_t, jnp.int32(t), jnp.int32(0), noise), z0)
   ancestral = experiment.sampler("ancestral", 0)
   z_prev = ancestral.step(z0, eps, enc, z_t, jnp.int32(t), jnp.int32(t - 1), noise)
-  mean, var = process.posterior(schedule, weights, tv, z_t, z0, enc)
+  mean, var = process.posterior(schedule, weights, t=tv, z_t=z_t, z0=z0, encodings=enc)
   np.testing.assert_allclose(z_prev, mean + jnp.sqrt(var) * noise, atol=1e-6)

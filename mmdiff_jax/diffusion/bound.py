@@ -14,13 +14,13 @@ def gaussian_kl(mean1, var1, mean2, var2) -> jnp.ndarray:
   return 0.5 * (jnp.log(var2) - jnp.log(var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
 
 
-def prior_kl(schedule: Schedule, weights, z0, encodings) -> jnp.ndarray:
+def prior_kl(schedule: Schedule, weights, *, z0, encodings) -> jnp.ndarray:
   """KL(q(z_T | z_0, X) || N(0, I)), elementwise, shaped like z0."""
-  mean, var = process.marginal(schedule, weights, schedule.num_steps, z0, encodings)
+  mean, var = process.marginal(schedule, weights, t=schedule.num_steps, z0=z0, encodings=encodings)
   return gaussian_kl(mean, var, 0.0, 1.0)
 
 
-def diffusion_kl(schedule: Schedule, weights, t, z_t, z0, encodings, z0_hat,
+def diffusion_kl(schedule: Schedule, weights, *, t, z_t, z0, encodings, z0_hat,
                  encodings_hat) -> jnp.ndarray:
   """KL(q(z_{t-1} | z_t, z_0, X) || q(z_{t-1} | z_t, z0_hat, X_hat)) = (mu~ - mu~_hat)^2 / (2 beta~_t).
 
@@ -30,8 +30,9 @@ def diffusion_kl(schedule: Schedule, weights, t, z_t, z0, encodings, z0_hat,
   Returns:
     elementwise KL shaped like z_t.
   """
-  mean, var = process.posterior(schedule, weights, t, z_t, z0, encodings)
-  mean_hat, _ = process.posterior(schedule, weights, t, z_t, z0_hat, encodings_hat)
+  mean, var = process.posterior(schedule, weights, t=t, z_t=z_t, z0=z0, encodings=encodings)
+  mean_hat, _ = process.posterior(schedule, weights, t=t, z_t=z_t, z0=z0_hat,
+                                  encodings=encodings_hat)
   first_step = process.at_step(jnp.arange(1, schedule.num_steps + 1) == 1, t, jnp.ndim(z_t))
   safe_var = jnp.where(first_step, 1.0, var)
   return jnp.where(first_step, 0.0, (mean - mean_hat) ** 2 / (2.0 * safe_var))

@@ -124,7 +124,7 @@ def aggregation_coefficients(schedule: Schedule, weights) -> jnp.ndarray:
 # ----------------------------------------------------------------------------- distributions
 
 
-def transition(schedule: Schedule, weights, t, z_prev, encodings):
+def transition(schedule: Schedule, weights, *, t, z_prev, encodings):
   """q(z_t | z_{t-1}, X) = N(sqrt(alpha_t) z_{t-1} + sum_i w_t^(i) e_i, beta_t I).
 
   Args:
@@ -140,7 +140,7 @@ def transition(schedule: Schedule, weights, t, z_prev, encodings):
   return mean, at_step(schedule.betas, t, nd)
 
 
-def marginal(schedule: Schedule, weights, t, z0, encodings):
+def marginal(schedule: Schedule, weights, *, t, z0, encodings):
   """q(z_t | z_0, X) = N(sqrt(abar_t) z_0 + sum_i lambda_t^(i) e_i, (1 - abar_t) I).
 
   Returns:
@@ -153,9 +153,9 @@ def marginal(schedule: Schedule, weights, t, z0, encodings):
   return mean, at_step(schedule.one_minus_alpha_bars, t, nd)
 
 
-def sample_marginal(schedule: Schedule, weights, t, z0, encodings, noise) -> jnp.ndarray:
+def sample_marginal(schedule: Schedule, weights, *, t, z0, encodings, noise) -> jnp.ndarray:
   """z_t = marginal mean + sqrt(1 - abar_t) * noise; noise ~ N(0, I) shaped like z0."""
-  mean, var = marginal(schedule, weights, t, z0, encodings)
+  mean, var = marginal(schedule, weights, t=t, z0=z0, encodings=encodings)
   return mean + jnp.sqrt(var) * noise
 
 
@@ -171,7 +171,7 @@ def _posterior_coefficients(schedule: Schedule, t, nd: int):
   return c_z0, c_y, var
 
 
-def posterior(schedule: Schedule, weights, t, z_t, z0, encodings):
+def posterior(schedule: Schedule, weights, *, t, z_t, z0, encodings):
   """q(z_{t-1} | z_t, z_0, X) = N(mu~_t, beta~_t I), beta~_t = beta_t (1-abar_{t-1}) / (1-abar_t).
 
   mu~_t = c_z0 z_0 + c_y (z_t - sum_i lambda_t^(i) e_i) + sum_i lambda_{t-1}^(i) e_i.
@@ -193,43 +193,43 @@ def posterior(schedule: Schedule, weights, t, z_t, z0, encodings):
 # ----------------------------------------------------------------------------- predictions
 
 
-def aggregated_encoding(schedule: Schedule, weights, t, encodings) -> jnp.ndarray:
+def aggregated_encoding(schedule: Schedule, weights, *, t, encodings) -> jnp.ndarray:
   """sum_i lambda_t^(i) e_i, shaped like one encoding; t = 0 gives zeros."""
   _check_weights(schedule, weights)
   lambdas = _with_step_zero(aggregation_coefficients(schedule, weights))
   return _weighted_sum(lambdas, t, encodings)
 
 
-def shift(schedule: Schedule, weights, t, z_t, encodings) -> jnp.ndarray:
+def shift(schedule: Schedule, weights, *, t, z_t, encodings) -> jnp.ndarray:
   """y_t = z_t - sum_i lambda_t^(i) e_i: the DDPM chain underneath (y_0 = z_0)."""
   _check(schedule, weights, t, z_t, encodings)
-  return z_t - aggregated_encoding(schedule, weights, t, encodings)
+  return z_t - aggregated_encoding(schedule, weights, t=t, encodings=encodings)
 
 
-def eps_from_z0(schedule: Schedule, weights, t, z_t, z0, encodings) -> jnp.ndarray:
+def eps_from_z0(schedule: Schedule, weights, *, t, z_t, z0, encodings) -> jnp.ndarray:
   """The marginal's noise: eps = (y_t - sqrt(abar_t) z_0) / sqrt(1 - abar_t)."""
   nd = jnp.ndim(z_t)
-  y_t = shift(schedule, weights, t, z_t, encodings)
+  y_t = shift(schedule, weights, t=t, z_t=z_t, encodings=encodings)
   return ((y_t - jnp.sqrt(at_step(schedule.alpha_bars, t, nd)) * z0)
           / jnp.sqrt(at_step(schedule.one_minus_alpha_bars, t, nd)))
 
 
-def z0_from_eps(schedule: Schedule, weights, t, z_t, eps, encodings) -> jnp.ndarray:
+def z0_from_eps(schedule: Schedule, weights, *, t, z_t, eps, encodings) -> jnp.ndarray:
   """z_0 = (y_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
   nd = jnp.ndim(z_t)
-  y_t = shift(schedule, weights, t, z_t, encodings)
+  y_t = shift(schedule, weights, t=t, z_t=z_t, encodings=encodings)
   return ((y_t - jnp.sqrt(at_step(schedule.one_minus_alpha_bars, t, nd)) * eps)
           / jnp.sqrt(at_step(schedule.alpha_bars, t, nd)))
 
 
-def v_from_z0_eps(schedule: Schedule, t, z0, eps) -> jnp.ndarray:
+def v_from_z0_eps(schedule: Schedule, *, t, z0, eps) -> jnp.ndarray:
   """v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0 (Salimans & Ho 2022; encodings cancel in y)."""
   nd = jnp.ndim(z0)
   return (jnp.sqrt(at_step(schedule.alpha_bars, t, nd)) * eps
           - jnp.sqrt(at_step(schedule.one_minus_alpha_bars, t, nd)) * z0)
 
 
-def z0_eps_from_prediction(schedule: Schedule, weights, t, z_t, encodings, prediction,
+def z0_eps_from_prediction(schedule: Schedule, weights, *, t, z_t, encodings, prediction,
                            parameterization: str):
   """Converts a backbone output in any parameterization into (z0, eps).
 
@@ -240,12 +240,14 @@ def z0_eps_from_prediction(schedule: Schedule, weights, t, z_t, encodings, predi
     (z0, eps), each shaped like z_t.
   """
   if parameterization == "eps":
-    return z0_from_eps(schedule, weights, t, z_t, prediction, encodings), prediction
+    z0 = z0_from_eps(schedule, weights, t=t, z_t=z_t, eps=prediction, encodings=encodings)
+    return z0, prediction
   if parameterization == "z0":
-    return prediction, eps_from_z0(schedule, weights, t, z_t, prediction, encodings)
+    eps = eps_from_z0(schedule, weights, t=t, z_t=z_t, z0=prediction, encodings=encodings)
+    return prediction, eps
   if parameterization == "v":
     nd = jnp.ndim(z_t)
-    y_t = shift(schedule, weights, t, z_t, encodings)
+    y_t = shift(schedule, weights, t=t, z_t=z_t, encodings=encodings)
     sqrt_abar = jnp.sqrt(at_step(schedule.alpha_bars, t, nd))
     sigma = jnp.sqrt(at_step(schedule.one_minus_alpha_bars, t, nd))
     return sqrt_abar * y_t - sigma * prediction, sigma * y_t + sqrt_abar * prediction
@@ -253,7 +255,7 @@ def z0_eps_from_prediction(schedule: Schedule, weights, t, z_t, encodings, predi
       f"parameterization: unknown {parameterization!r}; expected one of {PARAMETERIZATIONS}")
 
 
-def posterior_mean_from_eps(schedule: Schedule, weights, t, z_t, eps, encodings) -> jnp.ndarray:
+def posterior_mean_from_eps(schedule: Schedule, weights, *, t, z_t, eps, encodings) -> jnp.ndarray:
   """mu~_t in noise form: (z_t - sum_i w_t^(i) e_i - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)."""
   _check(schedule, weights, t, z_t, encodings)
   nd = jnp.ndim(z_t)
@@ -261,3 +263,37 @@ def posterior_mean_from_eps(schedule: Schedule, weights, t, z_t, eps, encodings)
   beta = at_step(schedule.betas, t, nd)
   sigma = jnp.sqrt(at_step(schedule.one_minus_alpha_bars, t, nd))
   return (z_t - injected - beta / sigma * eps) / jnp.sqrt(at_step(schedule.alphas, t, nd))
+
+
+def ddim_step(schedule: Schedule, weights, *, t, s, z0, eps, encodings, eta, noise) -> jnp.ndarray:
+  """DDIM (Song et al. 2021) from step t to an earlier step s, on the DDPM chain underneath:
+
+    y_s = sqrt(abar_s) z_0 + sqrt(1 - abar_s - sigma^2) eps + sigma noise,
+    z_s = y_s + sum_i lambda_s^(i) e_i,
+    sigma = eta sqrt((1 - abar_s) / (1 - abar_t) (1 - abar_t / abar_s)).
+
+  eta = 0 is deterministic (z_s is the marginal draw with the same eps); eta = 1 with s = t - 1 is a
+  draw from the posterior q(z_{t-1} | z_t, z_0, X). s = 0 returns z_0.
+
+  Args:
+    t, s: integer steps, scalars or (B,), 0 <= s < t <= T.
+    z0, eps, noise: shaped like z, (B, ...): the predictions at t and fresh N(0, I) noise.
+    encodings: (N, *z.shape).
+    eta: the stochasticity, >= 0.
+  Returns:
+    z_s, shaped like z.
+  """
+  _check(schedule, weights, t, z0, encodings)
+  nd = jnp.ndim(z0)
+  s_safe = jnp.maximum(jnp.asarray(s), 1)
+  abar_t, abar_s = at_step(schedule.alpha_bars, t, nd), at_step(schedule.alpha_bars, s_safe, nd)
+  one_minus_abar_t = at_step(schedule.one_minus_alpha_bars, t, nd)
+  one_minus_abar_s = at_step(schedule.one_minus_alpha_bars, s_safe, nd)
+  sigma = eta * jnp.sqrt(one_minus_abar_s / one_minus_abar_t * (1.0 - abar_t / abar_s))
+  y_s = (jnp.sqrt(abar_s) * z0 + jnp.sqrt(jnp.maximum(one_minus_abar_s - sigma ** 2, 0.0)) * eps
+         + sigma * noise)
+  z_s = y_s + aggregated_encoding(schedule, weights, t=s_safe, encodings=encodings)
+  at_zero = jnp.asarray(s) == 0
+  if jnp.ndim(s) == 1:
+    at_zero = at_zero.reshape((-1,) + (1,) * (nd - 1))
+  return jnp.where(at_zero, z0, z_s)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from absl import app, flags
@@ -353,9 +353,9 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
            "Fashion-MNIST at the `small` budget (see each run's budget below), not ImageNet: the "
            "question is whether the paper's comparisons come out the same way, not its figures. "
            "Intervals: 95% percentile bootstrap over the evaluated examples, centred on the "
-           "estimate (paired: every run resamples the same example indices). A claim **holds** when its whole interval is on the "
-           "claimed side, **does not hold** when it is wholly on the other side, and is "
-           "inconclusive when the interval straddles the bound.", "",
+           "estimate (paired: every run resamples the same example indices). A claim **holds** "
+           "when its whole interval is on the claimed side, **does not hold** when it is wholly "
+           "on the other side, and is inconclusive when the interval straddles the bound.", "",
            "| claim | comparison | paper | runs | ours [95% interval] | the runs' values | verdict |",
            "|---|---|---|---|---|---|---|"]
   lines += [claim.render(runs) for claim in CLAIMS]

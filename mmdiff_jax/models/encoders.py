@@ -134,12 +134,3 @@ class IdentityEncoder(nn.Module):
   def encode_prediction(self, x_hat):
     return self.encode(x_hat)
 
-
-ENCODERS = {
-    "identity": IdentityEncoder,
-    "categorical": CategoricalEncoder,
-    "smooth_categorical": SmoothCategoricalEncoder,
-    "class_mean": ClassMeanEncoder,
-    "pixel_categorical": PixelCategoricalEncoder,
-    "linear": EmbeddingEncoder,
-}

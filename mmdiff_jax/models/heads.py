@@ -36,8 +36,3 @@ class PooledMLPHead(nn.Module):
     h = nn.silu(dense(self.hidden)(_pooled(features).astype(jnp.float32)))
     return dense(self.out_features, zero_init=True)(h)
 
-
-HEADS = {
-    "conv": ConvHead,
-    "pooled_mlp": PooledMLPHead,
-}

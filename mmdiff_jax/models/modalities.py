@@ -1,7 +1,9 @@
 """Modalities as the config declares them, validated once, then passed around as frozen specs.
 
-A modality's kind fixes which encoders, heads and recovery losses make sense for it. The base modality
-(kind "image") is z_0 itself (identity encoder, pixel space); every other modality is aggregated into
+A modality's kind (models/kinds/: one file per kind) fixes its data's shape, its encoders, its head
+and its recovery loss. The base modality
+(kind "image") is z_0 itself (identity encoder,
+                              pixel space); every other modality is aggregated into
 the forward process with its own weight profile (role "aggregated"), or, for the class-conditional
 baseline, given to the backbone as a conditioning input (role "condition": a label embedding added to
 the time embedding, as in ADM; it is not diffused and must be observed when sampling).
@@ -17,22 +19,11 @@ import jax
 import jax.numpy as jnp
 
 from mmdiff_jax.diffusion.aggregation import step_weights
+from mmdiff_jax.models import kinds
 
 BASE_KIND = "image"
-
-# kind -> allowed encoder, head and recovery-loss names (the first of each is the default).
-KINDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "image": {"encoder": ("identity",), "head": ("conv",), "recovery_loss": ("none",)},
-    "label": {"encoder": ("categorical", "smooth_categorical", "class_mean"), "head": ("pooled_mlp",),
-              "recovery_loss": ("cross_entropy",)},
-    "segmentation": {"encoder": ("pixel_categorical",), "head": ("conv",),
-                     "recovery_loss": ("pixel_cross_entropy",)},
-    "embedding": {"encoder": ("linear",), "head": ("pooled_mlp",), "recovery_loss": ("mse",)},
-    "masked_image": {"encoder": ("identity",), "head": ("conv",), "recovery_loss": ("mse",)},
-}
 PROFILES = ("bump", "zero", "constant")
 ROLES = ("aggregated", "condition")
-CONDITION_KINDS = ("label",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +32,9 @@ class ModalitySpec:
 
   Attributes:
     name: its key in config.modalities (and in the outputs).
-    kind: one of KINDS.
+    kind: a modality kind's name (models/kinds/).
     feature: the batch key holding its data.
-    encoder, head, recovery_loss: names valid for the kind.
+    encoder: one of the kind's encoders (the first is the default).
     loss_weight: gamma_i, the recovery loss weight.
     profile: aggregation profile name ("bump": lambda_t = scale sqrt(abar)(1 - sqrt(abar)), "zero",
       or "constant" step weights w_t = scale, whose lambda_T does not vanish).
@@ -57,8 +48,6 @@ class ModalitySpec:
   kind: str
   feature: str
   encoder: str
-  head: str
-  recovery_loss: str
   loss_weight: float = 0.0
   profile: str = "zero"
   profile_scale: float = 0.0
@@ -95,14 +84,15 @@ def specs_from_config(modalities: Mapping[str, Mapping[str, Any]]) -> tuple[Moda
     if unknown:
       raise ValueError(f"config.modalities.{name}: unknown keys {sorted(unknown)}; "
                        f"allowed: {sorted(_FIELDS)}")
-    kind = raw.get("kind")
-    if kind not in KINDS:
-      raise ValueError(f"config.modalities.{name}.kind: got {kind!r}; expected one of {sorted(KINDS)}")
-    for key, allowed in KINDS[kind].items():
-      raw.setdefault(key, allowed[0])
-      if raw[key] not in allowed:
-        raise ValueError(f"config.modalities.{name}.{key}: got {raw[key]!r}; for kind {kind!r} "
-                         f"expected one of {list(allowed)}")
+    try:
+      kind = kinds.get(raw.get("kind"))
+    except ValueError:
+      raise ValueError(f"config.modalities.{name}.kind: got {raw.get('kind')!r}; expected one of "
+                       f"{kinds.names()} (a new kind: a file of mmdiff_jax/models/kinds/)") from None
+    raw.setdefault("encoder", next(iter(kind.encoders)))
+    if raw["encoder"] not in kind.encoders:
+      raise ValueError(f"config.modalities.{name}.encoder: got {raw['encoder']!r}; for kind "
+                       f"{kind.name!r} expected one of {list(kind.encoders)}")
     raw.setdefault("feature", name)
     if raw.get("profile", "zero") not in PROFILES:
       raise ValueError(f"config.modalities.{name}.profile: got {raw['profile']!r}; "
@@ -110,13 +100,14 @@ def specs_from_config(modalities: Mapping[str, Mapping[str, Any]]) -> tuple[Moda
     role = raw.get("role", "aggregated")
     if role not in ROLES:
       raise ValueError(f"config.modalities.{name}.role: got {role!r}; expected one of {list(ROLES)}")
-    if role == "condition" and kind not in CONDITION_KINDS:
+    if role == "condition" and not kind.can_condition:
       raise ValueError(f"config.modalities.{name}.role: 'condition' is supported for kinds "
-                       f"{list(CONDITION_KINDS)}, got kind {kind!r}")
-    if kind in ("label", "segmentation") and int(raw.get("num_classes", 0)) < 2:
+                       f"{[k for k in kinds.names() if kinds.get(k).can_condition]}, got kind "
+                       f"{kind.name!r}")
+    if "num_classes" in kind.required and int(raw.get("num_classes", 0)) < 2:
       raise ValueError(f"config.modalities.{name}.num_classes: got {raw.get('num_classes')!r}; "
-                       f"a {kind} modality needs num_classes >= 2")
-    if kind == "embedding" and int(raw.get("dim", 0)) < 1:
+                       f"a {kind.name} modality needs num_classes >= 2")
+    if "dim" in kind.required and int(raw.get("dim", 0)) < 1:
       raise ValueError(f"config.modalities.{name}.dim: got {raw.get('dim')!r}; expected >= 1")
     specs.append(ModalitySpec(name=name, **raw))
   bases = [s for s in specs if s.is_base]

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmdiff_jax.models.encoders import ENCODERS
-from mmdiff_jax.models.heads import HEADS
+from mmdiff_jax.models import kinds
 from mmdiff_jax.models.modalities import ModalitySpec, aggregated_specs, condition_specs
 from mmdiff_jax.models.unet import UNet
 
 
 def make_head(spec: ModalitySpec, z_shape: Sequence[int]) -> nn.Module:
-  if spec.is_base:
-    return HEADS[spec.head](z_shape[-1])
-  out = {"label": spec.num_classes, "segmentation": spec.num_classes, "embedding": spec.dim,
-         "masked_image": z_shape[-1]}[spec.kind]
-  return HEADS[spec.head](out)
+  kind = kinds.get(spec.kind)
+  return kind.head(kind.head_width(spec, tuple(z_shape)))
 
 
 def _encoder(spec: ModalitySpec, z_shape: Sequence[int]) -> nn.Module:
-  cls = ENCODERS[spec.encoder]
-  if spec.num_classes:
-    return cls(num_classes=spec.num_classes, z_shape=tuple(z_shape))
-  return cls(z_shape=tuple(z_shape))
+  cls = kinds.get(spec.kind).encoders[spec.encoder]
+  fields = {f.name for f in dataclasses.fields(cls)}
+  return cls(z_shape=tuple(z_shape),
+             **{k: getattr(spec, k) for k in ("num_classes", "dim") if k in fields})
 
 
 def _condition_embedding(spec: ModalitySpec, dim: int) -> nn.Embed:

@@ -17,8 +17,6 @@ from mmdiff_jax.models.modalities import ModalitySpec
 from mmdiff_jax.models.mtdiffusion import make_head
 from mmdiff_jax.models.unet import UNet
 
-INPUT_KINDS = ("image", "masked_image")  # inputs the backbone can take: image-shaped features
-
 
 class Predictor(nn.Module):
   """Backbone + the target's head.
@@ -27,7 +25,7 @@ class Predictor(nn.Module):
     specs: the modalities (base first); `input` and `target` are names among them.
     z_shape: (H, W, C) of the input.
     backbone: the U-Net.
-    input: the modality fed to the backbone (kind in INPUT_KINDS).
+    input: the modality fed to the backbone (of an image-like kind: models/kinds/).
     target: the modality predicted.
   """
   specs: tuple[ModalitySpec, ...]

@@ -16,16 +16,6 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def colorize(maps: np.ndarray, num_classes: int) -> np.ndarray:
-  """int (B, H, W) class maps -> (B, H, W, 3) RGB in [-1, 1]: class 0 black, the others evenly spaced
-  hues (so a map can sit beside its image in a grid)."""
-  hues = np.arange(num_classes - 1) / max(num_classes - 1, 1)
-  # HSV (h, 1, 1) -> RGB, vectorised.
-  rgb = np.clip(np.abs(((hues[:, None] * 6 + np.array([0, 4, 2])) % 6) - 3) - 1, 0, 1)
-  palette = np.concatenate([np.zeros((1, 3)), rgb]).astype(np.float32)
-  return palette[np.asarray(maps)] * 2.0 - 1.0
-
-
 def save_grid(path: str, images: np.ndarray, *, captions: Sequence[str] | None = None,
               num_columns: int = 10, scale: int = 2) -> str:
   """Writes a grid PNG of (B, H, W, C) images in [-1, 1] (C = 1 or 3); returns the path.

@@ -40,7 +40,8 @@ def _encodings(sampler: Sampler, observed_encodings, batch_size: int) -> jnp.nda
 def _noised(sampler: Sampler, x, s, encodings, noise):
   """A draw of q(z_s | z_0 = x, X) (s may be 0: x itself). x: (B, *z_shape); s: a scalar step."""
   s_vec = jnp.full((x.shape[0],), jnp.maximum(s, 1), jnp.int32)
-  z_s = process.sample_marginal(sampler.schedule, sampler.weights, s_vec, x, encodings, noise)
+  z_s = process.sample_marginal(sampler.schedule, sampler.weights, t=s_vec, z0=x,
+                                encodings=encodings, noise=noise)
   return jnp.where(s == 0, x, z_s)
 
 
@@ -49,7 +50,7 @@ def sdedit_timesteps(sampler: Sampler, t0: int) -> np.ndarray:
   count scaled by t0 / T, at least 1); just [0] for t0 = 0."""
   if t0 == 0:
     return np.zeros((1,), np.int32)
-  if sampler.kind == "ancestral":
+  if sampler.method == "ancestral":
     return np.arange(t0, -1, -1, dtype=np.int32)
   count = max(1, round(sampler.num_steps * t0 / sampler.schedule.num_steps))
   return ddim_timesteps(t0, count)
@@ -119,10 +120,11 @@ def known_region_replacement(sampler: Sampler, params, rng: jax.Array, images, m
   def renoise(z_s, s, t, encodings, key):
     """A draw of q(z_t | z_s) (t > s >= 1), in the shifted coordinates y = z - sum lambda e."""
     s_vec, t_vec = (jnp.full((batch_size,), v, jnp.int32) for v in (s, t))
-    y_s = process.shift(schedule, sampler.weights, s_vec, z_s, encodings)
+    y_s = process.shift(schedule, sampler.weights, t=s_vec, z_t=z_s, encodings=encodings)
     ratio = schedule.alpha_bars[t - 1] / schedule.alpha_bars[s - 1]
     y_t = jnp.sqrt(ratio) * y_s + jnp.sqrt(1.0 - ratio) * jax.random.normal(key, z_s.shape)
-    return y_t + process.aggregated_encoding(schedule, sampler.weights, t_vec, encodings)
+    return y_t + process.aggregated_encoding(schedule, sampler.weights, t=t_vec,
+                                             encodings=encodings)
 
   def body(i, z):
     t, s = timesteps[i], timesteps[i + 1]

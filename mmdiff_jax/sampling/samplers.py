@@ -18,6 +18,7 @@ import numpy as np
 
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.diffusion.schedules import Schedule
+from mmdiff_jax.models import kinds
 from mmdiff_jax.models.mtdiffusion import MTDiffusion
 from mmdiff_jax.models.predictor import Predictor
 
@@ -26,7 +27,6 @@ SAMPLERS = ("ancestral", "ddim")
 # encoding under the predicted probabilities: a mixture of codes never seen in training), "argmax" (the
 # code of the most likely class), "sampled" (the code of a class drawn from the predicted probabilities).
 CATEGORICAL_FEEDBACK = ("expected", "argmax", "sampled")
-CATEGORICAL_KINDS = ("label", "segmentation")
 
 
 def feedback_logits(logits, *, mode: str, key: jax.Array | None = None) -> jnp.ndarray:
@@ -62,7 +62,7 @@ class Sampler:
     model: the network.
     schedule, weights: the forward process the model was trained with.
     parameterization: what the base head predicts ("eps", "z0", "v").
-    kind: "ancestral" (all T steps) or "ddim".
+    method: "ancestral" (all T steps) or "ddim" (one of SAMPLERS).
     num_steps: DDIM steps (ignored by ancestral).
     eta: DDIM stochasticity (0 = deterministic).
     clip_denoised: clip z0-hat to [-1, 1] (pixel-space images).
@@ -72,21 +72,21 @@ class Sampler:
   schedule: Schedule
   weights: jnp.ndarray
   parameterization: str = "eps"
-  kind: str = "ddim"
+  method: str = "ddim"
   num_steps: int = 50
   eta: float = 0.0
   clip_denoised: bool = True
   categorical_feedback: str = "expected"
 
   def __post_init__(self):
-    if self.kind not in SAMPLERS:
-      raise ValueError(f"sampling.sampler: got {self.kind!r}; expected one of {SAMPLERS}")
+    if self.method not in SAMPLERS:
+      raise ValueError(f"sampling.sampler: got {self.method!r}; expected one of {SAMPLERS}")
     if self.categorical_feedback not in CATEGORICAL_FEEDBACK:
       raise ValueError(f"sampling.categorical_feedback: got {self.categorical_feedback!r}; expected "
                        f"one of {CATEGORICAL_FEEDBACK}")
 
   def timesteps(self) -> np.ndarray:
-    if self.kind == "ancestral":
+    if self.method == "ancestral":
       return np.arange(self.schedule.num_steps, -1, -1, dtype=np.int32)
     return ddim_timesteps(self.schedule.num_steps, self.num_steps)
 
@@ -117,7 +117,7 @@ class Sampler:
     fed_back = dict(outputs)
     if self.categorical_feedback != "expected":
       for i, spec in enumerate(self.model.aggregated):
-        if spec.kind in CATEGORICAL_KINDS and i not in observed_encodings:
+        if kinds.get(spec.kind).categorical and i not in observed_encodings:
           fed_back[spec.name] = feedback_logits(
               outputs[spec.name], mode=self.categorical_feedback,
               key=None if key is None else jax.random.fold_in(key, i))
@@ -126,32 +126,26 @@ class Sampler:
     for i, encoding in observed_encodings.items():
       encodings = encodings.at[i].set(encoding)
     base = self.model.specs[0]
-    z0, eps = process.z0_eps_from_prediction(self.schedule, self.weights, t_vec, z_t, encodings,
-                                             outputs[base.name], self.parameterization)
+    z0, eps = process.z0_eps_from_prediction(
+        self.schedule, self.weights, t=t_vec, z_t=z_t, encodings=encodings,
+        prediction=outputs[base.name], parameterization=self.parameterization)
     if observed_z0 is not None:
       z0 = observed_z0
     elif self.clip_denoised:
       z0 = jnp.clip(z0, -1.0, 1.0)
-    eps = process.eps_from_z0(self.schedule, self.weights, t_vec, z_t, z0, encodings)
+    eps = process.eps_from_z0(self.schedule, self.weights, t=t_vec, z_t=z_t, z0=z0,
+                              encodings=encodings)
     return z0, eps, encodings, outputs
 
   def step(self, z0, eps, encodings, z_t, t, s, noise):
     """z_s from z_t given the predictions (s < t; s = 0 returns z0-hat)."""
     t_vec = jnp.full((z_t.shape[0],), t, jnp.int32)
-    if self.kind == "ancestral":
-      mean, var = process.posterior(self.schedule, self.weights, t_vec, z_t, z0, encodings)
+    if self.method == "ancestral":
+      mean, var = process.posterior(self.schedule, self.weights, t=t_vec, z_t=z_t, z0=z0,
+                                    encodings=encodings)
       return mean + jnp.sqrt(var) * noise
-    s_safe = jnp.maximum(s, 1)
-    abar_t = self.schedule.alpha_bars[t - 1]
-    abar_s = self.schedule.alpha_bars[s_safe - 1]
-    one_minus_abar_t = self.schedule.one_minus_alpha_bars[t - 1]
-    one_minus_abar_s = self.schedule.one_minus_alpha_bars[s_safe - 1]
-    sigma = self.eta * jnp.sqrt(one_minus_abar_s / one_minus_abar_t * (1.0 - abar_t / abar_s))
-    y_s = (jnp.sqrt(abar_s) * z0 + jnp.sqrt(jnp.maximum(one_minus_abar_s - sigma ** 2, 0.0)) * eps
-           + sigma * noise)
-    z_s = y_s + process.aggregated_encoding(self.schedule, self.weights,
-                                            jnp.full((z_t.shape[0],), s_safe, jnp.int32), encodings)
-    return jnp.where(s == 0, z0, z_s)
+    return process.ddim_step(self.schedule, self.weights, t=t, s=s, z0=z0, eps=eps,
+                             encodings=encodings, eta=self.eta, noise=noise)
 
   def sample(self, params, rng: jax.Array, batch_size: int,
              observed: Mapping[str, Any] | None = None) -> dict[str, jnp.ndarray]:
@@ -200,10 +194,11 @@ class Sampler:
 
 
 def _decoded(spec, output) -> dict[str, jnp.ndarray]:
-  """A head's output as a value: argmax (+ the logits) for categorical modalities."""
-  if spec.kind in ("label", "segmentation"):
-    return {f"{spec.name}_logits": output, spec.name: jnp.argmax(output, axis=-1).astype(jnp.int32)}
-  return {spec.name: output}
+  """A head's output as a value, by its kind (the argmax class and the logits, for categorical
+  kinds)."""
+  kind = kinds.get(spec.kind)
+  logits = {f"{spec.name}_logits": output} if kind.categorical else {}
+  return {**logits, spec.name: kind.decode(output)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,41 +20,23 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 
 from mmdiff_jax.diffusion import bound, process
 from mmdiff_jax.diffusion.schedules import Schedule
+from mmdiff_jax.models import kinds
+from mmdiff_jax.models.kinds import per_example_mean, per_example_sum
 from mmdiff_jax.models.modalities import ModalitySpec
 from mmdiff_jax.models.mtdiffusion import MTDiffusion
 from mmdiff_jax.models.predictor import Predictor
 
 
-def _per_example_mean(x: jnp.ndarray) -> jnp.ndarray:
-  return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
-
-
-def _per_example_sum(x: jnp.ndarray) -> jnp.ndarray:
-  return jnp.sum(x.reshape(x.shape[0], -1), axis=1)
-
-
 def recovery_nll(spec: ModalitySpec, output: jnp.ndarray, target: jnp.ndarray, *,
                  ignore_label: int | None = None) -> jnp.ndarray:
-  """-log p(x_i | z_t) of one modality from its head's output: (B,).
+  """-log p(x_i | z_t) of one modality from its head's output, by its kind: (B,).
 
-  For a segmentation map, pixels whose target is `ignore_label` are left out: the mean is over the
-  other pixels of each example (0 for an example with none).
+  ignore_label: for kinds that have one (segmentation maps), targets equal to it are left out.
   """
-  if spec.recovery_loss == "cross_entropy":
-    return optax.softmax_cross_entropy_with_integer_labels(output, target)
-  if spec.recovery_loss == "pixel_cross_entropy":
-    if ignore_label is None:
-      return _per_example_mean(optax.softmax_cross_entropy_with_integer_labels(output, target))
-    valid = target != ignore_label
-    nll = optax.softmax_cross_entropy_with_integer_labels(output, jnp.where(valid, target, 0))
-    return _per_example_sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(_per_example_sum(valid), 1)
-  if spec.recovery_loss == "mse":
-    return _per_example_mean(jnp.square(output - target))
-  raise ValueError(f"recovery_loss of modality {spec.name!r}: unknown {spec.recovery_loss!r}")
+  return kinds.get(spec.kind).recovery_nll(output, target, ignore_label=ignore_label)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +70,17 @@ class Objective:
 
     variables = {"params": params}
     encodings = self._encode(variables, batch, batch_size)
-    z_t = process.sample_marginal(self.schedule, self.weights, t, z0, encodings, noise)
+    z_t = process.sample_marginal(self.schedule, self.weights, t=t, z0=z0, encodings=encodings,
+                                  noise=noise)
     conditions = {s.name: batch[s.feature] for s in self.model.conditions}
     outputs = self.model.apply(variables, z_t, t, train=train, conditions=conditions,
                                rngs={"dropout": dropout_rng})
     prediction = outputs[base.name]
 
     target = {"eps": noise, "z0": z0,
-              "v": process.v_from_z0_eps(self.schedule, t, z0, noise)}[self.parameterization]
-    denoise_mse = _per_example_mean(jnp.square(prediction - target))
+              "v": process.v_from_z0_eps(self.schedule, t=t, z0=z0, eps=noise),
+              }[self.parameterization]
+    denoise_mse = per_example_mean(jnp.square(prediction - target))
     recovery = {s.name: recovery_nll(s, outputs[s.name], batch[s.feature],
                                      ignore_label=self.ignore_label) for s in aggregated}
     loss_per_example = denoise_mse + sum(
@@ -110,7 +94,8 @@ class Objective:
 
   def _encode(self, variables, batch, batch_size: int) -> jnp.ndarray:
     """E_i(x_i) of the aggregated modalities, (N, B, *z_shape); ignored pixels encode as 0."""
-    segmentations = [i for i, s in enumerate(self.model.aggregated) if s.kind == "segmentation"]
+    segmentations = [i for i, s in enumerate(self.model.aggregated)
+                     if kinds.get(s.kind).has_ignore_label]
     if self.ignore_label is None or not segmentations:
       return self.model.apply(variables, batch, batch_size, method=MTDiffusion.encode)
     valid = {i: batch[self.model.aggregated[i].feature] != self.ignore_label for i in segmentations}
@@ -131,14 +116,16 @@ class Objective:
     encodings_hat = self.model.apply(variables, outputs, batch_size,
                                      method=MTDiffusion.encode_predictions)
     z0_hat, _ = process.z0_eps_from_prediction(
-        self.schedule, self.weights, t, z_t, encodings_hat, outputs[base.name], self.parameterization)
-    kl = _per_example_sum(bound.diffusion_kl(self.schedule, self.weights, t, z_t, z0, encodings,
-                                             z0_hat, encodings_hat))
+        self.schedule, self.weights, t=t, z_t=z_t, encodings=encodings_hat,
+        prediction=outputs[base.name], parameterization=self.parameterization)
+    kl = per_example_sum(bound.diffusion_kl(
+        self.schedule, self.weights, t=t, z_t=z_t, z0=z0, encodings=encodings, z0_hat=z0_hat,
+        encodings_hat=encodings_hat))
     # At t = 1, p(x_0 | z_1): a discretized Gaussian around z0-hat with the variance beta_1.
     log_scale = 0.5 * jnp.log(self.schedule.betas[0])
-    data_nll = _per_example_sum(bound.discretized_gaussian_nll(z0, z0_hat, log_scale))
+    data_nll = per_example_sum(bound.discretized_gaussian_nll(z0, z0_hat, log_scale))
     first = t == 1
-    prior = _per_example_sum(bound.prior_kl(self.schedule, self.weights, z0, encodings))
+    prior = per_example_sum(bound.prior_kl(self.schedule, self.weights, z0=z0, encodings=encodings))
     terms = {
         "bound/prior": prior,
         "bound/diffusion": num_steps * jnp.where(first, 0.0, kl),
@@ -155,7 +142,7 @@ def prediction_loss(spec: ModalitySpec, output: jnp.ndarray, target: jnp.ndarray
                     ignore_label: int | None = None) -> jnp.ndarray:
   """Per-example loss of a predictor's target: its recovery NLL; MSE for an image target: (B,)."""
   if spec.is_base:
-    return _per_example_mean(jnp.square(output - target))
+    return per_example_mean(jnp.square(output - target))
   return recovery_nll(spec, output, target, ignore_label=ignore_label)
 
 

@@ -44,6 +44,7 @@ def model_differences(trained: dict, config: ml_collections.ConfigDict) -> dict[
   """{dotted key: (trained value, given value)} for the MODEL_DEFINING_KEYS that differ between a
   run's config.json (`trained`, parsed) and `config`. Only keys the run's file has are compared (so
   older runs, made before a key existed, still load), plus modalities it does not have at all."""
+  trained = _without_retired_keys(trained)
   given = flatten(json.loads(config.to_json_best_effort()))
   selected = lambda key: any(key == k or key.startswith(k + ".") for k in MODEL_DEFINING_KEYS)
   trained_modalities = trained.get("modalities", {})
@@ -59,6 +60,17 @@ def model_differences(trained: dict, config: ml_collections.ConfigDict) -> dict[
         trained_modalities.get(name),
         config.modalities[name].to_dict() if name in config.modalities else None)
   return differences
+
+
+# Modality keys that earlier versions wrote into config.json: each could take one value per kind,
+# which the kind (models/kinds/) now fixes. A run's file that has them still loads.
+RETIRED_MODALITY_KEYS = ("head", "recovery_loss")
+
+
+def _without_retired_keys(trained: dict) -> dict:
+  modalities = {name: {k: v for k, v in fields.items() if k not in RETIRED_MODALITY_KEYS}
+                for name, fields in trained.get("modalities", {}).items()}
+  return {**trained, "modalities": modalities} if "modalities" in trained else trained
 
 
 def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
@@ -82,7 +94,7 @@ def run_config(workdir: str, *, name: str, hint: str = "expected a trained run's
   if not path.exists():
     raise FileNotFoundError(f"{name}: no config.json there; {hint}")
   try:
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(_without_retired_keys(json.loads(path.read_text())))
   except json.JSONDecodeError as e:
     raise ValueError(f"{name}: {path} is not valid JSON ({e}; cut short?)") from e
   _fill_missing(config, default_config())

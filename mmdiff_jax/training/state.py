@@ -12,6 +12,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmdiff_jax.models import kinds
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training.losses import Objective
 
@@ -60,12 +61,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def example_batch(model: Model, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a batch for this model's modalities (for init and compilation)."""
-  shapes = {"image": (model.z_shape, jnp.float32), "masked_image": (model.z_shape, jnp.float32),
-            "label": ((), jnp.int32), "segmentation": (model.z_shape[:-1], jnp.int32)}
   batch = {}
   for spec in model.specs:
-    shape, dtype = shapes.get(spec.kind, ((spec.dim,), jnp.float32))
-    batch[spec.feature] = jax.ShapeDtypeStruct((batch_size, *shape), dtype)
+    kind = kinds.get(spec.kind)
+    batch[spec.feature] = jax.ShapeDtypeStruct(
+        (batch_size, *kind.value_shape(spec, tuple(model.z_shape))), kind.dtype)
   return batch
 
 

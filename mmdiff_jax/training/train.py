@@ -5,14 +5,8 @@ Rerunning with the same workdir resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shlex
-import signal
-import subprocess
-import sys
-import threading
 import time
 from typing import Any
 
@@ -20,13 +14,13 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
-from jax.experimental import multihost_utils
 
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import pipeline
 from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, run_evaluators, save_eval_metrics
 from mmdiff_jax.experiment import Experiment, build_experiment
+from mmdiff_jax.models import kinds
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import distributed, label_codes
@@ -37,183 +31,8 @@ from mmdiff_jax.training import transplant
 from mmdiff_jax.training import workdir_lock
 from mmdiff_jax.training.checkpoint import Checkpointer, NonFiniteStateError
 from mmdiff_jax.training.dashboard import Dashboard
-
-
-class MetricsWriter:
-  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only; gs:// works too),
-  and shows each row's numbers on the dashboard, if given."""
-
-  def __init__(self, workdir: str, dashboard: Dashboard | None = None):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.enabled = jax.process_index() == 0
-    self.dashboard = dashboard
-
-  def write(self, step: int, metrics: dict[str, Any]) -> None:
-    if self.dashboard is not None:
-      self.dashboard.scalars(step, metrics)
-    if self.enabled:
-      line = json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n"
-      if "://" in self.path:  # object stores cannot append: rewrite the (small) file
-        path = epath.Path(self.path)
-        path.write_text((path.read_text() if path.exists() else "") + line)
-      else:
-        with open(self.path, "a") as f:
-          f.write(line)
-
-  def drop_after(self, step: int) -> int:
-    """Removes the rows past `step` (written after the checkpoint a run resumes from, so about to be
-    written again) and any line a kill cut short; returns how many were removed."""
-    path = epath.Path(self.path)
-    if not self.enabled or not path.exists():
-      return 0
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
-    if len(kept) < len(lines):
-      tmp = path.parent / (path.name + ".tmp")
-      tmp.write_text("".join(kept))
-      tmp.replace(path)
-    return len(lines) - len(kept)
-
-
-def _row_step(line: str) -> int | None:
-  """The step of a metrics.jsonl row; None for a line that is not a complete row."""
-  try:
-    return int(json.loads(line)["step"])
-  except (ValueError, KeyError, TypeError):
-    return None
-
-
-def machine_description() -> dict[str, Any]:
-  """What a run's figures were measured on: devices, processes, CPU and versions."""
-  cpu = ""
-  with contextlib.suppress(OSError):
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-  return {"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-          "processes": jax.process_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
-          "jax": jax.__version__}
-
-
-def source_commit() -> str:
-  """The git commit of the package's source tree ("+dirty" when tracked files differ from it), or
-  "unknown" outside a git checkout (an installed wheel)."""
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  git = lambda *args: subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
-                                     timeout=30, check=False)
-  try:
-    head = git("rev-parse", "HEAD")
-    if head.returncode:
-      return "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-  return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def _command_line() -> str:
-  """The command that is running, as a user would type it (python -m for our entry points)."""
-  program = sys.argv[0] if sys.argv else ""
-  if program.endswith(os.path.join("mmdiff_jax", "main.py")):
-    program = "python3 -m mmdiff_jax.main"
-  return " ".join([program, *map(_shell_quote, sys.argv[1:])])
-
-
-def _shell_quote(arg: str) -> str:
-  """shlex.quote, but in double quotes where that reads better: "--x=('a','b')"."""
-  quoted = shlex.quote(arg)
-  if "'" in arg and quoted != arg and not any(c in arg for c in '"$`\\!'):
-    return f'"{arg}"'
-  return quoted
-
-
-class RunRecord:
-  """WORKDIR/run.json: the training budget behind a run's numbers (steps, batch, wall time summed
-  over resumed invocations, machine). RESULTS.md is generated from it and eval_metrics.json.
-
-  Every invocation that trains is recorded when it starts and updated at each logged step, so one
-  that is killed still counts up to its last logged step (its "outcome" then says so).
-  """
-
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
-    self.path = epath.Path(workdir) / "run.json"
-    self.enabled = jax.process_index() == 0
-    self.record = json.loads(self.path.read_text()) if self.path.exists() else {
-        "train_wall_s": 0.0, "invocations": []}
-    for invocation in self.record["invocations"]:
-      if invocation.get("outcome") == "running":  # the workdir lock rules out a live one
-        invocation["outcome"] = "ended at its last logged step (killed or failed)"
-    self.record.update(batch_size=int(config.training.batch_size),
-                       num_steps=int(config.training.num_steps), command=_command_line())
-    self.commit = source_commit()
-    self.wall_before = float(self.record["train_wall_s"])  # earlier invocations' training time
-
-  def start(self, *, first_step: int) -> None:
-    self.record["invocations"].append({
-        "steps": [first_step, first_step], "wall_s": 0.0,
-        "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": self.commit,
-        "outcome": "running", **machine_description()})
-    self.update(last_step=first_step, wall_s=0.0)
-
-  def update(self, *, last_step: int, wall_s: float, outcome: str | None = None) -> None:
-    """The current invocation reached `last_step` after `wall_s` seconds (ended: `outcome`)."""
-    invocation = self.record["invocations"][-1]
-    invocation.update(steps=[invocation["steps"][0], last_step], wall_s=round(wall_s, 1),
-                      finished_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
-    if outcome:
-      invocation["outcome"] = outcome
-    self.record.update(train_wall_s=self.wall_before + wall_s, steps_done=last_step,
-                       commit=self.commit)
-    if self.enabled:
-      tmp = self.path.parent / (self.path.name + ".tmp")
-      tmp.write_text(json.dumps(self.record, indent=1))
-      tmp.replace(self.path)
-
-
-def _check_writable(workdir: str) -> None:
-  """Fails early, naming the workdir, if checkpoints and metrics cannot be written there."""
-  probe = epath.Path(workdir) / f".write_probe_{jax.process_index()}"  # a local path or gs://
-  try:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise PermissionError(f"--workdir={workdir} is not writable ({e.strerror}); checkpoints, metrics "
-                          f"and samples go there. Choose another --workdir.") from e
-
-
-class StopRequest:
-  """Turns SIGTERM (a preemption notice) into a request that the loop honours after the current step.
-
-  With several processes, the request is agreed on by all of them (any process asked), so that every
-  process saves the same step.
-  """
-
-  def __init__(self):
-    self._asked = False
-
-  @contextlib.contextmanager
-  def on_sigterm(self):
-    if threading.current_thread() is not threading.main_thread():
-      yield self  # signal handlers can only be installed from the main thread
-      return
-    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_asked", True))
-    try:
-      yield self
-    finally:
-      signal.signal(signal.SIGTERM, previous)
-
-  def requested(self, *, synchronise: bool) -> bool:
-    """Single process: whether SIGTERM arrived. Several: only when `synchronise` (a collective)."""
-    if jax.process_count() == 1:
-      return self._asked
-    if not synchronise:
-      return False
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(self._asked))))
-
-
-def _plain(value):
-  value = np.asarray(value)
-  return value.item() if value.ndim == 0 else value.tolist()
+from mmdiff_jax.training.preemption import StopRequest
+from mmdiff_jax.training.run_files import MetricsWriter, RunRecord, check_writable
 
 
 def _format_duration(seconds: float) -> str:
@@ -252,8 +71,8 @@ def evaluate_during_training(experiment: Experiment, params, config) -> dict[str
 
 def save_sample_grids(experiment: Experiment, params, config, workdir: str, step: int,
                       class_names: list[str] | None = None) -> list[str]:
-  """Joint samples (each image captioned with its generated label; each beside its generated map
-  where the experiment has a segmentation modality) and, where it has a label modality,
+  """Joint samples (each image captioned with its generated label; each beside its generated map,
+  for every modality whose kind has a preview) and, where it has a label modality,
   class-conditional samples (one row per class). Returns the PNG paths.
 
   Every process must call it (the sampler runs over the whole mesh); process 0 writes the PNGs, the
@@ -267,7 +86,7 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   sample = jax.jit(sampler.sample, static_argnums=(2,))
   base = experiment.specs[0]
   label_spec = next((x for x in experiment.specs if x.kind == "label"), None)
-  seg_spec = next((x for x in experiment.specs if x.kind == "segmentation"), None)
+  previewed = [x for x in experiment.model.aggregated if kinds.get(x.kind).preview is not None]
   rng = jax.random.PRNGKey(config.seed + 1)
   name = lambda i: class_names[i] if class_names else str(i)
   out_dir = os.path.join(workdir, "samples")
@@ -279,11 +98,11 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
     if primary:
       paths.append(grids.save_grid(os.path.join(out_dir, f"joint_step{step}.png"), joint[base.name],
                                    captions=captions))
-    if primary and seg_spec is not None:
+    for spec in previewed if primary else ():
       images = np.broadcast_to(joint[base.name], (*joint[base.name].shape[:3], 3))
-      maps = grids.colorize(joint[seg_spec.name], seg_spec.num_classes)
-      pairs = np.stack([images, maps], axis=1).reshape(-1, *maps.shape[1:])  # image, its map, ...
-      paths.append(grids.save_grid(os.path.join(out_dir, f"joint_{seg_spec.name}_step{step}.png"),
+      shown = kinds.get(spec.kind).preview(spec, joint[spec.name])
+      pairs = np.stack([images, shown], axis=1).reshape(-1, *shown.shape[1:])  # image, its map, ...
+      paths.append(grids.save_grid(os.path.join(out_dir, f"joint_{spec.name}_step{step}.png"),
                                    pairs))
   if label_spec is not None:
     per_class = max(1, s.num_samples // label_spec.num_classes)
@@ -337,10 +156,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Holds the workdir's lock throughout: a second run on it stops at once.
 
   Returns:
-    the final metrics (also appended to WORKDIR/metrics.jsonl).
+    {"step": the last step, "stopped": whether SIGTERM stopped the run before its end,
+     "sample_grids": the PNG paths written, **the final evaluators' metrics (also appended to
+     WORKDIR/metrics.jsonl)}; a stopped run has neither grids nor metrics.
   """
   validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-  _check_writable(workdir)
+  check_writable(workdir)
   with workdir_lock.hold(workdir):
     return _train_and_evaluate(config, workdir)
 
@@ -350,8 +171,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   t = config.training
-  if any((epath.Path(workdir) / "checkpoints").glob("[0-9]*")):  # resuming: the same model only
-    check_same_model(config, workdir)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
+  if checkpointer.all_steps():  # resuming: the same model only
+    try:
+      check_same_model(config, workdir)
+    except ValueError:
+      checkpointer.close()
+      raise
   dashboard = Dashboard(workdir)
   writer = MetricsWriter(workdir, dashboard)
   if jax.process_index() == 0:
@@ -368,7 +194,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   # ---------------------------------------------------------------- state: restore or init
   tx = state_lib.make_optimizer(config)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
   checkpointer.remove_stale_tmp()  # under the workdir lock: no other run's save is in flight
   state, shardings = _restore_or_init(experiment, tx, mesh, config, checkpointer, train_iter)
   train_step = state_lib.make_train_step(experiment.objective(), tx, ema_decay=t.ema_decay,
@@ -441,7 +266,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                           outcome="stopped by SIGTERM")
         print(f"Received SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
               f"exiting. Rerun the same command to resume.", flush=True)
-        return {"stopped_at_step": step}
+        return {"step": step, "stopped": True, "sample_grids": []}
       if step % t.sample_every == 0 and step != t.num_steps:
         dashboard.images(step, save_sample_grids(experiment, state.ema_params, config, workdir, step))
       if t.eval_every and step % t.eval_every == 0 and step != t.num_steps:
@@ -453,15 +278,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   # ---------------------------------------------------------------- samples and evaluation
   final_step = int(state.step)
-  results: dict[str, Any] = {}
-  names = pipeline.class_names(config.data)
-  results["sample_grids"] = save_sample_grids(experiment, state.ema_params, config, workdir,
-                                              final_step, class_names=names)
-  dashboard.images(final_step, results["sample_grids"])
-  results.update(run_evaluators(experiment, state.ema_params, config,
-                                names=config.eval.after_training,
-                                classify=classifier_for(config, experiment)))
-  evaluated = {k: v for k, v in results.items() if k != "sample_grids"}
+  grids = save_sample_grids(experiment, state.ema_params, config, workdir, final_step,
+                            class_names=pipeline.class_names(config.data))
+  dashboard.images(final_step, grids)
+  evaluated = run_evaluators(experiment, state.ema_params, config, names=config.eval.after_training,
+                             classify=classifier_for(config, experiment))
+  results: dict[str, Any] = {"sample_grids": grids, **evaluated}
   writer.write(final_step, {k: v for k, v in evaluated.items() if k != BOOTSTRAP_KEY})
   if evaluated:
     save_eval_metrics(workdir, final_step, evaluated)
@@ -472,7 +294,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     print(f"Done at step {final_step}: {summary}{where}", flush=True)
   checkpointer.close()
   dashboard.close()
-  return results
+  return {"step": final_step, "stopped": False, **results}
 
 
 def _save(checkpointer: Checkpointer, step: int, state, train_iter) -> None:

@@ -8,7 +8,8 @@ holder was killed) takes it over with a note. The file is emptied, never deleted
 it would let a waiting run lock the deleted file while a third locks a new one.
 
 With several processes only process 0 locks, and the others learn its outcome through the distributed
-runtime's key-value store, not a device collective (a run holds the lock once, not once per process). Object-store workdirs (gs://...) have no flock: they are not locked.
+runtime's key-value store, not a device collective (a run holds the lock once, not once per
+process). Object-store workdirs (gs://...) have no flock: they are not locked.
 """
 
 from __future__ import annotations

@@ -1,0 +1,167 @@
+"""A run's files besides checkpoints: metrics.jsonl (one row per logged step) and run.json (the
+training budget, machine and source commit behind a run's numbers)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from mmdiff_jax.training.dashboard import Dashboard
+
+
+def _plain(value):
+  value = np.asarray(value)
+  return value.item() if value.ndim == 0 else value.tolist()
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only; gs:// works too),
+  and shows each row's numbers on the dashboard, if given."""
+
+  def __init__(self, workdir: str, dashboard: Dashboard | None = None):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = jax.process_index() == 0
+    self.dashboard = dashboard
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if self.dashboard is not None:
+      self.dashboard.scalars(step, metrics)
+    if self.enabled:
+      line = json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n"
+      if "://" in self.path:  # object stores cannot append: rewrite the (small) file
+        path = epath.Path(self.path)
+        path.write_text((path.read_text() if path.exists() else "") + line)
+      else:
+        with open(self.path, "a") as f:
+          f.write(line)
+
+  def drop_after(self, step: int) -> int:
+    """Removes the rows past `step` (written after the checkpoint a run resumes from, so about to be
+    written again) and any line a kill cut short; returns how many were removed."""
+    path = epath.Path(self.path)
+    if not self.enabled or not path.exists():
+      return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+    if len(kept) < len(lines):
+      tmp = path.parent / (path.name + ".tmp")
+      tmp.write_text("".join(kept))
+      tmp.replace(path)
+    return len(lines) - len(kept)
+
+
+def _row_step(line: str) -> int | None:
+  """The step of a metrics.jsonl row; None for a line that is not a complete row."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
+def machine_description() -> dict[str, Any]:
+  """What a run's figures were measured on: devices, processes, CPU and versions."""
+  cpu = ""
+  with contextlib.suppress(OSError):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  return {"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+          "processes": jax.process_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
+          "jax": jax.__version__}
+
+
+def source_commit() -> str:
+  """The git commit of the package's source tree ("+dirty" when tracked files differ from it), or
+  "unknown" outside a git checkout (an installed wheel)."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  git = lambda *args: subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                                     timeout=30, check=False)
+  try:
+    head = git("rev-parse", "HEAD")
+    if head.returncode:
+      return "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def _command_line() -> str:
+  """The command that is running, as a user would type it (python -m for our entry points)."""
+  program = sys.argv[0] if sys.argv else ""
+  if program.endswith(os.path.join("mmdiff_jax", "main.py")):
+    program = "python3 -m mmdiff_jax.main"
+  return " ".join([program, *map(_shell_quote, sys.argv[1:])])
+
+
+def _shell_quote(arg: str) -> str:
+  """shlex.quote, but in double quotes where that reads better: "--x=('a','b')"."""
+  quoted = shlex.quote(arg)
+  if "'" in arg and quoted != arg and not any(c in arg for c in '"$`\\!'):
+    return f'"{arg}"'
+  return quoted
+
+
+class RunRecord:
+  """WORKDIR/run.json: the training budget behind a run's numbers (steps, batch, wall time summed
+  over resumed invocations, machine). RESULTS.md is generated from it and eval_metrics.json.
+
+  Every invocation that trains is recorded when it starts and updated at each logged step, so one
+  that is killed still counts up to its last logged step (its "outcome" then says so).
+  """
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    self.path = epath.Path(workdir) / "run.json"
+    self.enabled = jax.process_index() == 0
+    self.record = json.loads(self.path.read_text()) if self.path.exists() else {
+        "train_wall_s": 0.0, "invocations": []}
+    for invocation in self.record["invocations"]:
+      if invocation.get("outcome") == "running":  # the workdir lock rules out a live one
+        invocation["outcome"] = "ended at its last logged step (killed or failed)"
+    self.record.update(batch_size=int(config.training.batch_size),
+                       num_steps=int(config.training.num_steps), command=_command_line())
+    self.commit = source_commit()
+    self.wall_before = float(self.record["train_wall_s"])  # earlier invocations' training time
+
+  def start(self, *, first_step: int) -> None:
+    self.record["invocations"].append({
+        "steps": [first_step, first_step], "wall_s": 0.0,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": self.commit,
+        "outcome": "running", **machine_description()})
+    self.update(last_step=first_step, wall_s=0.0)
+
+  def update(self, *, last_step: int, wall_s: float, outcome: str | None = None) -> None:
+    """The current invocation reached `last_step` after `wall_s` seconds (ended: `outcome`)."""
+    invocation = self.record["invocations"][-1]
+    invocation.update(steps=[invocation["steps"][0], last_step], wall_s=round(wall_s, 1),
+                      finished_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
+    if outcome:
+      invocation["outcome"] = outcome
+    self.record.update(train_wall_s=self.wall_before + wall_s, steps_done=last_step,
+                       commit=self.commit)
+    if self.enabled:
+      tmp = self.path.parent / (self.path.name + ".tmp")
+      tmp.write_text(json.dumps(self.record, indent=1))
+      tmp.replace(self.path)
+
+
+def check_writable(workdir: str) -> None:
+  """Fails early, naming the workdir, if checkpoints and metrics cannot be written there."""
+  probe = epath.Path(workdir) / f".write_probe_{jax.process_index()}"  # a local path or gs://
+  try:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f"--workdir={workdir} is not writable ({e.strerror}); checkpoints, metrics "
+                          f"and samples go there. Choose another --workdir.") from e

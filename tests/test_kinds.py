@@ -1,0 +1,110 @@
+"""A modality kind is one record: a kind defined in this file alone (a float depth-like map, with its
+own encoder) trains, samples and evaluates with the smoke config, no library file edited; the built-in
+kinds are found by their file name."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import chex
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmdiff_jax import evaluate
+from mmdiff_jax.data import checks, derived
+from mmdiff_jax.models import heads, kinds
+from mmdiff_jax.models.modalities import specs_from_config
+from mmdiff_jax.training import train
+
+
+class DepthEncoder(nn.Module):
+  """(B, H, W) depth in [-1, 1] -> (B, H, W, C): the map, times a learned scale per channel."""
+  z_shape: tuple[int, ...]
+
+  @nn.compact
+  def encode(self, depth):
+    chex.assert_rank(depth, 3)
+    return depth[..., None] * self.param("scale", nn.initializers.ones, (self.z_shape[-1],))
+
+  def encode_prediction(self, head_output):
+    return self.encode(head_output[..., 0])
+
+
+def _depth_nll(output, depth, *, ignore_label=None):
+  del ignore_label
+  return jnp.mean(jnp.square(output[..., 0] - depth), axis=(1, 2))
+
+
+DEPTH = kinds.Kind(
+    name="depth_map",
+    value_shape=lambda spec, z_shape: tuple(z_shape[:-1]),
+    dtype=np.float32,
+    encoders={"scaled": DepthEncoder},
+    head=heads.ConvHead,
+    head_width=lambda spec, z_shape: 1,
+    recovery_nll=_depth_nll,
+    decode=lambda output: output[..., 0],
+    preview=lambda spec, depth: np.repeat(np.asarray(depth)[..., None], 3, axis=-1),
+)
+
+
+def _blurred_depth(batch, rngs):
+  """A depth-like map derived from the image: its 3x3 box blur, (B, H, W) float32 in [-1, 1]."""
+  del rngs
+  image = np.pad(batch["image"][..., 0], ((0, 0), (1, 1), (1, 1)), mode="edge")
+  h, w = batch["image"].shape[1:3]
+  blur = sum(image[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
+  return {"depth": blur.astype(np.float32)}
+
+
+def test_builtin_kinds_are_found_by_file_name():
+  assert kinds.builtin_names() == ["embedding", "image", "label", "masked_image", "segmentation"]
+  for name in kinds.builtin_names():
+    assert kinds.get(name).name == name
+  assert kinds.get("label").categorical and kinds.get("label").can_condition
+  with pytest.raises(ValueError, match=r"config.modalities.depth.kind: got 'dept'; expected one of "
+                                       r"\['embedding', 'image', 'label', 'masked_image', "
+                                       r"'segmentation'\]"):
+    specs_from_config({"image": {"kind": "image"}, "depth": {"kind": "dept"}})
+
+
+def test_a_kind_defined_here_trains_samples_and_evaluates(data_dir, tmp_path, monkeypatch):
+  monkeypatch.setitem(kinds._REGISTERED, DEPTH.name, DEPTH)
+  monkeypatch.setitem(derived.DERIVED, "blurred_depth", _blurred_depth)
+  config = importlib.import_module("configs.imglabel").get_config("smoke")
+  del config.modalities["label"]
+  config.modalities.depth = dict(kind="depth_map", loss_weight=0.1, profile="bump",
+                                 profile_scale=1.0)
+  config.data.update(data_dir=data_dir, derived=("blurred_depth",))
+  config.training.update(num_steps=4, log_every=2, save_every=4)
+  config.sampling.num_samples = 8
+  config.eval.update(num_examples=16, num_generated=16, batch_size=16, bound_batches=1,
+                     after_training=())
+  workdir = str(tmp_path / "depth")
+
+  specs = specs_from_config(config.modalities)
+  assert [s.encoder for s in specs] == ["identity", "scaled"]  # the kind's first encoder
+  with pytest.raises(ValueError, match=r"feature 'depth' has dtype int64; expected floats"):
+    checks.check_batch({"image": np.zeros((2, 28, 28, 1), np.float32),
+                        "depth": np.zeros((2, 28, 28), np.int64)}, specs, (28, 28, 1), where="here")
+
+  results = train.train_and_evaluate(config, workdir)
+  assert [os.path.basename(p) for p in results["sample_grids"]] == [
+      "joint_step4.png", "joint_depth_step4.png"]  # the kind's preview beside each image
+  metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert np.isfinite([m["recovery/depth"] for m in metrics if "recovery/depth" in m]).all()
+
+  evaluated = evaluate.evaluate(config, workdir, ("generation", "bound"))
+  assert np.isfinite(evaluated["eval/frechet_alexnet_distance"])
+  assert np.isfinite(evaluated["eval/test_bound/image_bits_per_dim"])
+
+  from mmdiff_jax.training.restore import restore_latest
+  experiment, _, state = restore_latest(config, workdir)
+  import jax
+  sample = experiment.sampler("ddim", 2).sample(state.ema_params, jax.random.PRNGKey(0), 3)
+  assert sample["depth"].shape == (3, 28, 28) and sample["depth"].dtype == jnp.float32
+  assert "depth_logits" not in sample  # not categorical
