@@ -154,7 +154,7 @@ do_setup() {
   if [[ -n $data_dir ]]; then
     data_step="gcloud storage rsync --recursive $(printf '%q' "$data_dir") ~/tensorflow_datasets"
   else
-    data_step="sudo apt-get install -y -qq dataset-fashion-mnist && python3 -c 'from mmdiff_jax.data import pipeline; pipeline.prepare_fashion_mnist()'"
+    data_step="sudo apt-get install -y -qq dataset-fashion-mnist && python3 -c 'from mmdiff_jax.data import sources; sources.prepare_fashion_mnist()'"
   fi
   on_all_hosts "set -euo pipefail
     sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv

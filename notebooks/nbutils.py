@@ -109,9 +109,9 @@ def _cell_lines(text: str) -> list[str]:
 
 def fashion_mnist_name(data_dir: str | None = None, raw_dir: str | None = None) -> str:
   """The `config.data.name` for Fashion-MNIST here (offline files, else TFDS's, downloaded once)."""
-  from mmdiff_jax.data import pipeline
+  from mmdiff_jax.data import sources
 
-  return pipeline.choose_fashion_mnist(data_dir, raw_dir)
+  return sources.choose_fashion_mnist(data_dir, raw_dir)
 
 
 # --------------------------------------------------------------------------- images

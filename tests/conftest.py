@@ -215,10 +215,10 @@ def ref():
 def data_dir(tmp_path_factory):
   """A TFDS data dir with Fashion-MNIST prepared once from the real raw files."""
   from configs import imglabel
-  from mmdiff_jax.data import pipeline
+  from mmdiff_jax.data import sources
 
   path = str(tmp_path_factory.mktemp("tfds"))
   config = imglabel.get_config("smoke")
   config.data.data_dir = path
-  pipeline.load_source(config.data, "train")
+  sources.load_source(config.data, "train")
   return path

@@ -22,7 +22,7 @@ from etils import epath
 import mmdiff_jax
 from mmdiff_jax.data import fashion_mnist as fm
 from mmdiff_jax.data import images as images_lib
-from mmdiff_jax.data import pipeline
+from mmdiff_jax.data import pipeline, sources
 
 RAW_DIR = fm.DEFAULT_RAW_DIR
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mmdiff_jax.__file__)))
@@ -30,7 +30,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mmdiff_jax.__file__)
 _PREPARE_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     from mmdiff_jax.data import fashion_mnist as fm
-    from mmdiff_jax.data import pipeline
+    from mmdiff_jax.data import pipeline, sources
     data_dir, barrier_dir, me = sys.argv[1], sys.argv[2], sys.argv[3]
     calls = []
     original = fm.FashionMnistOffline.download_and_prepare
@@ -44,8 +44,8 @@ _PREPARE_SCRIPT = textwrap.dedent("""
     while len(os.listdir(barrier_dir)) < 2 and time.time() < deadline:
       time.sleep(0.01)
     cfg = dict(name="fashion_mnist_offline", data_dir=data_dir, raw_dir=None)
-    result = dict(train=pipeline.num_examples(cfg, "train"),
-                  test=pipeline.num_examples(cfg, "test"))
+    result = dict(train=sources.num_examples(cfg, "train"),
+                  test=sources.num_examples(cfg, "test"))
     result["calls"] = len(calls)  # After the calls above.
     print("RESULT " + json.dumps(result))
 """)
@@ -129,15 +129,15 @@ def test_concurrent_prepare_runs_once(prepared):
 
 def test_num_examples_and_class_names(prepared):
   cfg = _config(prepared)
-  assert pipeline.num_examples(cfg, "train") == 60000
-  assert pipeline.num_examples(cfg, "test") == 10000
-  assert pipeline.class_names(cfg) == list(fm.CLASS_NAMES)
+  assert sources.num_examples(cfg, "train") == 60000
+  assert sources.num_examples(cfg, "test") == 10000
+  assert sources.class_names(cfg) == list(fm.CLASS_NAMES)
   assert len(fm.CLASS_NAMES) == 10 and fm.CLASS_NAMES[9] == "Ankle boot"
 
 
 def test_source_record_equals_raw_bytes(prepared, raw_test):
   raw_images, raw_labels = raw_test
-  src = pipeline.load_source(_config(prepared), "test")
+  src = sources.load_source(_config(prepared), "test")
   for i in (0, 1, 4321, 9999):
     ex = src[i]
     assert ex["image"].dtype == np.uint8 and ex["image"].shape == (28, 28, 1)
@@ -170,40 +170,40 @@ def test_train_split_full_pass_matches_raw(prepared):
 
 def test_generic_tfds_name_reads_prepared_dir(prepared):
   # "name:version" goes through tfds.builder(...) rather than our preparer.
-  src = pipeline.load_source(_config(prepared, name="fashion_mnist_offline:1.0.0"),
+  src = sources.load_source(_config(prepared, name="fashion_mnist_offline:1.0.0"),
                              "test")
   assert len(src) == 10000
-  ours = pipeline.load_source(_config(prepared), "test")
+  ours = sources.load_source(_config(prepared), "test")
   np.testing.assert_array_equal(src[123]["image"], ours[123]["image"])
 
 
 def test_unprepared_tfds_dataset_error(tmp_path):
   cfg = ml_collections.ConfigDict(dict(name="mnist", data_dir=str(tmp_path)))
-  with pytest.raises(pipeline.DatasetNotPreparedError) as e:
-    pipeline.load_source(cfg, "train")
+  with pytest.raises(sources.DatasetNotPreparedError) as e:
+    sources.load_source(cfg, "train")
   msg = str(e.value)
   assert "'mnist'" in msg and str(tmp_path) in msg
   assert "tfds build mnist" in msg and "array_record" in msg
   assert os.listdir(tmp_path) == []  # Nothing downloaded or created.
   cfg.name = "no_such_dataset_abc"
-  with pytest.raises(pipeline.DatasetNotPreparedError, match="no_such_dataset_abc"):
-    pipeline.load_source(cfg, "train")
+  with pytest.raises(sources.DatasetNotPreparedError, match="no_such_dataset_abc"):
+    sources.load_source(cfg, "train")
 
 
 def test_choose_fashion_mnist(prepared, tmp_path):
   # Prepared here, or raw files installed: our offline builder; neither: TFDS's own (downloaded only
   # when allowed; here it is not, and the error names the dataset and data dir).
-  assert pipeline.choose_fashion_mnist(prepared["data_dir"], "/nonexistent/raw") == "fashion_mnist_offline"
-  assert pipeline.choose_fashion_mnist(str(tmp_path / "empty"), fm.DEFAULT_RAW_DIR) == "fashion_mnist_offline"
-  with pytest.raises(pipeline.DatasetNotPreparedError, match=r"'fashion_mnist'.*download=False"):
-    pipeline.choose_fashion_mnist(str(tmp_path / "empty"), "/nonexistent/raw", download=False)
+  assert sources.choose_fashion_mnist(prepared["data_dir"], "/nonexistent/raw") == "fashion_mnist_offline"
+  assert sources.choose_fashion_mnist(str(tmp_path / "empty"), fm.DEFAULT_RAW_DIR) == "fashion_mnist_offline"
+  with pytest.raises(sources.DatasetNotPreparedError, match=r"'fashion_mnist'.*download=False"):
+    sources.choose_fashion_mnist(str(tmp_path / "empty"), "/nonexistent/raw", download=False)
 
 
 def test_data_dir_none_uses_tfds_data_dir_env(prepared, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", prepared["data_dir"])
   # A missing raw_dir proves the already prepared data was found (no re-prep).
   cfg = _config(prepared, data_dir=None, raw_dir="/nonexistent/raw")
-  assert pipeline.num_examples(cfg, "test") == 10000
+  assert sources.num_examples(cfg, "test") == 10000
 
 
 # --------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_missing_raw_dir_error(tmp_path, exists):
       name="fashion_mnist_offline", data_dir=str(tmp_path / "tfds"),
       raw_dir=str(raw_dir)))
   with pytest.raises(FileNotFoundError) as e:
-    pipeline.load_source(cfg, "train")
+    sources.load_source(cfg, "train")
   assert isinstance(e.value, fm.RawDataNotFoundError)
   msg = str(e.value)
   assert str(raw_dir) in msg

@@ -25,7 +25,7 @@ def embedding_data_dir(data_dir):
   (conftest: no LLVM optimisation passes) would slow by about half."""
   env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(
       "--xla_backend_optimization_level=0", ""))
-  code = ("from mmdiff_jax.data import fashion_mnist, pipeline; pipeline.prepare_fashion_mnist("
+  code = ("from mmdiff_jax.data import fashion_mnist, sources; sources.prepare_fashion_mnist("
           f"data_dir={data_dir!r}, name=fashion_mnist.EMBEDDING_NAME)")
   subprocess.run([sys.executable, "-c", code], env=env, check=True,
                  cwd=pathlib.Path(__file__).resolve().parents[1])

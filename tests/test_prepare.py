@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from configs import imglabel
-from mmdiff_jax.data import pipeline, prepare
+from mmdiff_jax.data import pipeline, prepare, sources
 from mmdiff_jax.training import restore, train
 from mmdiff_jax.training.checkpoint import Checkpointer
 
@@ -123,10 +123,10 @@ def test_class_folders_prepare_train_sample_export(sets, data_dir, env, tmp_path
   flags = [f"--from_folder={sets / 'classes'}", "--name=pets", f"--data_dir={data_dir}",
            "--holdout=0.25", "--seed=3"]
   assert "prepared" in _prepare_cli(env, *flags)
-  source = pipeline.load_source({"name": "pets", "data_dir": data_dir}, "train")
+  source = sources.load_source({"name": "pets", "data_dir": data_dir}, "train")
   assert len(source) == 12 and source[0]["image"].shape == (8, 8, 3)
-  assert pipeline.class_names({"name": "pets", "data_dir": data_dir}) == ["cat", "dog"]
-  assert len(pipeline.load_source({"name": "pets", "data_dir": data_dir}, "test")) == 4
+  assert sources.class_names({"name": "pets", "data_dir": data_dir}) == ["cat", "dog"]
+  assert len(sources.load_source({"name": "pets", "data_dir": data_dir}, "test")) == 4
   before = _tree_listing(os.path.join(data_dir, "pets"))
   assert "nothing done" in _prepare_cli(env, *flags)  # the same inputs: a no-op
   assert _tree_listing(os.path.join(data_dir, "pets")) == before
@@ -156,9 +156,9 @@ def test_class_folders_prepare_train_sample_export(sets, data_dir, env, tmp_path
 def test_unlabelled_flat_folder_trains_without_label(sets, data_dir, env, tmp_path):
   _prepare_cli(env, f"--from_folder={sets / 'flat'}", "--split_folders", "--name=flat_gray",
                f"--data_dir={data_dir}")
-  source = pipeline.load_source({"name": "flat_gray", "data_dir": data_dir}, "test")
+  source = sources.load_source({"name": "flat_gray", "data_dir": data_dir}, "test")
   assert len(source) == 4 and set(source[0]) == {"image"} and source[0]["image"].shape == (8, 8, 1)
-  assert pipeline.class_names({"name": "flat_gray", "data_dir": data_dir}) is None
+  assert sources.class_names({"name": "flat_gray", "data_dir": data_dir}) is None
 
   workdir = tmp_path / "wd"
   _main(env, "baseline_uncond.py:smoke", workdir, **{
@@ -176,7 +176,7 @@ def test_unlabelled_flat_folder_trains_without_label(sets, data_dir, env, tmp_pa
 def test_manifest_masks_of_another_size_resized_together(sets, data_dir, env, tmp_path):
   _prepare_cli(env, f"--manifest={sets / 'manifest' / 'examples.csv'}", "--name=seg_set",
                f"--data_dir={data_dir}", "--size=8")
-  source = pipeline.load_source({"name": "seg_set", "data_dir": data_dir}, "train")
+  source = sources.load_source({"name": "seg_set", "data_dir": data_dir}, "train")
   record = source[0]
   assert record["image"].shape == (8, 8, 3) and record["segmentation"].shape == (8, 8)
   # Masks keep their class ids (nearest), the image is area-resized from 16 x 16.
@@ -185,7 +185,7 @@ def test_manifest_masks_of_another_size_resized_together(sets, data_dir, env, tm
   image = np.asarray(Image.open(sets / "manifest" / "img" / "0.png"), np.float64)
   area = image.reshape(8, 2, 8, 2, 3).mean(axis=(1, 3))
   assert np.abs(record["image"] - area).max() <= 1
-  assert pipeline.class_names({"name": "seg_set", "data_dir": data_dir}) == ["a", "b"]
+  assert sources.class_names({"name": "seg_set", "data_dir": data_dir}) == ["a", "b"]
 
   workdir = tmp_path / "wd"
   _main(env, "imgseg.py:smoke", workdir, **{
@@ -203,7 +203,7 @@ def test_manifest_masks_of_another_size_resized_together(sets, data_dir, env, tm
 def test_non_square_set_resized_and_cropped(sets, data_dir, env, tmp_path):
   _prepare_cli(env, f"--from_folder={sets / 'wide'}", "--name=wide", f"--data_dir={data_dir}",
                "--holdout=0.25")
-  assert pipeline.load_source({"name": "wide", "data_dir": data_dir}, "train")[0][
+  assert sources.load_source({"name": "wide", "data_dir": data_dir}, "train")[0][
       "image"].shape == (12, 20, 3)
   evaluation = next(pipeline.make_iterator(
       _config(data_dir, "wide", **{"data.resize": "area"}).data, split="test", global_batch_size=4,
@@ -287,7 +287,7 @@ def test_bad_inputs_name_the_file_and_leave_prepared_data_alone(good, kind):
     prepare.prepare(examples, name="good", classes=classes, data_dir=data_dir, version="1.0.1")
   assert named in str(error.value)
   assert _prepared_listing(data_dir) == before  # nothing written, "good" untouched
-  assert len(pipeline.load_source({"name": "good", "data_dir": data_dir}, "train")) == 4
+  assert len(sources.load_source({"name": "good", "data_dir": data_dir}, "train")) == 4
 
 
 def test_other_inputs_under_a_prepared_name_are_refused(good):
@@ -300,7 +300,7 @@ def test_other_inputs_under_a_prepared_name_are_refused(good):
   assert _prepared_listing(data_dir) == before
   # A new version is written beside it; the pipeline reads the newest.
   prepare.prepare(examples, name="good", classes=classes, data_dir=data_dir, version="1.0.1")
-  assert len(pipeline.load_source({"name": "good", "data_dir": data_dir}, "train")) == 5
+  assert len(sources.load_source({"name": "good", "data_dir": data_dir}, "train")) == 5
 
 
 def test_interrupted_preparation_leaves_nothing_to_read(good, monkeypatch):
@@ -322,11 +322,11 @@ def test_interrupted_preparation_leaves_nothing_to_read(good, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     prepare.prepare(examples, name="other", data_dir=data_dir)
   assert not os.path.exists(os.path.join(data_dir, "other", "1.0.0"))
-  with pytest.raises(pipeline.DatasetNotPreparedError, match="other"):
-    pipeline.load_source({"name": "other", "data_dir": data_dir}, "train")
+  with pytest.raises(sources.DatasetNotPreparedError, match="other"):
+    sources.load_source({"name": "other", "data_dir": data_dir}, "train")
   monkeypatch.setattr(prepare, "read_example", read_example)
   _, written = prepare.prepare(examples, name="other", data_dir=data_dir)  # a rerun completes it
-  assert written and len(pipeline.load_source({"name": "other", "data_dir": data_dir}, "train")) == 3
+  assert written and len(sources.load_source({"name": "other", "data_dir": data_dir}, "train")) == 3
 
 
 def test_cli_error_names_the_flag_and_exits_nonzero(tmp_path, env):

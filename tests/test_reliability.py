@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from configs import imglabel
 from mmdiff_jax import evaluate
 from mmdiff_jax.config_validation import validate_config
-from mmdiff_jax.data import fashion_mnist, pipeline
+from mmdiff_jax.data import fashion_mnist, sources
 from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
@@ -524,7 +524,7 @@ def test_stale_unfinished_saves_and_dataset_preparations_are_removed_with_a_note
   checkpointer.close()
   incomplete = tmp_path / "tfds" / fashion_mnist.NAME / "incomplete.0123abcd.1.0.0"
   incomplete.mkdir(parents=True)
-  pipeline._remove_incomplete(str(tmp_path / "tfds" / fashion_mnist.NAME))
+  sources._remove_incomplete(str(tmp_path / "tfds" / fashion_mnist.NAME))
   assert not incomplete.exists()
   assert "Removed 1 unfinished dataset preparation" in capsys.readouterr().out
 
@@ -606,4 +606,4 @@ def test_a_damaged_raw_file_and_an_uncreatable_data_dir_are_named(tmp_path):
   blocker.write_text("not a directory")
   with pytest.raises(OSError, match=r"data dir .*file/tfds \(config key data.data_dir.*\) cannot be "
                                     r"created"):
-    pipeline.prepare_fashion_mnist(data_dir=str(blocker / "tfds"), raw_dir=str(raw))
+    sources.prepare_fashion_mnist(data_dir=str(blocker / "tfds"), raw_dir=str(raw))

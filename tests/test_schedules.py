@@ -157,6 +157,13 @@ def test_marginal_profile(ref, kind, scale):
   bump = _np(aggregation.marginal_profile(sched, "bump", scale=scale))
   assert bump.shape == (rs.T,)
   np.testing.assert_allclose(bump, _bump(rs, scale), rtol=1e-5, atol=1e-7 * scale)
+  observation = _np(aggregation.marginal_profile(sched, "observation", scale=scale))
+  np.testing.assert_allclose(observation, scale * np.sqrt(rs.abar[1:] * rs.omab[1:]), rtol=1e-5,
+                             atol=1e-7 * scale)
+  if kind != "random":  # at low noise it stays comparable to the noise; the bump fades
+    sigma = np.sqrt(rs.omab[1:])
+    assert observation[0] / sigma[0] > 0.99 * scale and bump[0] / sigma[0] < 0.01 * scale
+    assert observation[-1] < 0.01 * scale  # and it vanishes at T: sampling starts from N(0, I)
   zero = _np(aggregation.marginal_profile(sched, "zero"))
   assert zero.shape == (rs.T,)
   np.testing.assert_array_equal(zero, 0.0)

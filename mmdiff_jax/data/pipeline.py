@@ -1,4 +1,4 @@
-"""Input pipeline: TFDS array_record data sources + a checkpointable grain loader.
+"""Input pipeline: a checkpointable grain loader over the data sources of mmdiff_jax/data/sources.py.
 
 No TensorFlow is needed and nothing is ever downloaded.
 
@@ -64,31 +64,17 @@ and with any process count.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import glob
-import logging
-import os
-import shutil
 import sys
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
-from mmdiff_jax.data import fashion_mnist
+from mmdiff_jax.data.sources import OFFLINE_FASHION_MNIST, config_value, load_source
 from mmdiff_jax.data.images import preprocess_images
 from mmdiff_jax.data.derived import TRAINING_ONLY, derive
-
-OFFLINE_FASHION_MNIST = fashion_mnist.NAME
-# Datasets this package prepares itself from the raw files (never downloaded).
-OFFLINE_BUILDERS = {
-    fashion_mnist.NAME: fashion_mnist.FashionMnistOffline,
-    fashion_mnist.EMBEDDING_NAME: fashion_mnist.FashionMnistOfflineAlexnet,
-}
 
 _STATE_VERSION = 1
 RESIZE_METHODS = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR}
@@ -96,226 +82,6 @@ RESIZES = ("none", *RESIZE_METHODS)
 CROPS = ("center", "random")
 # Mixed into the seed of the per-position augmentation draws (distinct from derived features').
 _AUGMENT_STREAM = 0x6175676D
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-  """A TFDS dataset is not prepared (in array_record format) in data_dir."""
-
-
-# ----------------------------------------------------------------------------
-# Config helpers.
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-  """config.get(key, default) for ConfigDicts and mappings (None -> default)."""
-  if isinstance(config, Mapping) or hasattr(config, "get"):
-    value = config.get(key, default)
-  else:
-    value = getattr(config, key, default)
-  return default if value is None else value
-
-
-def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
-  if data_dir:
-    return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-  # Read at call time so a TFDS_DATA_DIR set after import is honoured.
-  return os.path.abspath(tfds.core.constants.get_default_data_dir())
-
-
-@contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-  """Exclusive advisory lock (fcntl.flock) held for the ``with`` body."""
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(fd, fcntl.LOCK_UN)
-  finally:
-    os.close(fd)
-
-
-# ----------------------------------------------------------------------------
-# Builders and data sources.
-
-
-def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
-  # Checking the file first avoids TFDS's "Variant folder ... has no
-  # dataset_info.json" warning on every first use.
-  info_file = os.path.join(os.fspath(builder.data_dir), "dataset_info.json")
-  return os.path.isfile(info_file) and builder.is_prepared()
-
-
-def prepare_fashion_mnist(
-    *, data_dir: str | os.PathLike | None = None,
-    raw_dir: str | os.PathLike | None = None,
-    name: str = OFFLINE_FASHION_MNIST,
-) -> fashion_mnist.FashionMnistOffline:
-  """Prepares ``name`` (one of OFFLINE_BUILDERS) into data_dir once; returns the builder.
-
-  Safe when several processes call it at once: preparation runs under an
-  exclusive file lock ``<data_dir>/.<name>.lock`` and TFDS
-  writes into a temporary ``incomplete.*`` directory that is renamed into place
-  when done, so readers never see partial data. Later calls (in any process)
-  just open the prepared files; the raw files are then not needed.
-
-  Raises:
-    fashion_mnist.RawDataNotFoundError: raw files missing (message names the
-      directory, `apt-get install dataset-fashion-mnist` and `data.raw_dir`).
-    fashion_mnist.IdxFormatError: a raw file is malformed.
-  """
-  data_dir = _resolve_data_dir(data_dir)
-  raw_dir = os.fspath(raw_dir) if raw_dir else fashion_mnist.DEFAULT_RAW_DIR
-  builder_class = OFFLINE_BUILDERS[name]
-  builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
-  if _is_prepared(builder):
-    return builder
-  # Check before creating anything on disk, for a clear error.
-  fashion_mnist.check_raw_files(raw_dir)
-  try:
-    os.makedirs(data_dir, exist_ok=True)
-  except OSError as e:
-    raise OSError(e.errno, f"The TFDS data dir {data_dir} (config key data.data_dir, or "
-                  f"$TFDS_DATA_DIR) cannot be created ({e.strerror}); set data.data_dir to a "
-                  f"writable directory.") from e
-  with _file_lock(os.path.join(data_dir, f".{name}.lock")):
-    # Another process may have finished while we waited: re-open.
-    builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
-    if not _is_prepared(builder):
-      _remove_incomplete(os.path.join(data_dir, name))
-      logging.info("Preparing %s from %s into %s (one-time).",
-                   name, raw_dir, data_dir)
-      builder.download_and_prepare(
-          file_format="array_record",
-          download_config=tfds.download.DownloadConfig(
-              # The default (True) makes TFDS ask GCS over the network.
-              try_download_gcs=False,
-              compute_stats=tfds.download.ComputeStatsMode.SKIP,
-          ),
-      )
-      builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
-  return builder
-
-
-def _remove_incomplete(dataset_dir: str) -> None:
-  """Deletes the ``incomplete.*`` directories a killed preparation left in ``dataset_dir`` (called
-  under the preparation lock, so no other process is writing one)."""
-  stale = sorted(glob.glob(os.path.join(dataset_dir, "incomplete.*")))
-  for path in stale:
-    shutil.rmtree(path)
-  if stale:
-    print(f"Removed {len(stale)} unfinished dataset preparation(s) left by an interrupted run: "
-          f"{stale}", flush=True)
-
-
-def _not_prepared_message(name: str, data_dir: str, reason: str) -> str:
-  return (
-      f"TFDS dataset {name!r} is not available in array_record format under "
-      f"data_dir={data_dir} ({reason}). mmdiff_jax never downloads data. "
-      "Prepare it once on a machine with internet access and copy the "
-      f"directory {os.path.join(data_dir, name.split(':')[0].split('/')[0])} "
-      f"here, e.g. `tfds build {name} --data_dir={data_dir} "
-      "--file_format=array_record` (or `tfds.builder(name, data_dir=...)"
-      ".download_and_prepare(file_format='array_record')`), or set "
-      "`data.data_dir` to the directory that holds it. For Fashion-MNIST "
-      f"without internet use data.name='{OFFLINE_FASHION_MNIST}'."
-  )
-
-
-def get_builder(data_config) -> tfds.core.DatasetBuilder:
-  """Returns the prepared TFDS builder for ``data_config`` (see module doc).
-
-  For ``fashion_mnist_offline`` this prepares the dataset on first use.
-
-  Raises:
-    DatasetNotPreparedError: any other dataset that is not prepared in
-      array_record format in data_dir (names the dataset, data_dir and how to
-      prepare it).
-  """
-  name = _get(data_config, "name", OFFLINE_FASHION_MNIST)
-  data_dir = _resolve_data_dir(_get(data_config, "data_dir"))
-  if name in OFFLINE_BUILDERS:
-    return prepare_fashion_mnist(data_dir=data_dir,
-                                 raw_dir=_get(data_config, "raw_dir"), name=name)
-  try:
-    # For registered names TFDS returns the code builder; for unknown names it
-    # falls back to the prepared files (builder_from_directory).
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # DatasetNotFoundError and friends.
-    first_line = (str(e).strip().splitlines() or [""])[0]
-    raise DatasetNotPreparedError(
-        _not_prepared_message(name, data_dir,
-                              f"{type(e).__name__}: {first_line}")
-    ) from e
-  if not _is_prepared(builder):
-    raise DatasetNotPreparedError(
-        _not_prepared_message(name, data_dir, f"nothing at {builder.data_dir}"))
-  file_format = builder.info.file_format
-  if file_format is None or file_format.value != "array_record":
-    raise DatasetNotPreparedError(_not_prepared_message(
-        name, data_dir,
-        f"prepared as {getattr(file_format, 'value', file_format)!r} at "
-        f"{builder.data_dir}, which cannot be read without TensorFlow"))
-  return builder
-
-
-def choose_fashion_mnist(data_dir: str | None = None, raw_dir: str | None = None, *,
-                         download: bool = True) -> str:
-  """The `config.data.name` to use for Fashion-MNIST on this machine (notebooks, Colab).
-
-  "fashion_mnist_offline" (our builder) when it is prepared in the TFDS data dir or the raw files are
-  installed (`apt-get install dataset-fashion-mnist`); otherwise TFDS's standard "fashion_mnist",
-  which with download=True is downloaded and prepared once in array_record format (that needs
-  internet access and TensorFlow, as on Colab; reading it back needs neither). This is the only place
-  mmdiff_jax downloads anything, and only when asked to.
-  """
-  data_dir = _resolve_data_dir(data_dir)
-  raw_dir = raw_dir or fashion_mnist.DEFAULT_RAW_DIR
-  offline = fashion_mnist.FashionMnistOffline(data_dir=data_dir, raw_dir=raw_dir)
-  if _is_prepared(offline):
-    return OFFLINE_FASHION_MNIST
-  with contextlib.suppress(FileNotFoundError):
-    fashion_mnist.check_raw_files(raw_dir)
-    return OFFLINE_FASHION_MNIST
-  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
-  if not _is_prepared(builder):
-    if not download:
-      raise DatasetNotPreparedError(_not_prepared_message("fashion_mnist", data_dir,
-                                                          "download=False"))
-    print(f"No offline Fashion-MNIST in {raw_dir}: downloading TFDS 'fashion_mnist' to {data_dir}.")
-    builder.download_and_prepare(file_format="array_record")
-  return "fashion_mnist"
-
-
-def load_source(data_config, split: str):
-  """Returns a random-access data source for one split.
-
-  Args:
-    data_config: see the module docstring (name, data_dir, raw_dir, ...).
-    split: a TFDS split, e.g. "train", "test" or "train[:10%]".
-
-  Returns:
-    A TFDS ``ArrayRecordDataSource``: ``len(src)`` examples, ``src[i]`` and
-    ``src.__getitems__([i, ...])`` return dicts of numpy values; for
-    Fashion-MNIST ``image`` uint8 (28, 28, 1) and ``label`` int in 0..9.
-  """
-  return get_builder(data_config).as_data_source(split=split)
-
-
-def num_examples(data_config, split: str) -> int:
-  """Number of examples in ``split`` (e.g. 60000 for Fashion-MNIST train)."""
-  return len(load_source(data_config, split))
-
-
-def class_names(data_config) -> list[str] | None:
-  """Names of the label classes (index -> name), or None if not a ClassLabel."""
-  builder = get_builder(data_config)
-  label_key = _get(data_config, "label_key", "label")
-  if label_key not in builder.info.features:  # an unlabelled dataset
-    return None
-  names = getattr(builder.info.features[label_key], "names", None)
-  return list(names) if names is not None else None
 
 
 # ----------------------------------------------------------------------------
@@ -344,16 +110,16 @@ def geometry_from_config(data_config, native_hw: tuple[int, int], *, training: b
   Raises:
     ValueError naming the data.* key, its value and what is allowed.
   """
-  resize = _get(data_config, "resize", "none")
-  crop = _get(data_config, "crop", "center")
+  resize = config_value(data_config, "resize", "none")
+  crop = config_value(data_config, "crop", "center")
   if resize not in RESIZES:
     raise ValueError(f"data.resize={resize!r}: expected one of {RESIZES}")
   if crop not in CROPS:
     raise ValueError(f"data.crop={crop!r}: expected one of {CROPS}")
   geometry = Geometry(
-      image_size=int(_get(data_config, "image_size", min(native_hw))), resize=resize,
+      image_size=int(config_value(data_config, "image_size", min(native_hw))), resize=resize,
       crop=crop if training else "center",
-      random_flip=bool(_get(data_config, "random_flip", False)) and training)
+      random_flip=bool(config_value(data_config, "random_flip", False)) and training)
   _check_geometry(native_hw, geometry)
   return geometry
 
@@ -511,7 +277,7 @@ class _ReadBatch:
 def native_image_size(data_config, split: str) -> int:
   """The side of the images as the dataset stores them (28 for Fashion-MNIST)."""
   source = load_source(data_config, split)
-  return int(np.asarray(source[0][_get(data_config, "image_key", "image")]).shape[0])
+  return int(np.asarray(source[0][config_value(data_config, "image_key", "image")]).shape[0])
 
 
 class DataIterator(grain.DatasetIterator):
@@ -629,11 +395,11 @@ def make_iterator(
     raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}.")
   local_batch_size = global_batch_size // process_count
 
-  name = _get(data_config, "name", OFFLINE_FASHION_MNIST)
-  keys = {"image": _get(data_config, "image_key", "image"),
-          "label": _get(data_config, "label_key", "label"),
-          "segmentation": _get(data_config, "segmentation_key", "segmentation"),
-          "embedding": _get(data_config, "embedding_key", "embedding")}
+  name = config_value(data_config, "name", OFFLINE_FASHION_MNIST)
+  keys = {"image": config_value(data_config, "image_key", "image"),
+          "label": config_value(data_config, "label_key", "label"),
+          "segmentation": config_value(data_config, "segmentation_key", "segmentation"),
+          "embedding": config_value(data_config, "embedding_key", "embedding")}
   source = load_source(data_config, split)
   n = len(source)
   if n == 0:
@@ -666,7 +432,7 @@ def make_iterator(
           f"{n} examples x {num_epochs} epochs of split {split!r} do not fill "
           f"one global batch of {global_batch_size} (drop_remainder=True).")
 
-  derived_names = tuple(name for name in _get(data_config, "derived", ())
+  derived_names = tuple(name for name in config_value(data_config, "derived", ())
                         if training or name not in TRAINING_ONLY)
   read_batch = _ReadBatch(
       source=source, order=order, stream_len=stream_len,
@@ -695,19 +461,3 @@ def make_iterator(
     settings["geometry"] = dataclasses.asdict(geometry)
   return DataIterator(inner, settings=settings, num_batches=num_batches)
 
-
-__all__ = [
-    "DataIterator",
-    "DatasetNotPreparedError",
-    "Geometry",
-    "OFFLINE_FASHION_MNIST",
-    "class_names",
-    "get_builder",
-    "load_source",
-    "geometry_from_config",
-    "make_iterator",
-    "native_image_size",
-    "num_examples",
-    "prepare_fashion_mnist",
-    "transform_example",
-]

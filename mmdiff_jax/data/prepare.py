@@ -59,7 +59,7 @@ from absl import app, flags
 from etils import epath
 from PIL import Image
 
-from mmdiff_jax.data import pipeline
+from mmdiff_jax.data import sources
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FITS = ("crop", "stretch")
@@ -494,7 +494,7 @@ def prepare(examples: Sequence[Example], *, name: str, classes: Sequence[str] | 
   if not examples:
     raise PrepareError(f"{source or name}: no examples to prepare")
   _check_splits(examples)
-  data_dir = pipeline._resolve_data_dir(data_dir)  # pylint: disable=protected-access
+  data_dir = sources.resolve_data_dir(data_dir)
   version_dir = os.path.join(data_dir, name, version)
   digest = fingerprint(examples, options, list(classes) if classes else None)
   stored = _stored_fingerprint(version_dir)
@@ -508,7 +508,7 @@ def prepare(examples: Sequence[Example], *, name: str, classes: Sequence[str] | 
   shapes = check_examples(examples, options)  # before anything is written
   description = f"Prepared by mmdiff_jax.data.prepare from {source}."
   os.makedirs(data_dir, exist_ok=True)
-  with pipeline._file_lock(os.path.join(data_dir, f".{name}.lock")):  # pylint: disable=protected-access
+  with sources.file_lock(os.path.join(data_dir, f".{name}.lock")):
     if _stored_fingerprint(version_dir) == digest:  # another process finished it meanwhile
       return version_dir, False
     builder = _builder_class(name, version, description)(

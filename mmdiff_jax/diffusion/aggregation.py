@@ -2,7 +2,10 @@
 
 Sampling starts from N(0, I), so every modality's lambda_T must be ~0 (docs/METHOD.md, "The prior must
 match"). A constant w_t does not give that; the "bump" profile lambda_t = c sqrt(abar_t)(1 - sqrt(abar_t))
-does, and vanishes at t = 0 as well.
+does, and vanishes at t = 0 as well. Relative to the noise sigma_t = sqrt(1 - abar_t) the bump fades
+at low noise too (lambda_t / sigma_t -> 0 as t -> 0): an observed modality then barely reaches the
+last steps. The "observation" profile lambda_t = c sqrt(abar_t) sqrt(1 - abar_t) keeps
+lambda_t / sigma_t = c sqrt(abar_t) -> c there, and still vanishes at T.
 """
 
 from __future__ import annotations
@@ -13,19 +16,23 @@ import jax.numpy as jnp
 from mmdiff_jax.diffusion.process import aggregation_coefficients
 from mmdiff_jax.diffusion.schedules import Schedule
 
-PROFILES = ("bump", "zero")
-STEP_WEIGHTS = ("bump", "constant", "zero")
+PROFILES = ("bump", "observation", "zero")
+STEP_WEIGHTS = ("bump", "observation", "constant", "zero")
 
 
 def marginal_profile(schedule: Schedule, name: str, scale: float = 1.0) -> jnp.ndarray:
   """A (T,) marginal coefficient profile lambda_t for one modality.
 
   "bump": scale * sqrt(abar_t) * (1 - sqrt(abar_t)); its peak, scale / 4, is at abar_t = 1/4.
+  "observation": scale * sqrt(abar_t) * sqrt(1 - abar_t) (peak scale / 2 at abar_t = 1/2): its
+    ratio to the noise level, scale * sqrt(abar_t), stays near `scale` at low noise.
   "zero": the modality is not injected.
   """
   sqrt_abar = jnp.sqrt(schedule.alpha_bars)
   if name == "bump":
     return scale * sqrt_abar * (1.0 - sqrt_abar)
+  if name == "observation":
+    return scale * sqrt_abar * jnp.sqrt(schedule.one_minus_alpha_bars)
   if name == "zero":
     return jnp.zeros_like(sqrt_abar)
   raise ValueError(f"profile: unknown {name!r}; expected one of {PROFILES}")
@@ -51,11 +58,11 @@ def weights_from_profile(schedule: Schedule, profiles) -> jnp.ndarray:
 def step_weights(schedule: Schedule, name: str, scale: float = 1.0) -> jnp.ndarray:
   """(T,) step weights w_t for one modality by name.
 
-  "bump": derived from the bump marginal profile (lambda_T ~ 0: the prior matches).
+  "bump", "observation": derived from that marginal profile (lambda_T ~ 0: the prior matches).
   "constant": w_t = scale (lambda_T does NOT vanish; kept for comparison with the paper's wording).
   "zero": no injection.
   """
-  if name in ("bump", "zero"):
+  if name in PROFILES:
     return weights_from_profile(schedule, marginal_profile(schedule, name, scale))
   if name == "constant":
     return jnp.full((schedule.num_steps,), scale, jnp.float32)

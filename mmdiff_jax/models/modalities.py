@@ -18,11 +18,11 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from mmdiff_jax.diffusion.aggregation import step_weights
+from mmdiff_jax.diffusion.aggregation import STEP_WEIGHTS, step_weights
 from mmdiff_jax.models import kinds
 
 BASE_KIND = "image"
-PROFILES = ("bump", "zero", "constant")
+PROFILES = STEP_WEIGHTS  # a modality's `profile` names its step weights (aggregation.step_weights)
 ROLES = ("aggregated", "condition")
 
 
@@ -36,8 +36,9 @@ class ModalitySpec:
     feature: the batch key holding its data.
     encoder: one of the kind's encoders (the first is the default).
     loss_weight: gamma_i, the recovery loss weight.
-    profile: aggregation profile name ("bump": lambda_t = scale sqrt(abar)(1 - sqrt(abar)), "zero",
-      or "constant" step weights w_t = scale, whose lambda_T does not vanish).
+    profile: aggregation profile name ("bump": lambda_t = scale sqrt(abar)(1 - sqrt(abar));
+      "observation": lambda_t = scale sqrt(abar) sqrt(1 - abar), which stays comparable to the noise
+      at low noise; "zero"; or "constant" step weights w_t = scale, whose lambda_T does not vanish).
     profile_scale: the profile's scale c_i.
     num_classes: classes of a categorical modality (0 otherwise).
     dim: length of an embedding vector (0 otherwise).

@@ -16,7 +16,7 @@ import numpy as np
 from etils import epath
 from flax import serialization
 
-from mmdiff_jax.data import pipeline
+from mmdiff_jax.data import sources
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
@@ -77,6 +77,6 @@ def sample_from_exported(config: ml_collections.ConfigDict, path: str, workdir: 
   experiment, params = load_params(config, path)
   step = re.search(r"step(\d+)", os.path.basename(path))
   paths = save_sample_grids(experiment, params, config, workdir, int(step[1]) if step else 0,
-                            class_names=pipeline.class_names(config.data))
+                            class_names=sources.class_names(config.data))
   print(f"Wrote {paths}", flush=True)
   return paths

@@ -16,7 +16,7 @@ import numpy as np
 from etils import epath
 
 from mmdiff_jax.config_validation import validate_config
-from mmdiff_jax.data import pipeline
+from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, run_evaluators, save_eval_metrics
 from mmdiff_jax.experiment import Experiment, build_experiment
@@ -279,7 +279,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   # ---------------------------------------------------------------- samples and evaluation
   final_step = int(state.step)
   grids = save_sample_grids(experiment, state.ema_params, config, workdir, final_step,
-                            class_names=pipeline.class_names(config.data))
+                            class_names=sources.class_names(config.data))
   dashboard.images(final_step, grids)
   evaluated = run_evaluators(experiment, state.ema_params, config, names=config.eval.after_training,
                              classify=classifier_for(config, experiment))
@@ -321,6 +321,6 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
   """Writes sample grids from the newest checkpoint's EMA parameters; returns the PNG paths."""
   experiment, step, state = restore_latest(config, workdir)
   paths = save_sample_grids(experiment, state.ema_params, config, workdir, step,
-                            class_names=pipeline.class_names(config.data))
+                            class_names=sources.class_names(config.data))
   print(f"Wrote {paths}", flush=True)
   return paths
