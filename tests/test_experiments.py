@@ -23,8 +23,10 @@ def embedding_data_dir(data_dir):
   """data_dir with imgemb's dataset prepared, in a process with XLA's usual optimisation: preparing
   it runs AlexNet over all 70k images, execution-bound work that the suite's compile-time setting
   (conftest: no LLVM optimisation passes) would slow by about half."""
-  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(
-      "--xla_backend_optimization_level=0", ""))
+  flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if flags:
+    env["XLA_FLAGS"] = flags
   code = ("from mmdiff_jax.data import fashion_mnist, sources; sources.prepare_fashion_mnist("
           f"data_dir={data_dir!r}, name=fashion_mnist.EMBEDDING_NAME)")
   subprocess.run([sys.executable, "-c", code], env=env, check=True,
