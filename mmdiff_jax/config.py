@@ -48,6 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
                       # (random on the training stream; evaluation always cuts the centre)
       random_flip=False,  # training stream: flip image (and mask) left-right with probability 1/2
       derived=(),  # derived features (mmdiff_jax/data/derived.py), e.g. ("garment_segmentation",)
+      mask_fill_value=0.0,  # the value of a masked image's missing pixels (in [-1, 1]): 0 is mid-grey,
+                            # -1 Fashion-MNIST's black background; training and evaluation alike
   ))
 
   # name -> {kind, feature, encoder, loss_weight, profile, profile_scale, num_classes, dim, role};

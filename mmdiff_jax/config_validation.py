@@ -98,6 +98,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   _require_range("seed", config.seed, low=0, high=2**32 - 1, integer=True)
   _require_range("data.image_size", config.data.image_size, low=1, integer=True)
   _require_range("data.channels", config.data.channels, low=1, integer=True)
+  _require_range("data.mask_fill_value", config.data.mask_fill_value, low=-1.0, high=1.0)
   _require_range("diffusion.max_final_lambda", config.diffusion.max_final_lambda, low=0.0)
   o = config.optimizer
   _require_range("optimizer.learning_rate", o.learning_rate, low=0.0, low_open=True)

@@ -65,12 +65,14 @@ def test_smooth_label_code_is_low_frequency_and_unit_rms():
       {"params": params}, jnp.arange(10), method=lambda m, y: m.encoders["label"].encode(y)))
   assert codes.shape == (10, 28, 28, 1)
   np.testing.assert_allclose(np.sqrt(np.mean(codes ** 2, axis=(1, 2, 3))), 1.0, rtol=1e-3)
-  # Neighbouring pixels nearly agree (bilinear from 7x7), unlike the white-noise-like default code.
+  # Neighbouring pixels nearly agree (bilinear from 7x7), unlike the white-noise-like learned code.
   def neighbour_correlation(x):
     return np.corrcoef(x[:, :, :-1].ravel(), x[:, :, 1:].ravel())[0, 1]
-  default = build_experiment(_config("imglabel"))
-  white = np.asarray(default.model.apply(
-      {"params": _random_params(default)}, jnp.arange(10),
+  learned_config = _config("imglabel")
+  learned_config.modalities.label.encoder = "categorical"
+  learned = build_experiment(learned_config)
+  white = np.asarray(learned.model.apply(
+      {"params": _random_params(learned)}, jnp.arange(10),
       method=lambda m, y: m.encoders["label"].encode(y)))
   assert neighbour_correlation(codes) > 0.8 and abs(neighbour_correlation(white)) < 0.2
   samples = experiment.sampler("ddim", 2).sample(params, jax.random.PRNGKey(0), 2)

@@ -15,6 +15,7 @@ import pytest
 from mmdiff_jax import evaluate
 from mmdiff_jax.data import derived
 from mmdiff_jax.data import images as images_lib
+from mmdiff_jax.data import pipeline
 from mmdiff_jax.training import train
 
 
@@ -174,6 +175,22 @@ def test_square_masks_cover_the_ratio_and_are_seeded():
   assert np.all((out["mask"].mean(axis=(1, 2, 3)) >= 1 / 16) & (out["mask"].mean(axis=(1, 2, 3)) <= 12 / 16))
   with pytest.raises(ValueError, match=r"config.data.derived: unknown 'blur'"):
     derived.derive(dict(batch), ("blur",), seed=1, positions=range(3))
+
+
+def test_masked_images_fill_their_holes_with_the_configured_value(data_dir):
+  # config.data.mask_fill_value reaches the training stream; the masks do not depend on it.
+  batches = {}
+  for fill in (0.0, -1.0):
+    config = importlib.import_module("configs.imgmask").get_config("smoke")
+    config.data.update(data_dir=data_dir, mask_fill_value=fill)
+    batches[fill] = next(iter(pipeline.make_iterator(
+        config.data, split="train", global_batch_size=8, seed=0, shuffle=False, training=True)))
+  np.testing.assert_array_equal(batches[0.0]["mask"], batches[-1.0]["mask"])
+  for fill, batch in batches.items():
+    missing = batch["mask"][..., 0] > 0
+    assert missing.any() and (~missing).any()
+    np.testing.assert_array_equal(batch["masked_image"][missing], fill)
+    np.testing.assert_array_equal(batch["masked_image"][~missing], batch["image"][~missing])
 
 
 def test_embedding_is_precomputed_into_the_dataset(embedding_data_dir):

@@ -182,6 +182,27 @@ def test_repeated_nonfinite_updates_stop_the_run_and_checkpoints_stay_finite(dat
   checkpointer.close()
 
 
+def test_an_input_error_at_start_still_closes_the_checkpoint_manager(data_dir, tmp_path,
+                                                                       monkeypatch):
+  # An input pipeline that fails as it is built (a dataset that cannot be read, say) used to leave
+  # the checkpoint manager, created before it, open with its threads.
+  config = imglabel.get_config("smoke")
+  config.data.data_dir = data_dir
+  closed = []
+  real_close = Checkpointer.close
+  monkeypatch.setattr(Checkpointer, "close", lambda self: (closed.append(self.directory),
+                                                           real_close(self)))
+
+  def broken_iterator(*args, **kwargs):
+    raise OSError("the input broke")
+
+  monkeypatch.setattr(train.pipeline, "make_iterator", broken_iterator)
+  workdir = str(tmp_path / "wd")
+  with pytest.raises(OSError, match="the input broke"):
+    train.train_and_evaluate(config, workdir)
+  assert closed == [os.path.join(workdir, "checkpoints")]
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("training.num_step", 3, r"'training.num_step' is unknown; allowed under training: \["),
     ("modalities.label.kind", "text", r"modalities.label.kind: got 'text'; expected one of \["),
@@ -196,6 +217,8 @@ def test_repeated_nonfinite_updates_stop_the_run_and_checkpoints_stay_finite(dat
     ("sampling.eta", -1.0, r"sampling.eta: got -1.0; expected a finite number >= 0"),
     ("model.dtype", "float16", r"model.dtype: got 'float16'; expected one of"),
     ("data.image_size", 29, r"data.image_size: got 29; expected a multiple of 2"),
+    ("data.mask_fill_value", 2.0, r"data.mask_fill_value: got 2.0; expected a finite number in "
+                                  r"\[-1.0, 1.0\]"),
     # Values that used to be accepted (learning_rate -1 trained by gradient ascent and exited 0).
     ("optimizer.learning_rate", -1.0, r"optimizer.learning_rate: got -1.0; expected a finite "
                                       r"number > 0"),

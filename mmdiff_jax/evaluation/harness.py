@@ -137,8 +137,8 @@ def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, An
   on the same test images and masks for every method.
 
   Args:
-    inpaint: (rng, batch, masked images (B, H, W, C) with the hole at 0, mask (B, H, W, 1), 1 =
-      missing) -> inpainted images (B, H, W, C).
+    inpaint: (rng, batch, masked images (B, H, W, C) with the hole at config.data.mask_fill_value,
+      mask (B, H, W, 1), 1 = missing) -> inpainted images (B, H, W, C).
     prefix: the metrics' names start with it ("inpainting", "inpainting_sdedit", ...).
   """
   parts = []
@@ -149,7 +149,7 @@ def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, An
       images = batch[experiment.specs[0].feature]
       mask = derived.square_masks(images.shape, ratios=np.full(len(images), ratio),
                                   rngs=[rng] * len(images))
-      masked_images = np.where(mask > 0, 0.0, images).astype(np.float32)
+      masked_images = derived.mask_out(images, mask, fill_value=config.data.mask_fill_value)
       out = np.asarray(inpaint(jax.random.fold_in(jax.random.PRNGKey(config.eval.seed), i), batch,
                                masked_images, mask))
       psnr.append(metrics.masked_psnr(out, images, mask))

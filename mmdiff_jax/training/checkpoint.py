@@ -82,6 +82,7 @@ class Checkpointer:
     self._max_to_keep = max_to_keep
     self._intact: int | None = None  # the newest step read back intact by this object
     self._abstract = None  # the saved state's shapes and shardings (to read the last save back)
+    self._closed = False
     # Rotation is ours (_rotate), so that it can spare the newest intact step.
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -252,7 +253,10 @@ class Checkpointer:
       self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for the last save, reads it back, rotates, and closes."""
+    """Waits for the last save, reads it back, rotates, and closes (once: later calls do nothing)."""
+    if self._closed:
+      return
+    self._closed = True
     self.wait()
     if self._abstract is not None:
       self._verify_and_rotate(self._abstract, keep=self._max_to_keep)

@@ -5,6 +5,7 @@ Rerunning with the same workdir resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -167,18 +168,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  # Whatever ends the run (an error in the input, a bad batch, non-finite updates), the checkpoint
+  # manager finishes its saves and closes, and the dashboard is flushed.
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              max_to_keep=config.training.keep_checkpoints)
+  try:
+    if checkpointer.all_steps():  # resuming: the same model only
+      check_same_model(config, workdir)
+    with contextlib.closing(Dashboard(workdir)) as dashboard:
+      results = _run(config, workdir, checkpointer, dashboard)
+  except BaseException:
+    with contextlib.suppress(Exception):  # the run's own error is the one to report
+      checkpointer.close()
+    raise
+  checkpointer.close()
+  return results
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpointer,
+         dashboard: Dashboard) -> dict[str, Any]:
   # ---------------------------------------------------------------- set-up and validation
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   t = config.training
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
-  if checkpointer.all_steps():  # resuming: the same model only
-    try:
-      check_same_model(config, workdir)
-    except ValueError:
-      checkpointer.close()
-      raise
-  dashboard = Dashboard(workdir)
   writer = MetricsWriter(workdir, dashboard)
   if jax.process_index() == 0:
     print(f"Outputs in {workdir}: metrics.jsonl, checkpoints/, samples/; dashboard: tensorboard "
@@ -247,7 +259,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         if jax.process_index() == 0:
           print(_progress_line(step, t.num_steps, steps_per_s, means), flush=True)
         if t.max_nonfinite_steps and means["nonfinite_streak"] >= t.max_nonfinite_steps:
-          checkpointer.close()
           run_record.update(last_step=step, wall_s=time.perf_counter() - loop_start,
                             outcome="stopped: non-finite updates")
           raise FloatingPointError(
@@ -260,8 +271,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       if stop.requested(synchronise=step % t.log_every == 0):
         if step % t.save_every and step != t.num_steps:
           _save(checkpointer, step, state, train_iter)
-        checkpointer.close()
-        dashboard.close()
+        checkpointer.close()  # the save is complete before the message says so
         run_record.update(last_step=step, wall_s=time.perf_counter() - loop_start,
                           outcome="stopped by SIGTERM")
         print(f"Received SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
@@ -292,8 +302,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     where = (f" (bootstrap replicates: {os.path.join(workdir, 'eval_metrics.bootstrap.json')})"
              if BOOTSTRAP_KEY in results else "")
     print(f"Done at step {final_step}: {summary}{where}", flush=True)
-  checkpointer.close()
-  dashboard.close()
   return {"step": final_step, "stopped": False, **results}
 
 
