@@ -97,8 +97,8 @@ def dispatch_floor(params, num_steps: int, z_shape, rounds: int) -> dict:
   return {k: 1e3 * statistics.median(v) / num_steps for k, v in timing["seconds"].items()}
 
 
-def bench(args, batch_size: int, kind: str, num_steps: int, experiment, params, machine_rows):
-  base = experiment.sampler(kind, num_steps)
+def bench(args, batch_size: int, kind: str, sampler_steps: int, experiment, params, machine_rows):
+  base = experiment.sampler(kind, sampler_steps)
   full_steps = len(base.timesteps()) - 1
   segment = args.ancestral_steps if kind == "ancestral" and args.ancestral_steps < full_steps else 0
   sampler = SegmentSampler(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Sampler)},

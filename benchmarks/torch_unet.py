@@ -178,7 +178,7 @@ class TrainStep:
                                  weight_decay=o.weight_decay, foreach=True)
     self.clip = float(o.grad_clip_norm)
     self.ema_decay = float(config.training.ema_decay)
-    self.num_steps = int(config.diffusion.num_steps)
+    self.num_timesteps = int(config.diffusion.num_timesteps)
     self.alpha_bars = torch.as_tensor(alpha_bars, dtype=torch.float32)
     b, size, c = int(config.training.batch_size), int(config.data.image_size), int(config.data.channels)
     self.x0 = (torch.rand(b, c, size, size) * 2 - 1).contiguous(memory_format=self.memory_format)
@@ -190,7 +190,7 @@ class TrainStep:
 
   def __call__(self):
     x0 = self.x0
-    t = torch.randint(1, self.num_steps + 1, (x0.shape[0],))
+    t = torch.randint(1, self.num_timesteps + 1, (x0.shape[0],))
     noise = torch.randn_like(x0)
     abar = self.alpha_bars[t - 1].view(-1, 1, 1, 1)
     z_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise

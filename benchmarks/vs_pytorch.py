@@ -47,7 +47,7 @@ class BareJaxStep:
 
     def loss_fn(params, x0, rng):
       t_rng, n_rng = jax.random.split(rng)
-      t = jax.random.randint(t_rng, (x0.shape[0],), 1, schedule.num_steps + 1)
+      t = jax.random.randint(t_rng, (x0.shape[0],), 1, schedule.num_timesteps + 1)
       noise = jax.random.normal(n_rng, x0.shape)
       abar = schedule.alpha_bars[t - 1][:, None, None, None]
       z_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * noise

@@ -12,6 +12,15 @@ import ml_collections
 
 
 
+# Keys renamed since earlier versions (old name -> new name): a run's config.json that has an old name
+# loads with the new one, and an old name given on the command line is an error that names the new.
+RENAMED_KEYS = {
+    "diffusion.num_steps": "diffusion.num_timesteps",
+    "sampling.num_steps": "sampling.sampler_steps",
+    "eval.num_steps": "eval.sampler_steps",
+}
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The defaults of every key (sized for one accelerator)."""
   c = ml_collections.ConfigDict()
@@ -59,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.diffusion = ml_collections.ConfigDict(dict(
       schedule="linear",  # "linear" (DDPM) or "cosine"
-      num_steps=1000,  # T
+      num_timesteps=1000,  # T, the forward process's steps
       parameterization="eps",  # what the base head predicts: "eps", "z0" or "v"
       max_final_lambda=0.05,  # largest allowed |lambda_T| of any modality (the prior must match)
   ))
@@ -127,7 +136,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.sampling = ml_collections.ConfigDict(dict(
       sampler="ddim",  # "ddim" or "ancestral" (all T steps)
-      num_steps=100,  # DDIM steps
+      sampler_steps=100,  # DDIM steps of the sample grids and --mode=sample
       eta=0.0,  # DDIM stochasticity
       clip_denoised=True,  # clip z0-hat to [-1, 1]
       categorical_feedback="expected",  # unobserved labels/maps fed back to the next step (grids and
@@ -138,7 +147,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Evaluation (mmdiff_jax/evaluation/harness.py): pinned test split, counts and seed.
   c.eval = ml_collections.ConfigDict(dict(
       sampler="ddim",  # the sampler of every evaluator: "ddim" or "ancestral"
-      num_steps=20,  # its DDIM steps
+      sampler_steps=20,  # its DDIM steps
       batch_size=500,  # test examples per sampler call
       num_examples=10_000,  # test examples for image -> label, image -> segmentation, inpainting
       num_generated=10_000,  # joint samples for the Frechet AlexNet distance and precision/recall
@@ -166,12 +175,12 @@ def apply_size(config: ml_collections.ConfigDict, variant: str) -> ml_collection
     config.data.image_size = 28
     config.model.update(base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
                         attention_resolutions=(14,), num_heads=1, dropout=0.0, num_groups=4)
-    config.diffusion.update(schedule="cosine", num_steps=100)  # short chains need cosine for lambda_T ~ 0
+    config.diffusion.update(schedule="cosine", num_timesteps=100)  # short chains need cosine for lambda_T ~ 0
     config.training.update(batch_size=16, num_steps=20, ema_decay=0.9, log_every=5, save_every=10,
                            sample_every=20)
     config.optimizer.warmup_steps = 5
-    config.sampling.update(num_steps=5, num_samples=20)
-    config.eval.update(num_examples=64, num_generated=64, num_steps=3, batch_size=32,
+    config.sampling.update(sampler_steps=5, num_samples=20)
+    config.eval.update(num_examples=64, num_generated=64, sampler_steps=3, batch_size=32,
                        bound_batches=2)
   elif variant == "small":
     # Sized by measurement: ~0.4 s/step on 2 CPU cores, so training takes ~10 of the 15 minutes.
@@ -181,8 +190,8 @@ def apply_size(config: ml_collections.ConfigDict, variant: str) -> ml_collection
     config.training.update(batch_size=48, num_steps=1500, ema_decay=0.995, log_every=50,
                            save_every=250, sample_every=1500)
     config.optimizer.update(learning_rate=1e-3, warmup_steps=100)
-    config.sampling.update(num_steps=50, num_samples=100)
-    config.eval.update(num_examples=2000, num_generated=2000, num_steps=10, batch_size=500,
+    config.sampling.update(sampler_steps=50, num_samples=100)
+    config.eval.update(num_examples=2000, num_generated=2000, sampler_steps=10, batch_size=500,
                        bound_batches=10)
   elif variant:
     raise ValueError(f"config variant: unknown {variant!r}; expected 'smoke', 'small' or '' (default)")

@@ -10,7 +10,7 @@ import numbers
 
 import ml_collections
 
-from mmdiff_jax.config import default_config
+from mmdiff_jax.config import RENAMED_KEYS, default_config
 from mmdiff_jax.data.derived import DERIVED
 from mmdiff_jax.data.pipeline import CROPS, RESIZES
 from mmdiff_jax.diffusion import process
@@ -27,6 +27,9 @@ from mmdiff_jax.training.state import LR_SCHEDULES
 def _check_keys(config, reference, prefix: str) -> None:
   for key in config.keys():
     name = f"{prefix}{key}"
+    if name in RENAMED_KEYS:
+      raise ValueError(f"config key {name!r} is now {RENAMED_KEYS[name]!r} (renamed; the same "
+                       f"meaning)")
     if key not in reference:
       raise ValueError(f"config key {name!r} is unknown; allowed under "
                        f"{prefix[:-1] or 'config'}: {sorted(reference.keys())}")
@@ -155,10 +158,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
 
   d = config.diffusion
   _require(d.schedule in _BETA_FNS, "diffusion.schedule", d.schedule, f"one of {sorted(_BETA_FNS)}")
-  _require(int(d.num_steps) >= 2, "diffusion.num_steps", d.num_steps, "an integer >= 2")
+  _require(int(d.num_timesteps) >= 2, "diffusion.num_timesteps", d.num_timesteps, "an integer >= 2")
   _require(d.parameterization in process.PARAMETERIZATIONS, "diffusion.parameterization",
            d.parameterization, f"one of {process.PARAMETERIZATIONS}")
-  schedule = get_schedule(d.schedule, d.num_steps)
+  schedule = get_schedule(d.schedule, d.num_timesteps)
   final = final_coefficients(schedule, aggregation_weights(schedule, specs))
   _require(config.task in TASKS, "task", config.task, f"one of {TASKS}")
   if config.task == "prediction":
@@ -207,16 +210,16 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
 
   s = config.sampling
   _require(s.sampler in SAMPLERS, "sampling.sampler", s.sampler, f"one of {SAMPLERS}")
-  _require(1 <= s.num_steps <= d.num_steps, "sampling.num_steps", s.num_steps,
-           f"1..{d.num_steps} (diffusion.num_steps)")
+  _require(1 <= s.sampler_steps <= d.num_timesteps, "sampling.sampler_steps", s.sampler_steps,
+           f"1..{d.num_timesteps} (diffusion.num_timesteps)")
   _require_range("sampling.eta", s.eta, low=0.0)
   _require(s.categorical_feedback in CATEGORICAL_FEEDBACK, "sampling.categorical_feedback",
            s.categorical_feedback, f"one of {CATEGORICAL_FEEDBACK}")
   _require(int(s.num_samples) >= 0, "sampling.num_samples", s.num_samples, "an integer >= 0")
   e = config.eval
   _require(e.sampler in SAMPLERS, "eval.sampler", e.sampler, f"one of {SAMPLERS}")
-  _require(1 <= e.num_steps <= d.num_steps, "eval.num_steps", e.num_steps,
-           f"1..{d.num_steps} (diffusion.num_steps)")
+  _require(1 <= e.sampler_steps <= d.num_timesteps, "eval.sampler_steps", e.sampler_steps,
+           f"1..{d.num_timesteps} (diffusion.num_timesteps)")
   _require(0.0 <= e.sdedit_t0_fraction <= 1.0, "eval.sdedit_t0_fraction", e.sdedit_t0_fraction,
            "a value in [0, 1]")
   _require(int(e.replacement_resamples) >= 1, "eval.replacement_resamples", e.replacement_resamples,

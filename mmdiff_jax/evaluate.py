@@ -27,7 +27,7 @@ flags.DEFINE_list("evaluators", None, "Evaluators to run (default: every one tha
                   "named must apply to the experiment.")
 flags.DEFINE_string("metrics_name", "eval_metrics",
                     "Write WORKDIR/<name>.json (and <name>.bootstrap.json): another name keeps the "
-                    "main file as it is, e.g. for the same metrics at another eval.num_steps.")
+                    "main file as it is, e.g. for the same metrics at another eval.sampler_steps.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

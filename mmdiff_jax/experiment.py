@@ -47,13 +47,13 @@ class Experiment:
     return Objective(self.model, self.schedule, self.weights, self.parameterization,
                      ignore_label=self.ignore_label)
 
-  def sampler(self, method: str, num_steps: int, *, eta: float = 0.0, clip_denoised: bool = True,
+  def sampler(self, method: str, sampler_steps: int, *, eta: float = 0.0, clip_denoised: bool = True,
               categorical_feedback: str = "expected") -> Sampler | PredictionSampler:
     """The diffusion sampler; for a predictor, its prediction behind the same interface."""
     if not self.is_generative:
       return PredictionSampler(self.model)
     return Sampler(self.model, self.schedule, self.weights, self.parameterization, method=method,
-                   num_steps=num_steps, eta=eta, clip_denoised=clip_denoised,
+                   sampler_steps=sampler_steps, eta=eta, clip_denoised=clip_denoised,
                    categorical_feedback=categorical_feedback)
 
   def prior_report(self) -> dict[str, float]:
@@ -93,7 +93,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                       input=config.prediction.input, target=config.prediction.target)
   else:
     model = MTDiffusion(specs=specs, z_shape=z_shape, backbone=backbone)
-  schedule = get_schedule(config.diffusion.schedule, config.diffusion.num_steps)
+  schedule = get_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
   return Experiment(specs=specs, model=model, schedule=schedule,
                     weights=aggregation_weights(schedule, specs),
                     parameterization=config.diffusion.parameterization, task=config.task,

@@ -59,7 +59,7 @@ def test_class_conditional_model_uses_its_label_and_requires_it():
   experiment = build_experiment(_config("baseline_classcond"))
   model = experiment.model
   assert [s.name for s in model.conditions] == ["label"] and not model.aggregated
-  assert experiment.weights.shape == (experiment.schedule.num_steps, 0)  # plain DDPM forward process
+  assert experiment.weights.shape == (experiment.schedule.num_timesteps, 0)  # plain DDPM forward process
   params = _random_params(experiment)
   z = jax.random.normal(jax.random.PRNGKey(2), (B, *model.z_shape))
   t = jnp.full((B,), 50, jnp.int32)

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -148,6 +149,30 @@ def test_a_run_made_before_a_key_existed_still_loads(tmp_path):
   assert sorted(config.modalities) == ["image", "label"]
   with pytest.raises(FileNotFoundError, match=r"elsewhere: no config.json there"):
     run_config(str(tmp_path / "missing"), name="elsewhere")
+
+
+def test_a_run_written_with_the_old_key_names_loads_with_the_new(tmp_path):
+  # A recorded run's config.json (written before the three "num_steps" that were not training's got
+  # their own names, and with the retired head / recovery_loss keys) is the same model as today's.
+  from mmdiff_jax.config_validation import validate_config
+  from mmdiff_jax.training.restore import check_same_model, run_config
+  recorded = pathlib.Path(__file__).parent.parent / "results" / "imgmask_classcond_v_small" / "config.json"
+  old = json.loads(recorded.read_text())
+  assert old["diffusion"]["num_steps"] == 1000 and old["eval"]["num_steps"] == 10
+  shutil.copy(recorded, tmp_path / "config.json")
+  config = run_config(str(tmp_path), name="a run")
+  validate_config(config)
+  assert (config.diffusion.num_timesteps, config.sampling.sampler_steps, config.eval.sampler_steps) == (
+      1000, 50, 10)
+  today = importlib.import_module("configs.imgmask_classcond").get_config("small")
+  check_same_model(today, str(tmp_path))  # no error: the same model
+  today.diffusion.num_timesteps = 500
+  with pytest.raises(ValueError, match=r"diffusion.num_timesteps: trained 1000, given 500"):
+    check_same_model(today, str(tmp_path))
+  with pytest.raises(ValueError, match=r"'sampling.num_steps' is now 'sampling.sampler_steps'"):
+    bad = importlib.import_module("configs.imglabel").get_config("small")
+    bad.sampling.num_steps = 10
+    validate_config(bad)
 
 
 def test_colorized_maps_tell_classes_apart():

@@ -87,9 +87,9 @@ def _main_flags(workdir, num_steps: int, mesh: dict[str, int], fsdp: bool, *,
            f"--config.training.log_every={K}", f"--config.mesh.data={mesh['data']}",
            f"--config.mesh.fsdp={mesh['fsdp']}", f"--config.fsdp={fsdp}"]
   if sample_and_eval:  # small, but every process takes part in sampling and evaluation
-    flags += ["--config.sampling.num_samples=10", "--config.sampling.num_steps=2",
+    flags += ["--config.sampling.num_samples=10", "--config.sampling.sampler_steps=2",
               "--config.eval.after_training=('label_accuracy',)", "--config.eval.num_examples=16",
-              "--config.eval.batch_size=16", "--config.eval.num_steps=2"]
+              "--config.eval.batch_size=16", "--config.eval.sampler_steps=2"]
   else:
     flags += ["--config.sampling.num_samples=0", "--config.eval.after_training=()"]
   return flags

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
 # Tiny runs: enough to go through training, sample grids, the export and an evaluator.
 SMOKE = {"training.num_steps": 2, "training.save_every": 2, "training.log_every": 1,
-         "sampling.num_steps": 2, "sampling.num_samples": 4, "eval.num_steps": 2,
+         "sampling.sampler_steps": 2, "sampling.num_samples": 4, "eval.sampler_steps": 2,
          "eval.batch_size": 8, "eval.num_examples": 8, "eval.num_generated": 8,
          "eval.bound_batches": 1, "data.image_size": 8,
          # the smoke U-Net attends at 14x14, a size 8x8 images never reach

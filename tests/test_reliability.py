@@ -213,7 +213,7 @@ def test_an_input_error_at_start_still_closes_the_checkpoint_manager(data_dir, t
     ("modalities.label.profile", "constant", r"modalities.label.profile: got 'constant.*lambda_T"),
     ("training.batch_size", 12, r"training.batch_size: got 12; expected a multiple of 8"),
     ("sampling.sampler", "euler", r"sampling.sampler: got 'euler'; expected one of"),
-    ("sampling.num_steps", 1000, r"sampling.num_steps: got 1000; expected 1..100"),
+    ("sampling.sampler_steps", 1000, r"sampling.sampler_steps: got 1000; expected 1..100"),
     ("sampling.eta", -1.0, r"sampling.eta: got -1.0; expected a finite number >= 0"),
     ("model.dtype", "float16", r"model.dtype: got 'float16'; expected one of"),
     ("data.image_size", 29, r"data.image_size: got 29; expected a multiple of 2"),

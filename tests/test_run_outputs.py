@@ -41,9 +41,9 @@ def run(data_dir, tmp_path_factory):
   config = imglabel.get_config("smoke")
   config.data.data_dir = data_dir
   config.training.update(num_steps=6, log_every=2, save_every=6, sample_every=3, eval_every=3)
-  config.sampling.update(num_samples=10, num_steps=2)
+  config.sampling.update(num_samples=10, sampler_steps=2)
   config.eval.update(after_training=("label_accuracy",), during_training=("label_accuracy", "bound"),
-                     during_training_examples=16, num_examples=32, batch_size=16, num_steps=2)
+                     during_training_examples=16, num_examples=32, batch_size=16, sampler_steps=2)
   workdir = str(tmp_path_factory.mktemp("run") / "wd")
   console = io.StringIO()
   with contextlib.redirect_stdout(console):

@@ -22,7 +22,7 @@ def _np(x):
 
 def _check_fields(sched, rs, rtol_abar=1e-5):
   T = rs.T
-  assert sched.num_steps == T
+  assert sched.num_timesteps == T
   for name in ("betas", "alphas", "alpha_bars", "one_minus_alpha_bars"):
     field = getattr(sched, name)
     assert field.shape == (T,), name
@@ -89,7 +89,7 @@ def test_unknown_schedule_lists_known_names():
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 @pytest.mark.parametrize("T", [0, -5])
-def test_num_steps_must_be_positive(name, T):
+def test_num_timesteps_must_be_positive(name, T):
   with pytest.raises(ValueError):
     schedules.get_schedule(name, T)
 

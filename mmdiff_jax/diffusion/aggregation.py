@@ -47,9 +47,9 @@ def weights_from_profile(schedule: Schedule, profiles) -> jnp.ndarray:
     weights of the same shape.
   """
   profiles = jnp.asarray(profiles, jnp.float32)
-  if profiles.ndim not in (1, 2) or profiles.shape[0] != schedule.num_steps:
+  if profiles.ndim not in (1, 2) or profiles.shape[0] != schedule.num_timesteps:
     raise ValueError(
-        f"profiles: expected shape (T,) or (T, N) with T = {schedule.num_steps}, got {profiles.shape}")
+        f"profiles: expected shape (T,) or (T, N) with T = {schedule.num_timesteps}, got {profiles.shape}")
   sqrt_alphas = jnp.sqrt(schedule.alphas).reshape((-1,) + (1,) * (profiles.ndim - 1))
   previous = jnp.concatenate([jnp.zeros_like(profiles[:1]), profiles[:-1]], axis=0)
   return profiles - sqrt_alphas * previous
@@ -65,7 +65,7 @@ def step_weights(schedule: Schedule, name: str, scale: float = 1.0) -> jnp.ndarr
   if name in PROFILES:
     return weights_from_profile(schedule, marginal_profile(schedule, name, scale))
   if name == "constant":
-    return jnp.full((schedule.num_steps,), scale, jnp.float32)
+    return jnp.full((schedule.num_timesteps,), scale, jnp.float32)
   raise ValueError(f"step weights: unknown {name!r}; expected one of {STEP_WEIGHTS}")
 
 

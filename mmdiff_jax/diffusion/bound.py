@@ -16,7 +16,7 @@ def gaussian_kl(mean1, var1, mean2, var2) -> jnp.ndarray:
 
 def prior_kl(schedule: Schedule, weights, *, z0, encodings) -> jnp.ndarray:
   """KL(q(z_T | z_0, X) || N(0, I)), elementwise, shaped like z0."""
-  mean, var = process.marginal(schedule, weights, t=schedule.num_steps, z0=z0, encodings=encodings)
+  mean, var = process.marginal(schedule, weights, t=schedule.num_timesteps, z0=z0, encodings=encodings)
   return gaussian_kl(mean, var, 0.0, 1.0)
 
 
@@ -33,7 +33,7 @@ def diffusion_kl(schedule: Schedule, weights, *, t, z_t, z0, encodings, z0_hat,
   mean, var = process.posterior(schedule, weights, t=t, z_t=z_t, z0=z0, encodings=encodings)
   mean_hat, _ = process.posterior(schedule, weights, t=t, z_t=z_t, z0=z0_hat,
                                   encodings=encodings_hat)
-  first_step = process.at_step(jnp.arange(1, schedule.num_steps + 1) == 1, t, jnp.ndim(z_t))
+  first_step = process.at_step(jnp.arange(1, schedule.num_timesteps + 1) == 1, t, jnp.ndim(z_t))
   safe_var = jnp.where(first_step, 1.0, var)
   return jnp.where(first_step, 0.0, (mean - mean_hat) ** 2 / (2.0 * safe_var))
 

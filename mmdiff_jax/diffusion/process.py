@@ -29,8 +29,8 @@ PARAMETERIZATIONS = ("eps", "z0", "v")
 
 def _check_weights(schedule: Schedule, weights) -> None:
   shape = jnp.shape(weights)
-  if len(shape) != 2 or shape[0] != schedule.num_steps:
-    raise ValueError(f"weights: expected shape (T, N) = ({schedule.num_steps}, N), got {shape}")
+  if len(shape) != 2 or shape[0] != schedule.num_timesteps:
+    raise ValueError(f"weights: expected shape (T, N) = ({schedule.num_timesteps}, N), got {shape}")
 
 
 def _check_encodings(weights, encodings, z) -> None:
@@ -53,8 +53,8 @@ def _check_t(schedule: Schedule, t, z) -> None:
   t_np = np.asarray(t)
   if not np.issubdtype(t_np.dtype, np.integer):
     raise ValueError(f"t: expected integer steps, got dtype {t_np.dtype}")
-  if t_np.size and (t_np.min() < 1 or t_np.max() > schedule.num_steps):
-    raise ValueError(f"t: expected steps in 1..{schedule.num_steps}, got {t_np.tolist()}")
+  if t_np.size and (t_np.min() < 1 or t_np.max() > schedule.num_timesteps):
+    raise ValueError(f"t: expected steps in 1..{schedule.num_timesteps}, got {t_np.tolist()}")
 
 
 def _check(schedule, weights, t, z, encodings) -> None:

@@ -32,7 +32,7 @@ class Schedule:
   one_minus_alpha_bars: jnp.ndarray
 
   @property
-  def num_steps(self) -> int:
+  def num_timesteps(self) -> int:
     return self.betas.shape[0]
 
 
@@ -52,14 +52,14 @@ def schedule_from_betas(betas) -> Schedule:
   )
 
 
-def _linear_betas(num_steps: int, *, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def _linear_betas(num_timesteps: int, *, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
   """DDPM (Ho et al. 2020)."""
-  return np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
+  return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
-def _cosine_betas(num_steps: int, *, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+def _cosine_betas(num_timesteps: int, *, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
   """Nichol & Dhariwal (2021): abar(t) = f(t) / f(0), f(t) = cos^2(((t/T) + s) / (1 + s) * pi/2)."""
-  steps = np.arange(num_steps + 1, dtype=np.float64) / num_steps
+  steps = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
   f = np.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
   alpha_bars = f / f[0]
   return np.minimum(1.0 - alpha_bars[1:] / alpha_bars[:-1], max_beta)
@@ -71,17 +71,17 @@ _BETA_FNS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def get_schedule(name: str, num_steps: int, **kwargs) -> Schedule:
-  """Returns the named schedule with `num_steps` steps.
+def get_schedule(name: str, num_timesteps: int, **kwargs) -> Schedule:
+  """Returns the named schedule with `num_timesteps` steps.
 
   Args:
     name: "linear" (kwargs beta_start=1e-4, beta_end=0.02) or "cosine" (kwargs s=0.008,
       max_beta=0.999).
-    num_steps: T >= 1.
+    num_timesteps: T >= 1.
     **kwargs: the named schedule's parameters.
   """
   if name not in _BETA_FNS:
     raise ValueError(f"schedule name: unknown {name!r}; expected one of {sorted(_BETA_FNS)}")
-  if int(num_steps) != num_steps or num_steps < 1:
-    raise ValueError(f"num_steps: expected an integer >= 1, got {num_steps!r}")
-  return schedule_from_betas(_BETA_FNS[name](int(num_steps), **kwargs))
+  if int(num_timesteps) != num_timesteps or num_timesteps < 1:
+    raise ValueError(f"num_timesteps: expected an integer >= 1, got {num_timesteps!r}")
+  return schedule_from_betas(_BETA_FNS[name](int(num_timesteps), **kwargs))

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from mmdiff_jax import random_streams
 from mmdiff_jax.data import derived, pipeline
 from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.evaluation import metrics
@@ -39,7 +40,7 @@ def _test_batches(config, num_examples: int):
 
 def _sampler(experiment, config):
   """The evaluators' sampler: config.eval's kind and steps, sampling.categorical_feedback."""
-  return experiment.sampler(config.eval.sampler, config.eval.num_steps,
+  return experiment.sampler(config.eval.sampler, config.eval.sampler_steps,
                             categorical_feedback=config.sampling.categorical_feedback)
 
 
@@ -60,13 +61,14 @@ def _generation_conditions(experiment, config, count: int) -> list[dict[str, np.
           for batch, _ in _test_batches(config, count)]
 
 
-def _generate(experiment, params, config, seed_offset: int):
+def _generate(experiment, params, config, stream: str):
   """num_generated samples from the model (joint, or given the test labels for a class-conditional
-  one), in eval batches: a list of host dicts."""
+  one), in eval batches, drawn from random stream `stream` (random_streams.STREAMS) of eval.seed: a
+  list of host dicts."""
   e = config.eval
   sampler = _sampler(experiment, config)
   jitted = jax.jit(lambda p, r, obs, n: sampler.sample(p, r, n, observed=obs), static_argnums=(3,))
-  rng, out = jax.random.PRNGKey(e.seed + seed_offset), []
+  rng, out = random_streams.key(e.seed, stream), []
   for i, observed in enumerate(_generation_conditions(experiment, config, e.num_generated)):
     n = min(e.batch_size, e.num_generated - i * e.batch_size)
     out.append(fetch(jitted(params, jax.random.fold_in(rng, i), observed, n)))
@@ -108,7 +110,7 @@ def label_accuracy(experiment, params, config) -> dict[str, float]:
   """Image -> label through the joint model: the test image is observed, the label generated."""
   base, label = experiment.specs[0], _spec(experiment, "label")
   sample = _conditional(experiment, params, config)
-  rng, correct = jax.random.PRNGKey(config.eval.seed), []
+  rng, correct = random_streams.key(config.eval.seed, "image_to_label"), []
   for i, (batch, _) in enumerate(_test_batches(config, config.eval.num_examples)):
     out = sample(jax.random.fold_in(rng, i), {base.name: batch[base.feature]})
     correct.append(np.asarray(out[label.name]) == batch[label.feature])
@@ -121,7 +123,7 @@ def segmentation_miou(experiment, params, config) -> dict[str, float]:
   """Image -> segmentation through the joint model: mIoU of the generated map vs the test map."""
   base, seg = experiment.specs[0], _spec(experiment, "segmentation")
   sample = _conditional(experiment, params, config)
-  rng, predicted, target = jax.random.PRNGKey(config.eval.seed), [], []
+  rng, predicted, target = random_streams.key(config.eval.seed, "image_to_segmentation"), [], []
   for i, (batch, _) in enumerate(_test_batches(config, config.eval.num_examples)):
     predicted.append(np.asarray(sample(jax.random.fold_in(rng, i),
                                        {base.name: batch[base.feature]})[seg.name]))
@@ -150,7 +152,7 @@ def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, An
       mask = derived.square_masks(images.shape, ratios=np.full(len(images), ratio),
                                   rngs=[rng] * len(images))
       masked_images = derived.mask_out(images, mask, fill_value=config.data.mask_fill_value)
-      out = np.asarray(inpaint(jax.random.fold_in(jax.random.PRNGKey(config.eval.seed), i), batch,
+      out = np.asarray(inpaint(jax.random.fold_in(random_streams.key(config.eval.seed, "inpainting"), i), batch,
                                masked_images, mask))
       psnr.append(metrics.masked_psnr(out, images, mask))
       lpips.append(metrics.masked_lpips(out, images, mask))
@@ -208,7 +210,7 @@ def generation(experiment, params, config) -> dict[str, Any]:
   """Joint samples (given the test labels for a class-conditional model) vs test images: Fréchet
   AlexNet distance and improved precision/recall."""
   base = experiment.specs[0]
-  generated = [np.asarray(out[base.name]) for out in _generate(experiment, params, config, 1)]
+  generated = [np.asarray(out[base.name]) for out in _generate(experiment, params, config, "generation")]
   return _image_set_scores(experiment, config, np.concatenate(generated))
 
 
@@ -223,7 +225,7 @@ def label_conditional(experiment, params, config, classify=None) -> dict[str, An
   label = _spec(experiment, "label", conditions=True)
   e = config.eval
   sample = _conditional(experiment, params, config)
-  rng, generated, given = jax.random.PRNGKey(e.seed + 1), [], []
+  rng, generated, given = random_streams.key(e.seed, "generation"), [], []
   for i, (batch, _) in enumerate(_test_batches(config, e.num_generated)):
     out = sample(jax.random.fold_in(rng, i), {label.name: batch[label.feature]})
     generated.append(np.asarray(out[base.name]))
@@ -260,7 +262,7 @@ def segmentation_pair_agreement(images: np.ndarray, maps: np.ndarray,
 def segmentation_agreement(experiment, params, config) -> dict[str, float]:
   """Joint (image, map) samples: segmentation_pair_agreement of the generated pairs."""
   base, seg = experiment.specs[0], _spec(experiment, "segmentation")
-  outs = _generate(experiment, params, config, 5)
+  outs = _generate(experiment, params, config, "segmentation_pairs")
   agreement = segmentation_pair_agreement(np.concatenate([np.asarray(o[base.name]) for o in outs]),
                                           np.concatenate([np.asarray(o[seg.name]) for o in outs]),
                                           seg.num_classes)
@@ -277,7 +279,7 @@ def embedding_consistency(experiment, params, config) -> dict[str, float]:
   base, emb = experiment.specs[0], _spec(experiment, "embedding")
   native_size = pipeline.native_image_size(config.data, config.data.eval_split)
   generated, of_images = [], []
-  for out in _generate(experiment, params, config, 3):
+  for out in _generate(experiment, params, config, "embedding_pairs"):
     generated.append(np.asarray(out[emb.name]))
     of_images.append(features.image_embedding(
         images_lib.native_images(np.asarray(out[base.name]), native_size=native_size)))
@@ -301,7 +303,7 @@ def label_agreement(experiment, params, config, classify=None) -> dict[str, floa
                      "independent classifier; train one with configs/classifier.py:small and pass "
                      "--config.eval.classifier_workdir=DIR")
   predicted, generated = [], []
-  for out in _generate(experiment, params, config, 4):
+  for out in _generate(experiment, params, config, "label_agreement"):
     predicted.append(classify(np.asarray(out[base.name])))
     generated.append(np.asarray(out[label.name]))
   predicted_test, test_labels = [], []
@@ -320,7 +322,7 @@ def label_agreement(experiment, params, config, classify=None) -> dict[str, floa
 def bound(experiment, params, config) -> dict[str, float]:
   """The variational bound's terms on test batches (one uniform t per example), in bits/dim."""
   objective = jax.jit(lambda p, b, r: experiment.objective()(p, b, r, train=False)[1])
-  rng, totals, count = jax.random.PRNGKey(config.eval.seed + 2), {}, 0
+  rng, totals, count = random_streams.key(config.eval.seed, "bound"), {}, 0
   for i, (batch, n) in enumerate(_test_batches(config, config.eval.bound_batches * config.eval.batch_size)):
     values = fetch(objective(params, batch, jax.random.fold_in(rng, i)))
     for k, v in values.items():

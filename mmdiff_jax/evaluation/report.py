@@ -55,7 +55,7 @@ def load_runs(results_dir: str) -> dict[str, dict[str, Any]]:
 def _sampler_sweep(folder: str) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
   """{DDIM steps: (metrics, bootstrap replicates or {})} from the folder's eval_metrics_ddim<K>.json
   files and their .bootstrap.json siblings (`evaluate --metrics_name=eval_metrics_ddim<K>
-  --config.eval.num_steps=<K>`)."""
+  --config.eval.sampler_steps=<K>`)."""
   sweep = {}
   for file in os.listdir(folder):
     stem = file[:-len(".json")]
@@ -85,8 +85,8 @@ def render_sampler_sweep(runs) -> list[str]:
     if not sweep or not columns:
       continue
     lines += [f"## Sampler steps: `{name}`", "",
-              "The same checkpoint and test examples evaluated with DDIM-K (`eval.num_steps`); the "
-              "claims use the count pinned in the configs (`eval.num_steps`).", "",
+              "The same checkpoint and test examples evaluated with DDIM-K (`eval.sampler_steps`); the "
+              "claims use the count pinned in the configs (`eval.sampler_steps`).", "",
               "| DDIM steps | " + " | ".join(h for h, _ in columns) + " |",
               "|---" * (len(columns) + 1) + "|"]
     for steps, (values, replicates) in sweep.items():

@@ -134,5 +134,5 @@ def aggregation_weights(schedule, specs: tuple[ModalitySpec, ...]):
   """(T, N) step weights of the aggregated modalities (aggregated_specs(specs)), from their profiles."""
   columns = [step_weights(schedule, s.profile, s.profile_scale) for s in aggregated_specs(specs)]
   if not columns:
-    return jnp.zeros((schedule.num_steps, 0), jnp.float32)
+    return jnp.zeros((schedule.num_timesteps, 0), jnp.float32)
   return jnp.stack(columns, axis=1)

@@ -52,7 +52,7 @@ def sdedit_timesteps(sampler: Sampler, t0: int) -> np.ndarray:
     return np.zeros((1,), np.int32)
   if sampler.method == "ancestral":
     return np.arange(t0, -1, -1, dtype=np.int32)
-  count = max(1, round(sampler.num_steps * t0 / sampler.schedule.num_steps))
+  count = max(1, round(sampler.sampler_steps * t0 / sampler.schedule.num_timesteps))
   return ddim_timesteps(t0, count)
 
 
@@ -72,7 +72,7 @@ def sdedit(sampler: Sampler, params, rng: jax.Array, images, *, t0_fraction: flo
   batch_size = images.shape[0]
   _, observed_encodings, conditions = sampler.prepare_observed(params, dict(observed or {}))
   encodings = _encodings(sampler, observed_encodings, batch_size)
-  timesteps = jnp.asarray(sdedit_timesteps(sampler, int(round(t0_fraction * sampler.schedule.num_steps))))
+  timesteps = jnp.asarray(sdedit_timesteps(sampler, int(round(t0_fraction * sampler.schedule.num_timesteps))))
   init_rng, loop_rng = jax.random.split(rng)
   z = _noised(sampler, images, timesteps[0], encodings, jax.random.normal(init_rng, images.shape))
 

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from mmdiff_jax import random_streams
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training.restore import restore_latest
@@ -51,7 +52,7 @@ def sample_labels(spec: str, *, num_samples: int, num_classes: int) -> np.ndarra
   return np.resize(classes, num_samples).astype(np.int32)
 
 
-def generate(experiment, params, *, num_samples: int, batch_size: int, seed: int,
+def generate(experiment, params, *, num_samples: int, batch_size: int, rng: jax.Array,
              labels: np.ndarray | None, sampler) -> dict[str, np.ndarray]:
   """{"images": uint8 (N, H, W, C), "labels": int32 (N,) (where there is a label modality)}.
 
@@ -64,7 +65,6 @@ def generate(experiment, params, *, num_samples: int, batch_size: int, seed: int
   sample = jax.jit(lambda p, r, y, n: sampler.sample(
       p, r, n, observed=None if y is None else {label.name: y}), static_argnums=(3,))
   images, out_labels = [], []
-  rng = jax.random.PRNGKey(seed)
   for i, start in enumerate(range(0, num_samples, batch_size)):
     count = min(batch_size, num_samples - start)
     given = None if labels is None else labels[start:start + count]
@@ -110,7 +110,7 @@ def write(samples: dict[str, np.ndarray], out_dir: str, formats: Sequence[str]) 
 def export_from_checkpoint(config, workdir: str, *, num_samples: int, formats: Sequence[str],
                            labels: str = "", out_dir: str | None = None) -> list[str]:
   """Samples num_samples from the newest checkpoint's EMA parameters (config.sampling's sampler,
-  seed config.seed + 2, batches of config.eval.batch_size) and writes them; returns the paths.
+  random stream "sample_export" of config.seed, batches of config.eval.batch_size) and writes them; returns the paths.
 
   out_dir defaults to WORKDIR/samples/export_step<step>.
   """
@@ -125,9 +125,10 @@ def export_from_checkpoint(config, workdir: str, *, num_samples: int, formats: S
   given = sample_labels(labels, num_samples=num_samples,
                         num_classes=label.num_classes if label else 0)
   s = config.sampling
-  sampler = experiment.sampler(s.sampler, s.num_steps, eta=s.eta, clip_denoised=s.clip_denoised)
+  sampler = experiment.sampler(s.sampler, s.sampler_steps, eta=s.eta, clip_denoised=s.clip_denoised)
   samples = generate(experiment, state.ema_params, num_samples=num_samples,
-                     batch_size=config.eval.batch_size, seed=config.seed + 2, labels=given,
+                     batch_size=config.eval.batch_size,
+                     rng=random_streams.key(config.seed, "sample_export"), labels=given,
                      sampler=sampler)
   if jax.process_index() != 0:
     return []

@@ -46,11 +46,12 @@ def feedback_logits(logits, *, mode: str, key: jax.Array | None = None) -> jnp.n
   return jnp.where(hot, 0.0, -1e9).astype(logits.dtype)  # softmax: exactly one-hot
 
 
-def ddim_timesteps(num_steps: int, num_sample_steps: int) -> np.ndarray:
-  """Decreasing steps T = t_1 > ... > t_K >= 1, followed by 0 (the end): (K + 1,) int32."""
-  if not 1 <= num_sample_steps <= num_steps:
-    raise ValueError(f"sampling.num_steps: got {num_sample_steps}; expected 1..{num_steps}")
-  steps = np.unique(np.linspace(1, num_steps, num_sample_steps).round().astype(np.int32))[::-1]
+def ddim_timesteps(num_timesteps: int, sampler_steps: int) -> np.ndarray:
+  """Decreasing steps T = t_1 > ... > t_K >= 1 (K = sampler_steps of the T = num_timesteps),
+  followed by 0 (the end): (K + 1,) int32."""
+  if not 1 <= sampler_steps <= num_timesteps:
+    raise ValueError(f"sampling.sampler_steps: got {sampler_steps}; expected 1..{num_timesteps}")
+  steps = np.unique(np.linspace(1, num_timesteps, sampler_steps).round().astype(np.int32))[::-1]
   return np.concatenate([steps, [0]]).astype(np.int32)
 
 
@@ -63,7 +64,7 @@ class Sampler:
     schedule, weights: the forward process the model was trained with.
     parameterization: what the base head predicts ("eps", "z0", "v").
     method: "ancestral" (all T steps) or "ddim" (one of SAMPLERS).
-    num_steps: DDIM steps (ignored by ancestral).
+    sampler_steps: DDIM steps (ignored by ancestral).
     eta: DDIM stochasticity (0 = deterministic).
     clip_denoised: clip z0-hat to [-1, 1] (pixel-space images).
     categorical_feedback: one of CATEGORICAL_FEEDBACK.
@@ -73,7 +74,7 @@ class Sampler:
   weights: jnp.ndarray
   parameterization: str = "eps"
   method: str = "ddim"
-  num_steps: int = 50
+  sampler_steps: int = 50
   eta: float = 0.0
   clip_denoised: bool = True
   categorical_feedback: str = "expected"
@@ -87,8 +88,8 @@ class Sampler:
 
   def timesteps(self) -> np.ndarray:
     if self.method == "ancestral":
-      return np.arange(self.schedule.num_steps, -1, -1, dtype=np.int32)
-    return ddim_timesteps(self.schedule.num_steps, self.num_steps)
+      return np.arange(self.schedule.num_timesteps, -1, -1, dtype=np.int32)
+    return ddim_timesteps(self.schedule.num_timesteps, self.sampler_steps)
 
   def _observed_encodings(self, params, observed: Mapping[str, Any]):
     """{index in the encoding stack: true encoding} for the observed aggregated modalities."""
@@ -169,7 +170,7 @@ class Sampler:
     z_shape = (batch_size, *self.model.z_shape)
     z = jax.random.normal(init_rng, z_shape)
     outputs_shape = jax.eval_shape(
-        lambda: self.predict(params, z, self.schedule.num_steps, observed_encodings, observed_z0,
+        lambda: self.predict(params, z, self.schedule.num_timesteps, observed_encodings, observed_z0,
                              conditions, key=loop_rng)[3])
     outputs = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), outputs_shape)
 

@@ -63,9 +63,9 @@ class Objective:
     base, aggregated = self.model.specs[0], self.model.aggregated
     z0 = batch[base.feature]
     chex.assert_rank(z0, 4)
-    batch_size, num_steps = z0.shape[0], self.schedule.num_steps
+    batch_size, num_timesteps = z0.shape[0], self.schedule.num_timesteps
     t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
-    t = jax.random.randint(t_rng, (batch_size,), 1, num_steps + 1)
+    t = jax.random.randint(t_rng, (batch_size,), 1, num_timesteps + 1)
     noise = jax.random.normal(noise_rng, z0.shape, z0.dtype)
 
     variables = {"params": params}
@@ -112,7 +112,7 @@ class Objective:
     """Per-example bound terms in nats (no gradient flows through them)."""
     sg = jax.lax.stop_gradient
     base = self.model.specs[0]
-    num_steps, batch_size = self.schedule.num_steps, z0.shape[0]
+    num_timesteps, batch_size = self.schedule.num_timesteps, z0.shape[0]
     encodings_hat = self.model.apply(variables, outputs, batch_size,
                                      method=MTDiffusion.encode_predictions)
     z0_hat, _ = process.z0_eps_from_prediction(
@@ -128,9 +128,9 @@ class Objective:
     prior = per_example_sum(bound.prior_kl(self.schedule, self.weights, z0=z0, encodings=encodings))
     terms = {
         "bound/prior": prior,
-        "bound/diffusion": num_steps * jnp.where(first, 0.0, kl),
-        "bound/data": num_steps * jnp.where(first, data_nll, 0.0),
-        "bound/recovery": num_steps * sum(recovery.values(), jnp.zeros((batch_size,))),
+        "bound/diffusion": num_timesteps * jnp.where(first, 0.0, kl),
+        "bound/data": num_timesteps * jnp.where(first, data_nll, 0.0),
+        "bound/recovery": num_timesteps * sum(recovery.values(), jnp.zeros((batch_size,))),
     }
     num_dims = math.prod(z0.shape[1:])
     terms["bound/image_bits_per_dim"] = (

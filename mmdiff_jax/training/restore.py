@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from mmdiff_jax.config import default_config
+from mmdiff_jax.config import RENAMED_KEYS, default_config
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.multihost import fetch
@@ -44,7 +44,7 @@ def model_differences(trained: dict, config: ml_collections.ConfigDict) -> dict[
   """{dotted key: (trained value, given value)} for the MODEL_DEFINING_KEYS that differ between a
   run's config.json (`trained`, parsed) and `config`. Only keys the run's file has are compared (so
   older runs, made before a key existed, still load), plus modalities it does not have at all."""
-  trained = _without_retired_keys(trained)
+  trained = upgraded(trained)
   given = flatten(json.loads(config.to_json_best_effort()))
   selected = lambda key: any(key == k or key.startswith(k + ".") for k in MODEL_DEFINING_KEYS)
   trained_modalities = trained.get("modalities", {})
@@ -67,10 +67,19 @@ def model_differences(trained: dict, config: ml_collections.ConfigDict) -> dict[
 RETIRED_MODALITY_KEYS = ("head", "recovery_loss")
 
 
-def _without_retired_keys(trained: dict) -> dict:
-  modalities = {name: {k: v for k, v in fields.items() if k not in RETIRED_MODALITY_KEYS}
-                for name, fields in trained.get("modalities", {}).items()}
-  return {**trained, "modalities": modalities} if "modalities" in trained else trained
+def upgraded(trained: dict) -> dict:
+  """A run's parsed config.json in today's key names: RETIRED_MODALITY_KEYS dropped, RENAMED_KEYS
+  (config.py) renamed."""
+  trained = {k: dict(v) if isinstance(v, Mapping) else v for k, v in trained.items()}
+  for old, new in RENAMED_KEYS.items():
+    (section, old_key), (_, new_key) = old.split("."), new.split(".")
+    if old_key in trained.get(section, {}):
+      trained[section][new_key] = trained[section].pop(old_key)
+  if "modalities" in trained:
+    trained["modalities"] = {
+        name: {k: v for k, v in fields.items() if k not in RETIRED_MODALITY_KEYS}
+        for name, fields in trained["modalities"].items()}
+  return trained
 
 
 def _fill_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
@@ -94,7 +103,7 @@ def run_config(workdir: str, *, name: str, hint: str = "expected a trained run's
   if not path.exists():
     raise FileNotFoundError(f"{name}: no config.json there; {hint}")
   try:
-    config = ml_collections.ConfigDict(_without_retired_keys(json.loads(path.read_text())))
+    config = ml_collections.ConfigDict(upgraded(json.loads(path.read_text())))
   except json.JSONDecodeError as e:
     raise ValueError(f"{name}: {path} is not valid JSON ({e}; cut short?)") from e
   _fill_missing(config, default_config())

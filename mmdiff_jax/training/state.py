@@ -12,6 +12,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmdiff_jax import random_streams
 from mmdiff_jax.models import kinds
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training.losses import Objective
@@ -71,13 +72,12 @@ def example_batch(model: Model, batch_size: int) -> dict[str, jax.ShapeDtypeStru
 
 def _init_boxed(model: Model, tx: optax.GradientTransformation, seed: int) -> TrainState:
   """The initial state with parameters still in their logical-name boxes."""
-  rng = jax.random.PRNGKey(seed)
   batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in example_batch(model, 1).items()}
   z = batch[model.specs[0].feature]
-  params = model.init(jax.random.fold_in(rng, 0), batch, z, jnp.ones((1,), jnp.int32),
+  params = model.init(random_streams.key(seed, "params"), batch, z, jnp.ones((1,), jnp.int32),
                       method="initialize")["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=tx.init(params), rng=jax.random.fold_in(rng, 1),
+                    opt_state=tx.init(params), rng=random_streams.key(seed, "train_steps"),
                     nonfinite_streak=jnp.zeros((), jnp.int32))
 
 

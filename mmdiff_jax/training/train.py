@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from mmdiff_jax import random_streams
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.data.checks import check_batch
@@ -82,13 +83,13 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   s = config.sampling
   if s.num_samples == 0 or not experiment.is_generative:  # predictor baselines have no samples
     return []
-  sampler = experiment.sampler(s.sampler, s.num_steps, eta=s.eta, clip_denoised=s.clip_denoised,
+  sampler = experiment.sampler(s.sampler, s.sampler_steps, eta=s.eta, clip_denoised=s.clip_denoised,
                                categorical_feedback=s.categorical_feedback)
   sample = jax.jit(sampler.sample, static_argnums=(2,))
   base = experiment.specs[0]
   label_spec = next((x for x in experiment.specs if x.kind == "label"), None)
   previewed = [x for x in experiment.model.aggregated if kinds.get(x.kind).preview is not None]
-  rng = jax.random.PRNGKey(config.seed + 1)
+  rng = random_streams.key(config.seed, "sample_grids")
   name = lambda i: class_names[i] if class_names else str(i)
   out_dir = os.path.join(workdir, "samples")
   paths = []
