@@ -125,3 +125,18 @@ def test_sampler_step_sweep_table(tmp_path):
   text = report.render(report.load_runs(str(tmp_path)))
   assert "## Sampler steps: `classcond_v_small`" in text
   assert "| 10 | 30 [29, 31] |\n| 50 | 25 [24, 26] |" in text
+
+
+def test_ablation_tables_read_each_choice_from_its_run_and_file(tmp_path):
+  _write_run(tmp_path, "imglabel_v_small", {report.FRECHET: 97.0, "eval/label_accuracy": 0.75}, _run())
+  _write_bootstrap(tmp_path, "imglabel_v_small", {report.FRECHET: [96.0, 97.0, 98.0, 99.0] * 10})
+  (tmp_path / "imglabel_v_small" / "eval_metrics_feedback_argmax.json").write_text(json.dumps(
+      {report.FRECHET: 111.0, "eval/label_agreement": 0.64}))
+  text = report.render(report.load_runs(str(tmp_path)))
+  section = text[text.index("## Design choices"):text.index("## Generation")]
+  learned = _claim_line(section, "learned white-noise-like code (`categorical`)", "imglabel_v_small")
+  assert "| 97 [" in learned and "| 0.75 |" in learned and "1500 steps x 48" in learned
+  assert "| `imglabel_v_classmean_small` | - | - | - | - | not run (missing " in section
+  argmax = _claim_line(section, "`argmax`", "eval_metrics_feedback_argmax")
+  assert "| 111 | 0.64 |" in argmax
+  assert "not run (missing imglabel_v_small/eval_metrics_feedback_sampled.json)" in section

@@ -48,8 +48,27 @@ def load_runs(results_dir: str) -> dict[str, dict[str, Any]]:
       with open(bootstrap_path) as f:
         bootstrap = json.load(f)
     runs[name] = {"metrics": values, "run": run, "bootstrap": bootstrap,
-                  "sampler_steps": _sampler_sweep(os.path.join(results_dir, name))}
+                  "sampler_steps": _sampler_sweep(os.path.join(results_dir, name)),
+                  "files": _metric_files(os.path.join(results_dir, name))}
   return runs
+
+
+def _metric_files(folder: str) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+  """{file stem: (metrics, bootstrap replicates or {})} for every eval_metrics*.json of the folder
+  (`evaluate --metrics_name=<stem>` writes one beside the main eval_metrics.json)."""
+  files = {}
+  for file in sorted(os.listdir(folder)):
+    if file.startswith("eval_metrics") and file.endswith(".json") and ".bootstrap." not in file:
+      stem = file[:-len(".json")]
+      with open(os.path.join(folder, file)) as f:
+        values = json.load(f)
+      replicates_path = os.path.join(folder, f"{stem}.bootstrap.json")
+      replicates = {}
+      if os.path.exists(replicates_path):
+        with open(replicates_path) as f:
+          replicates = json.load(f)
+      files[stem] = (values, replicates)
+  return files
 
 
 def _sampler_sweep(folder: str) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
@@ -205,6 +224,94 @@ TABLES = (
 )
 
 
+# ------------------------------------------------------------------------------------ design choices
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+  """One open point of the paper: each choice's run (and metrics file), side by side."""
+  point: str
+  note: str  # the budget and what stayed fixed
+  columns: tuple[tuple[str, str], ...]  # (header, eval_metrics key)
+  choices: tuple[tuple[str, str, str], ...]  # (the choice, run folder, metrics file stem)
+
+  def render(self, runs) -> list[str]:
+    lines = [f"### {self.point}", "", self.note, "",
+             "| choice | run | " + " | ".join(h for h, _ in self.columns) + " | budget |",
+             "|---" * (len(self.columns) + 3) + "|"]
+    for choice, name, stem in self.choices:
+      found = runs.get(name, {}).get("files", {}).get(stem)
+      if found is None:
+        lines.append(f"| {choice} | `{name}` | " + " | ".join("-" for _ in self.columns)
+                     + f" | not run (missing {name}/{stem}.json) |")
+        continue
+      values, replicates = found
+      cells = " | ".join(_with_interval(values, k, replicates) for _, k in self.columns)
+      lines.append(f"| {choice} | `{name}`{'' if stem == 'eval_metrics' else f' ({stem})'} | "
+                   f"{cells} | {budget(runs[name]['run'])} |")
+    return lines + [""]
+
+
+_LABEL_COLUMNS = (("joint Fréchet", FRECHET), ("given-label Fréchet", LABEL_FRECHET),
+                  ("given-label agreement", "eval/label_conditional/label_agreement"),
+                  ("image -> label acc.", "eval/label_accuracy"))
+_INPAINTING_COLUMNS = (("joint Fréchet", FRECHET),) + tuple(
+    (f"inpainting LPIPS @{r}", LPIPS.format(method="inpainting", ratio=r)) for r in MASK_RATIOS)
+
+ABLATIONS = (
+    Ablation("Label code (`modalities.label.encoder`)",
+             "`configs/imglabel.py:small`, v-prediction, label profile bump at scale 2.",
+             _LABEL_COLUMNS,
+             (("learned white-noise-like code (`categorical`)", "imglabel_v_small", "eval_metrics"),
+              ("class means, frozen (`class_mean`, the default)", "imglabel_v_classmean_small",
+               "eval_metrics"),
+              ("the same, seed 1", "imglabel_v_classmean_small_seed1", "eval_metrics"),
+              ("learned low-frequency code (`smooth_categorical`)", "imglabel_v_smooth_small",
+               "eval_metrics"))),
+    Ablation("The label's profile scale (`modalities.label.profile_scale`)",
+             "`configs/imglabel.py:small` with the learned code, v-prediction.",
+             _LABEL_COLUMNS,
+             (("2 (the default)", "imglabel_v_small", "eval_metrics"),
+              ("0.5", "imglabel_v_scale05_small", "eval_metrics"),
+              ("0.25", "imglabel_v_scale025_small", "eval_metrics"))),
+    Ablation("Feedback of the unobserved label while sampling (`sampling.categorical_feedback`)",
+             "The same `imglabel_v_small` checkpoint (learned code), 1000 joint samples each.",
+             (("joint Fréchet", FRECHET), ("generated label agreement", "eval/label_agreement")),
+             tuple((f"`{mode}`" + (" (the default)" if mode == "expected" else ""),
+                    "imglabel_v_small", f"eval_metrics_feedback_{mode}")
+                   for mode in ("expected", "argmax", "sampled"))),
+    Ablation("The observed masked image (`modalities.masked_image.profile*`, `data.mask_fill_value`)",
+             "`configs/imgmask.py:small` (MT-Diffusion-U), v-prediction.",
+             _INPAINTING_COLUMNS,
+             (("bump profile, scale 2, hole at 0 (the default)", "imgmask_v_small", "eval_metrics"),
+              ("bump profile, scale 4", "imgmask_v_scale4_small", "eval_metrics"),
+              ("observation profile, scale 2", "imgmask_v_observation_small", "eval_metrics"),
+              ("hole at -1 (the background)", "imgmask_v_fill_background_small", "eval_metrics"))),
+    Ablation("Parameterization (`diffusion.parameterization`)",
+             "`small` configs; eps was the first default. (A class-conditional model's `generation` "
+             "samples are given the test labels too, so its two Fréchet columns measure the same.)",
+             (("joint Fréchet", FRECHET), ("given-label Fréchet", LABEL_FRECHET),
+              ("image -> label acc.", "eval/label_accuracy"),
+              ("inpainting LPIPS @0.5", "eval/inpainting/lpips@0.5")),
+             (("imglabel, eps", "imglabel_small", "eval_metrics"),
+              ("imglabel, v", "imglabel_v_small", "eval_metrics"),
+              ("imgmask, eps", "imgmask_small", "eval_metrics"),
+              ("imgmask, v", "imgmask_v_small", "eval_metrics"),
+              ("class-conditional baseline, eps", "classcond_small", "eval_metrics"),
+              ("class-conditional baseline, v", "classcond_v_small", "eval_metrics"))),
+)
+
+
+def render_ablations(runs) -> list[str]:
+  lines = ["## Design choices the paper leaves open (ablations)", "",
+           "Each table changes one choice and keeps the rest; intervals as above, over the evaluated "
+           "examples (not the training seed). docs/METHOD.md says which choice the library makes and "
+           "why.", ""]
+  for ablation in ABLATIONS:
+    lines += ablation.render(runs)
+  return lines
+
+
 # ------------------------------------------------------------------------------------------- claims
 
 
@@ -323,6 +430,10 @@ CLAIMS = (
           "/ class-conditional Fréchet", "not in the paper (a reviewer's question)",
           Comparison(_seeds("classcond_maskaug_v_small", key=LABEL_FRECHET),
                      _seeds("classcond_v_small", key=LABEL_FRECHET)), bound=1.0, descriptive=True),
+    Claim("C1 vs control", "MT-Diffusion-X / the control's Fréchet < 1 (the gain is the multitask "
+          "structure, not the exposure to masked images), seed 0", "not in the paper (a reviewer's question)",
+          Comparison(_seeds("imgmask_classcond_v_small", key=LABEL_FRECHET),
+                     _seeds("classcond_maskaug_v_small", key=LABEL_FRECHET)), bound=1.0),
     Claim("C2", "MT-Diffusion-U / unconditional Fréchet <= 1.12 (multitask costs little)",
           "26.00 / 23.22 = 1.12",
           Comparison(_seeds("imgmask_v_small", key=FRECHET), _seeds("uncond_v_small", key=FRECHET)),
@@ -332,6 +443,11 @@ CLAIMS = (
     Claim("C4", "Image -> label accuracy through the joint model minus that of the classifier "
           "fine-tuned from the unconditional model's backbone > 0", "joint better (Figure 4)",
           Comparison(_seeds("imglabel_v_small", key="eval/label_accuracy"),
+                     _seeds("classifier_from_uncond_v_small", key="eval/label_accuracy"),
+                     difference=True), bound=0.0, below=False),
+    Claim("C4", "The same with the class_mean label code (configs/imglabel.py's default since)",
+          "joint better (Figure 4)",
+          Comparison(_seeds("imglabel_v_classmean_small", key="eval/label_accuracy"),
                      _seeds("classifier_from_uncond_v_small", key="eval/label_accuracy"),
                      difference=True), bound=0.0, below=False),
     Claim("-", "MT inpainting LPIPS / the supervised reconstruction regressor's, mask ratio 0.5 "
@@ -360,6 +476,7 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
            "|---|---|---|---|---|---|---|"]
   lines += [claim.render(runs) for claim in CLAIMS]
   lines.append("")
+  lines += render_ablations(runs)
   for table in TABLES:
     lines += table.render(runs)
   lines += render_sampler_sweep(runs)
