@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import offline
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 
@@ -62,6 +64,21 @@ def _git() -> str:
   return commit + ("+local changes" if dirty else "")
 
 
+# Settings that change the figures, recorded in every file: XLA's flags (e.g. YNN fusion off on the CPU),
+# OpenMP's wait policy and threads (PyTorch on the CPU), JAX's GPU allocator (preallocated fraction).
+ENV_KEYS = ("XLA_FLAGS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "JAX_PLATFORMS",
+            "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
+
+
+def device_memory_gib() -> float | None:
+  """The memory JAX's allocator may use on device 0 (GiB), or None where the backend does not say (CPU)."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # not implemented on every backend
+    return None
+  return round(stats["bytes_limit"] / 2**30, 2) if stats and "bytes_limit" in stats else None
+
+
 def machine() -> dict[str, Any]:
   """CPU model and cores (lscpu, nproc), memory, versions, date, commit."""
   cpu = _lscpu()
@@ -80,10 +97,10 @@ def machine() -> dict[str, Any]:
       "optax": optax.__version__,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "commit": _git(),
-      # Settings that change the figures: XLA's CPU flags (e.g. YNN fusion off) and OpenMP's wait
-      # policy (PyTorch's threads), as this process saw them.
-      "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")
-              if k in os.environ},
+      # ENV_KEYS as this process saw them.
+      "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+      "device_memory_gib": device_memory_gib(),
+      "data_stand_ins": list(offline.STOOD_IN),  # packages benchmarks/offline.py stood in for
   }
 
 

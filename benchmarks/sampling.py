@@ -14,12 +14,23 @@ its calls (overlapped with the computation), and the same two loops around a ste
 
 --ancestral_steps=K < T times the first K of the T ancestral steps (both variants, same segment) and
 reports images/s for the full chain as K/T of the measured rate (every ancestral step costs the same).
+
+--torch (with --image_only: the twin has no label head) adds the same DDIM chain over the PyTorch twin
+(benchmarks/torch_unet.py DDIMSampler: the same timesteps, parameterization and clipping, a Python loop
+of eager calls) to the DDIM contenders, and with --torch_compile the twin through torch.compile; its
+parameter count must equal the JAX model's. --device=cuda puts PyTorch on the GPU, --autocast_bf16 runs
+its network under bf16 autocast, --dtype=bfloat16 sets the JAX config's model.dtype. --no_python_loop
+drops the JAX Python loop (and with it the speedup and dispatch columns) where only images/s matter:
+
+  python3 -m benchmarks.sampling --config=default --image_only --dtype=bfloat16 --samplers=ddim \
+      --batch_sizes=256 --no_python_loop --torch --torch_compile --autocast_bf16 --device=cuda  # a GPU
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -97,7 +108,9 @@ def dispatch_floor(params, num_steps: int, z_shape, rounds: int) -> dict:
   return {k: 1e3 * statistics.median(v) / num_steps for k, v in timing["seconds"].items()}
 
 
-def bench(args, batch_size: int, kind: str, sampler_steps: int, experiment, params, machine_rows):
+def bench(args, batch_size: int, kind: str, sampler_steps: int, experiment, params, torch_samplers=None):
+  """One sampler at one batch size: the compiled loop, the Python loop (unless --no_python_loop) and,
+  for DDIM, the PyTorch samplers {name: torch_unet.DDIMSampler}, timed in alternation."""
   base = experiment.sampler(kind, sampler_steps)
   full_steps = len(base.timesteps()) - 1
   segment = args.ancestral_steps if kind == "ancestral" and args.ancestral_steps < full_steps else 0
@@ -105,95 +118,166 @@ def bench(args, batch_size: int, kind: str, sampler_steps: int, experiment, para
                            segment=segment)
   timed_steps = segment or full_steps
   compiled_fn = jax.jit(sampler.sample, static_argnums=(2,))
-  loop_fn = python_loop(sampler)
   rng = jax.random.PRNGKey(0)
+  contenders = {"compiled": lambda: compiled_fn(params, rng, batch_size)}
 
+  first_call_s = {}
   start = time.perf_counter()
   jax.block_until_ready(compiled_fn(params, rng, batch_size))
-  first_compiled = time.perf_counter() - start
-  start = time.perf_counter()
-  jax.block_until_ready(loop_fn(params, rng, batch_size))
-  first_loop = time.perf_counter() - start
-  # Same numbers from both (the loop bodies are the same computation).
-  a = np.asarray(compiled_fn(params, rng, batch_size)["image"])
-  b = np.asarray(loop_fn(params, rng, batch_size)["image"])
-  max_diff = float(np.max(np.abs(a - b)))
+  first_call_s["compiled"] = time.perf_counter() - start
+  max_diff = None
+  if not args.no_python_loop:
+    loop_fn = python_loop(sampler)
+    start = time.perf_counter()
+    jax.block_until_ready(loop_fn(params, rng, batch_size))
+    first_call_s["python_loop"] = time.perf_counter() - start
+    # Same numbers from both (the loop bodies are the same computation).
+    a = np.asarray(compiled_fn(params, rng, batch_size)["image"])
+    b = np.asarray(loop_fn(params, rng, batch_size)["image"])
+    max_diff = float(np.max(np.abs(a - b)))
+    loop_fn.host_seconds.clear()
+    contenders["python_loop"] = lambda: loop_fn(params, rng, batch_size)
+  for name, torch_sampler in (torch_samplers or {}).items():
+    start = time.perf_counter()
+    torch_sampler(batch_size).block_until_ready()  # torch.compile compiles here
+    first_call_s[name] = time.perf_counter() - start
+    contenders[name] = functools.partial(torch_sampler, batch_size)
 
-  loop_fn.host_seconds.clear()
-  timing = common.alternate(
-      {"compiled": lambda: compiled_fn(params, rng, batch_size),
-       "python_loop": lambda: loop_fn(params, rng, batch_size)},
-      rounds=args.rounds, reps=1, warmup=0)
+  timing = common.alternate(contenders, rounds=args.rounds, reps=1, warmup=0)
   scale = full_steps / timed_steps
   seconds = {k: [s * scale for s in v] for k, v in timing["seconds"].items()}
-  speedup = common.ratios(seconds["python_loop"], seconds["compiled"])
   result = {
       "sampler": f"{kind}-{full_steps}", "batch_size": batch_size, "timed_steps": timed_steps,
       "estimated_from_segment": bool(segment),
-      "first_call_s": {"compiled": first_compiled, "python_loop": first_loop},
+      "first_call_s": first_call_s,
       "seconds_per_chain": seconds,
       "images_per_s": {k: batch_size / statistics.median(v) for k, v in seconds.items()},
       "ms_per_step": {k: 1e3 * statistics.median(v) / full_steps for k, v in seconds.items()},
-      "speedup_compiled_over_loop": common.summary(speedup), "speedup_per_round": speedup,
-      "max_abs_diff_compiled_vs_loop": max_diff, "load_per_round": timing["load"],
-      "python_loop_host_ms_per_step": 1e3 * statistics.median(loop_fn.host_seconds) / timed_steps,
-      "dispatch_floor_ms_per_step": dispatch_floor(params, timed_steps, (batch_size, *experiment.model.z_shape),
-                                                   args.rounds),
+      "load_per_round": timing["load"],
   }
-  print(f"[{result['sampler']} batch {batch_size}] images/s compiled "
-        f"{result['images_per_s']['compiled']:.2f}, python loop "
-        f"{result['images_per_s']['python_loop']:.2f}; compiled/loop speed "
-        f"{result['speedup_compiled_over_loop']['median']:.3f} (rounds "
-        f"{[round(s, 3) for s in speedup]}); load {timing['load']}", flush=True)
+  for name in torch_samplers or {}:
+    result[f"{name}_over_compiled_speed"] = common.summary(common.ratios(seconds["compiled"], seconds[name]))
+  if "python_loop" in seconds:
+    speedup = common.ratios(seconds["python_loop"], seconds["compiled"])
+    result.update({
+        "speedup_compiled_over_loop": common.summary(speedup), "speedup_per_round": speedup,
+        "max_abs_diff_compiled_vs_loop": max_diff,
+        "python_loop_host_ms_per_step": 1e3 * statistics.median(loop_fn.host_seconds) / timed_steps,
+        "dispatch_floor_ms_per_step": dispatch_floor(params, timed_steps,
+                                                     (batch_size, *experiment.model.z_shape), args.rounds),
+    })
+  print(f"[{result['sampler']} batch {batch_size}] images/s "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result["images_per_s"].items())
+        + (f"; compiled/loop speed {result['speedup_compiled_over_loop']['median']:.3f} (rounds "
+           f"{[round(s, 3) for s in result['speedup_per_round']]})" if "python_loop" in seconds else "")
+        + f"; load {timing['load']}", flush=True)
   return result
+
+
+def torch_samplers(args, config, experiment, num_params: int) -> dict:
+  """{"torch_eager": DDIMSampler[, "torch_compile": the same through torch.compile]} over the twin."""
+  torch = common.import_torch()
+  from benchmarks import torch_unet
+  if args.device == "cuda":
+    if not torch.cuda.is_available():
+      raise SystemExit("--device=cuda: torch sees no CUDA device")
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")  # TF32, as JAX's default precision on a GPU
+  timesteps = experiment.sampler("ddim", args.ddim_steps).timesteps()
+  make = lambda backend: torch_unet.DDIMSampler(
+      config, np.asarray(experiment.schedule.alpha_bars), timesteps,
+      parameterization=experiment.parameterization, device=args.device,
+      autocast_bf16=args.autocast_bf16, compile_backend=backend)
+  samplers = {"torch_eager": make(None)}
+  if args.torch_compile:
+    samplers["torch_compile"] = make(args.torch_compile_backend)
+  counts = {"jax": num_params, **{name: s.num_params for name, s in samplers.items()}}
+  print(f"parameters: {counts}; torch {torch.__version__} on {args.device}", flush=True)
+  if len(set(counts.values())) != 1:
+    raise SystemExit(f"parameter counts differ: {counts}")
+  return samplers
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", default="small", help="variant of configs/imglabel.py")
+  parser.add_argument("--image_only", action="store_true",
+                      help="configs/baseline_uncond.py instead (no label modality: the twin's model)")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="the JAX config's model.dtype")
   parser.add_argument("--batch_sizes", default="8", help="comma-separated")
   parser.add_argument("--ddim_steps", type=int, default=50)
   parser.add_argument("--ancestral_steps", type=int, default=1000,
                       help="ancestral steps actually timed (fewer than T: extrapolated, see above)")
   parser.add_argument("--samplers", default="ddim,ancestral")
   parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--no_python_loop", action="store_true", help="time the compiled JAX loop only")
+  parser.add_argument("--torch", action="store_true", help="add the PyTorch twin's DDIM loop (--image_only)")
+  parser.add_argument("--torch_compile", action="store_true", help="and the twin through torch.compile")
+  parser.add_argument("--torch_compile_backend", default="inductor")
+  parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="PyTorch's device")
+  parser.add_argument("--autocast_bf16", action="store_true", help="the twin under bf16 autocast")
   parser.add_argument("--json", default=common.default_json("sampling"))
   args = parser.parse_args()
+  if args.torch and not args.image_only:
+    parser.error("--torch needs --image_only (the PyTorch twin has no label head)")
 
   machine = common.machine()
   print(common.describe(machine), flush=True)
-  config = setups.get_config("" if args.config == "default" else args.config)
+  config = setups.get_config("" if args.config == "default" else args.config, image_only=args.image_only,
+                             **{"model.dtype": args.dtype})
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
   tx = state_lib.make_optimizer(config)
   _, shardings = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=False)
   params = state_lib.create_train_state(experiment.model, tx, shardings, config.seed).params
   num_params = int(sum(x.size for x in jax.tree.leaves(params)))
+  twins = torch_samplers(args, config, experiment, num_params) if args.torch else {}
+  if twins:
+    import torch
+    machine["torch"] = torch.__version__
   results = []
+  payload = lambda: {"machine": machine, "load_at_end": common.load(), "config": args.config,
+                     "image_only": args.image_only, "dtype": args.dtype, "num_params": num_params,
+                     "results": results, "args": vars(args)}
   for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
     for kind in args.samplers.split(","):
-      results.append(bench(args, batch_size, kind, args.ddim_steps, experiment, params, None))
+      results.append(bench(args, batch_size, kind, args.ddim_steps, experiment, params,
+                           twins if kind == "ddim" else None))
+      common.write_json(args.json, payload())  # after each: a time limit leaves what was measured
 
-  rows = [[r["sampler"], r["batch_size"],
-           f"{r['timed_steps']}" + (" (extrapolated)" if r["estimated_from_segment"] else ""),
-           f"{r['images_per_s']['compiled']:.2f}", f"{r['images_per_s']['python_loop']:.2f}",
-           f"{r['ms_per_step']['compiled']:.2f}", f"{r['ms_per_step']['python_loop']:.2f}",
-           f"{r['python_loop_host_ms_per_step']:.3f}",
-           f"{r['dispatch_floor_ms_per_step']['compiled']:.3f} / "
-           f"{r['dispatch_floor_ms_per_step']['python_loop']:.3f}",
-           f"{r['speedup_compiled_over_loop']['median']:.3f} "
-           f"({r['speedup_compiled_over_loop']['min']:.3f}-{r['speedup_compiled_over_loop']['max']:.3f})",
-           f"{min(r['load_per_round'])}-{max(r['load_per_round'])}"] for r in results]
+  model = f"config {args.config}{' image-only' if args.image_only else ''} ({num_params / 1e6:.3f}M parameters)"
+  if not args.no_python_loop:
+    rows = [[r["sampler"], r["batch_size"],
+             f"{r['timed_steps']}" + (" (extrapolated)" if r["estimated_from_segment"] else ""),
+             f"{r['images_per_s']['compiled']:.2f}", f"{r['images_per_s']['python_loop']:.2f}",
+             f"{r['ms_per_step']['compiled']:.2f}", f"{r['ms_per_step']['python_loop']:.2f}",
+             f"{r['python_loop_host_ms_per_step']:.3f}",
+             f"{r['dispatch_floor_ms_per_step']['compiled']:.3f} / "
+             f"{r['dispatch_floor_ms_per_step']['python_loop']:.3f}",
+             f"{r['speedup_compiled_over_loop']['median']:.3f} "
+             f"({r['speedup_compiled_over_loop']['min']:.3f}-{r['speedup_compiled_over_loop']['max']:.3f})",
+             f"{min(r['load_per_round'])}-{max(r['load_per_round'])}"] for r in results]
+    common.print_table(
+        f"Sampling, {model}, {args.dtype}, {args.rounds} alternating rounds",
+        ["sampler", "batch", "steps timed", "images/s compiled", "images/s Python loop",
+         "ms/step compiled", "ms/step loop", "loop host ms/step",
+         "no-network floor ms/step compiled / loop", "compiled speed / loop (min-max)",
+         "load (1 min)"], rows)
+  rows = []
+  for r in results:
+    for name, rate in r["images_per_s"].items():
+      vs = r.get(f"{name}_over_compiled_speed")
+      rows.append([r["sampler"], r["batch_size"], name, f"{rate:.2f}", f"{r['ms_per_step'][name]:.3f}",
+                   f"{r['first_call_s'][name]:.1f}",
+                   f"{vs['median']:.3f} ({vs['min']:.3f}-{vs['max']:.3f})" if vs else "-",
+                   f"{min(r['load_per_round'])}-{max(r['load_per_round'])}"])
+  torch_note = (f"; PyTorch on {args.device}{', bf16 autocast' if args.autocast_bf16 else ''}"
+                if args.torch else "")
   common.print_table(
-      f"Sampling, config {args.config} ({num_params / 1e6:.3f}M parameters), {args.rounds} "
-      f"alternating rounds",
-      ["sampler", "batch", "steps timed", "images/s compiled", "images/s Python loop",
-       "ms/step compiled", "ms/step loop", "loop host ms/step",
-       "no-network floor ms/step compiled / loop", "compiled speed / loop (min-max)",
-       "load (1 min)"], rows)
-  common.write_json(args.json, {"machine": machine, "load_at_end": common.load(),
-                                "config": args.config, "num_params": num_params,
-                                "results": results, "args": vars(args)})
+      f"Sampling throughput, {model}, JAX {args.dtype}{torch_note}, {args.rounds} alternating rounds",
+      ["sampler", "batch", "contender", "images/s", "ms/step", "first call s (compile)",
+       "this speed / JAX compiled speed", "load (1 min)"], rows)
 
 
 if __name__ == "__main__":

@@ -4,19 +4,30 @@ Contenders (all on the image-only config: the library's U-Net and image head; no
   jax_library: mmdiff_jax's own train step (state_lib.make_train_step: loss, the bound terms as metrics,
                clipping, AdamW, EMA, the non-finite guard; jitted, donated);
   jax_bare:    the minimal JAX step, exactly the PyTorch step's work (loss, clipping, AdamW, EMA);
-  torch:       benchmarks/torch_unet.py (eager, torch.set_num_threads = --threads, default the cores);
-  torch_1thread: the same PyTorch step on one thread.
-PyTorch's OpenMP threads spin while they wait (OMP_WAIT_POLICY=active, libgomp's default): on a shared
-machine, when another job holds a core, the spinning threads make the multi-threaded step many times
+  torch:       benchmarks/torch_unet.py, eager (on the CPU torch.set_num_threads = --threads, default the
+               cores);
+  torch_1thread: the same PyTorch step on one thread (CPU only);
+  torch_compile: with --torch_compile, the same step with the model through torch.compile (a second
+               copy of the model, same initialisation), timed in a second phase with all the others.
+On the CPU, PyTorch's OpenMP threads spin while they wait (OMP_WAIT_POLICY=active, libgomp's default): on a
+shared machine, when another job holds a core, the spinning threads make the multi-threaded step many times
 slower. This script sets OMP_WAIT_POLICY=passive before importing torch (--omp_wait_policy=default
-leaves libgomp's default), and the "faster torch setting" column takes the faster of the two PyTorch
+leaves libgomp's default), and the "faster torch setting" column takes the fastest of the PyTorch
 contenders in each round: the comparison is against PyTorch's best showing on this machine.
+--device=cuda runs PyTorch on the GPU (JAX uses its default device: run with a CUDA jaxlib), with
+cudnn.benchmark on, TF32 matmuls allowed (JAX's default precision for float32 on a GPU) and fused AdamW;
+--dtype=bfloat16 sets the JAX config's model.dtype and --autocast_bf16 runs PyTorch's forward pass under
+bf16 autocast (both: parameters and optimizer in float32). Every contender's last result is blocked on
+(jax.block_until_ready; torch.cuda.synchronize for PyTorch) before the clock is read.
 The parameter counts must agree (the script stops otherwise); batch and optimizer come from the same
-config (torch_unet.TrainStep).
+config (torch_unet.TrainStep). The JSON is written after each phase (a time limit that stops the second
+phase leaves the first).
 Needs torch: pip install -e '.[bench]'.
 
   python3 -m benchmarks.vs_pytorch                      # small config (batch 48)
   python3 -m benchmarks.vs_pytorch --config=smoke --rounds=9 --json=/tmp/vs_pytorch.json
+  python3 -m benchmarks.vs_pytorch --config=default --device=cuda --dtype=bfloat16 --autocast_bf16 \
+      --torch_compile --reps=10                         # a GPU
 """
 
 from __future__ import annotations
@@ -79,69 +90,22 @@ class BareJaxStep:
     return self.carry
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default="small", help="variant of configs/imglabel.py")
-  parser.add_argument("--batch_size", type=int, default=0, help="override the config's (0: keep)")
-  parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--reps", type=int, default=3, help="steps per contender per round")
-  parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the core count)")
-  parser.add_argument("--channels_last", action="store_true", help="torch channels_last layout")
-  parser.add_argument("--omp_wait_policy", default="passive", choices=["passive", "active", "default"],
-                      help="OMP_WAIT_POLICY for PyTorch's threads, set before torch is imported "
-                           "('default': leave the environment's)")
-  parser.add_argument("--no_single_thread", action="store_true",
-                      help="skip the one-thread PyTorch contender")
-  parser.add_argument("--json", default=common.default_json("vs_pytorch"))
-  args = parser.parse_args()
-
-  torch = common.import_torch(args.omp_wait_policy)
-
-  from benchmarks import torch_unet
-
-  threads = args.threads or len(os.sched_getaffinity(0))
-  torch.set_num_threads(threads)
-  machine = common.machine()
-  machine["torch"] = torch.__version__
-  machine["torch_threads"] = threads
-  print(common.describe(machine) + f" | torch {torch.__version__} ({threads} threads)", flush=True)
-
-  variant = "" if args.config == "default" else args.config
-  overrides = {"training.batch_size": args.batch_size} if args.batch_size else {}
-  config = setups.get_config(variant, image_only=True, **overrides)
-  library = setups.TrainStep(config)
-  bare = BareJaxStep(library)
-  torch_step = torch_unet.TrainStep(config, np.asarray(library.experiment.schedule.alpha_bars),
-                                    channels_last=args.channels_last)
-  counts = {"jax_library": library.num_params, "jax_bare": bare.num_params,
-            "torch": torch_step.num_params}
-  print(f"parameters: {counts}; batch {library.batch_size}; compile s: library "
-        f"{library.compile_s:.1f}, bare {bare.compile_s:.1f}", flush=True)
-  if len(set(counts.values())) != 1:
-    raise SystemExit(f"parameter counts differ: {counts}")
-
-  def with_threads(n):
-    def run():
-      torch.set_num_threads(n)
-      return torch_step()
-    return run
-
-  contenders = {"jax_library": library, "jax_bare": bare, "torch": with_threads(threads)}
-  if threads > 1 and not args.no_single_thread:
-    contenders["torch_1thread"] = with_threads(1)
-    counts["torch_1thread"] = torch_step.num_params
-  timing = common.alternate(contenders, rounds=args.rounds, reps=args.reps, warmup=2)
+def summarise(timing: dict, library: setups.TrainStep, bare: BareJaxStep, counts: dict, compile_s: dict,
+              args, threads: int) -> dict:
+  """The result of one phase: step times, and PyTorch's time over each contender's, per round."""
   s = timing["seconds"]
-  # The faster PyTorch setting of each round (one thread wins when another job holds a core).
-  s_best = ([min(a, b) for a, b in zip(s["torch"], s["torch_1thread"])] if "torch_1thread" in s
-            else s["torch"])
+  torch_names = [name for name in s if name.startswith("torch")]
+  # The fastest PyTorch setting of each round (one thread wins on the CPU when another job holds a core).
+  s_best = [min(times) for times in zip(*(s[name] for name in torch_names))]
   ratio = lambda name, torch_times: common.summary(common.ratios(torch_times, s[name]))
   result = {
       "config": args.config or "default", "batch_size": library.batch_size, "num_params": counts,
+      "device": args.device, "jax_dtype": args.dtype, "torch_autocast_bf16": args.autocast_bf16,
       "torch_threads": threads, "torch_channels_last": args.channels_last,
       "flops_per_step": {"jax_library": library.flops, "jax_bare": bare.flops},
-      "compile_s": {"jax_library": library.compile_s, "jax_bare": bare.compile_s},
+      "compile_s": compile_s, "rounds": args.rounds, "reps_per_round": args.reps,
       "step_s": s, "median_step_s": {k: statistics.median(v) for k, v in s.items()},
+      "examples_per_s": {k: library.batch_size / statistics.median(v) for k, v in s.items()},
       "torch_over_jax_library": ratio("jax_library", s["torch"]),
       "best_torch_over_jax_library": ratio("jax_library", s_best),
       "torch_over_jax_bare": ratio("jax_bare", s["torch"]),
@@ -149,21 +113,135 @@ def main():
       "per_round_torch_over_jax_library": common.ratios(s["torch"], s["jax_library"]),
       "load_per_round": timing["load"],
   }
+  if "torch_compile" in s:
+    result["torch_compile_over_jax_library"] = ratio("jax_library", s["torch_compile"])
+    result["torch_compile_over_jax_bare"] = ratio("jax_bare", s["torch_compile"])
+  return result
+
+
+def print_result(result: dict, phase: str, threads: int) -> None:
+  s, counts = result["step_s"], result["num_params"]
   fmt = lambda r: f"{r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})"
-  print(f"torch / jax_library step time per round: "
-        f"{[round(x, 3) for x in result['per_round_torch_over_jax_library']]}", flush=True)
+  torch_names = [name for name in s if name.startswith("torch")]
+  best = [min(times) for times in zip(*(s[name] for name in torch_names))]
+  ratio = lambda name, torch_times: common.summary(common.ratios(torch_times, s[name]))
+  columns = ["contender", "parameters", "step s (median)", "examples/s",
+             f"torch eager{f' ({threads} threads)' if result['device'] == 'cpu' else ''} time / this"]
+  if "torch_compile" in s:
+    columns.append("torch.compile time / this")
+  columns += ["fastest torch setting's time / this", "load (1 min)"]
+  rows = []
+  for name in s:
+    row = [name, f"{counts[name]:,}", f"{statistics.median(s[name]):.4f}",
+           f"{result['batch_size'] / statistics.median(s[name]):.1f}", fmt(ratio(name, s["torch"]))]
+    if "torch_compile" in s:
+      row.append(fmt(ratio(name, s["torch_compile"])))
+    row += [fmt(ratio(name, best)), f"{min(result['load_per_round'])}-{max(result['load_per_round'])}"]
+    rows.append(row)
+  precision = (f"JAX {result['jax_dtype']}, torch "
+               f"{'bf16 autocast' if result['torch_autocast_bf16'] else 'float32'}")
   common.print_table(
-      f"JAX vs PyTorch train step, config {result['config']} image-only, batch "
-      f"{library.batch_size}, {args.rounds} alternating rounds of {args.reps} steps",
-      ["contender", "parameters", "step s (median)", "examples/s",
-       f"torch ({threads} threads) time / this", "faster torch setting's time / this",
-       "load (1 min)"],
-      [[name, f"{counts[name]:,}", f"{statistics.median(s[name]):.3f}",
-        f"{library.batch_size / statistics.median(s[name]):.1f}",
-        fmt(ratio(name, s["torch"])), fmt(ratio(name, s_best)),
-        f"{min(timing['load'])}-{max(timing['load'])}"] for name in s])
-  common.write_json(args.json, {"machine": machine, "load_at_end": common.load(), **result,
-                                "args": vars(args)})
+      f"JAX vs PyTorch train step ({phase}), config {result['config']} image-only, batch "
+      f"{result['batch_size']}, {result['device']}, {precision}, {result['rounds']} alternating rounds "
+      f"of {result['reps_per_round']} steps", columns, rows)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", default="small", help="variant of configs/imglabel.py")
+  parser.add_argument("--batch_size", type=int, default=0, help="override the config's (0: keep)")
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--reps", type=int, default=3, help="steps per contender per round")
+  parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="PyTorch's device")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="the JAX config's model.dtype (activations; parameters stay float32)")
+  parser.add_argument("--autocast_bf16", action="store_true", help="PyTorch's forward under bf16 autocast")
+  parser.add_argument("--torch_compile", action="store_true",
+                      help="add the torch.compile contender (a second phase)")
+  parser.add_argument("--torch_compile_backend", default="inductor",
+                      help="torch.compile backend ('aot_eager': capture and autograd only, a quick check)")
+  parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the core count)")
+  parser.add_argument("--channels_last", action="store_true", help="torch channels_last layout")
+  parser.add_argument("--omp_wait_policy", default="passive", choices=["passive", "active", "default"],
+                      help="OMP_WAIT_POLICY for PyTorch's threads, set before torch is imported "
+                           "('default': leave the environment's)")
+  parser.add_argument("--no_single_thread", action="store_true",
+                      help="skip the one-thread PyTorch contender (always skipped on CUDA)")
+  parser.add_argument("--json", default=common.default_json("vs_pytorch"))
+  args = parser.parse_args()
+
+  torch = common.import_torch(args.omp_wait_policy)
+
+  from benchmarks import torch_unet
+
+  if args.device == "cuda":
+    if not torch.cuda.is_available():
+      raise SystemExit("--device=cuda: torch sees no CUDA device")
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
+    torch.set_float32_matmul_precision("high")  # TF32, as JAX's default precision on a GPU
+  threads = args.threads or len(os.sched_getaffinity(0))
+  torch.set_num_threads(threads)
+  machine = common.machine()
+  machine["torch"] = torch.__version__
+  machine["torch_threads"] = threads
+  if args.device == "cuda":
+    machine["torch_device"] = torch.cuda.get_device_name()
+  print(common.describe(machine) + f" | torch {torch.__version__} ({threads} threads, {args.device})",
+        flush=True)
+
+  variant = "" if args.config == "default" else args.config
+  overrides = {"model.dtype": args.dtype}
+  if args.batch_size:
+    overrides["training.batch_size"] = args.batch_size
+  config = setups.get_config(variant, image_only=True, **overrides)
+  library = setups.TrainStep(config)
+  bare = BareJaxStep(library)
+  alpha_bars = np.asarray(library.experiment.schedule.alpha_bars)
+  make_torch = lambda backend: torch_unet.TrainStep(
+      config, alpha_bars, channels_last=args.channels_last, device=args.device,
+      autocast_bf16=args.autocast_bf16, compile_backend=backend)
+  torch_step = make_torch(None)
+  counts = {"jax_library": library.num_params, "jax_bare": bare.num_params,
+            "torch": torch_step.num_params}
+  compile_s = {"jax_library": library.compile_s, "jax_bare": bare.compile_s}
+  print(f"parameters: {counts}; batch {library.batch_size}; compile s: library "
+        f"{library.compile_s:.1f}, bare {bare.compile_s:.1f}", flush=True)
+  if len(set(counts.values())) != 1:
+    raise SystemExit(f"parameter counts differ: {counts}")
+
+  def with_threads(n, step):
+    def run():
+      torch.set_num_threads(n)
+      return step()
+    return run
+
+  on_cpu = args.device == "cpu"
+  contenders = {"jax_library": library, "jax_bare": bare,
+                "torch": with_threads(threads, torch_step) if on_cpu else torch_step}
+  if on_cpu and threads > 1 and not args.no_single_thread:
+    contenders["torch_1thread"] = with_threads(1, torch_step)
+    counts["torch_1thread"] = torch_step.num_params
+  phases = ["eager"] + (["with torch.compile"] if args.torch_compile else [])
+  for phase in phases:
+    if phase != "eager":
+      compiled = make_torch(args.torch_compile_backend)
+      counts["torch_compile"] = compiled.num_params
+      if compiled.num_params != library.num_params:
+        raise SystemExit(f"parameter counts differ: {counts}")
+      name = f"torch_compile ({args.torch_compile_backend})"
+      start = time.perf_counter()
+      compiled().block_until_ready()  # the first call traces and compiles (forward and backward)
+      compile_s[name] = time.perf_counter() - start
+      print(f"{name}: first step {compile_s[name]:.1f} s", flush=True)
+      contenders["torch_compile"] = with_threads(threads, compiled) if on_cpu else compiled
+    timing = common.alternate(contenders, rounds=args.rounds, reps=args.reps, warmup=2)
+    result = summarise(timing, library, bare, counts, compile_s, args, threads)
+    result["phase"] = phase
+    print(f"[{phase}] torch / jax_library step time per round: "
+          f"{[round(x, 3) for x in result['per_round_torch_over_jax_library']]}", flush=True)
+    print_result(result, phase, threads)
+    common.write_json(args.json, {"machine": machine, "load_at_end": common.load(), **result,
+                                  "complete": phase == phases[-1], "args": vars(args)})
 
 
 if __name__ == "__main__":

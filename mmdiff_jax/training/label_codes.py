@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mmdiff_jax.data.statistics import read_class_mean_codes
+from mmdiff_jax.data.statistics import CLASS_MEAN_EXAMPLES, read_class_mean_codes
 
 
 def with_class_mean_codes(state, experiment, config):
@@ -29,6 +29,6 @@ def with_class_mean_codes(state, experiment, config):
                                                  lambda index: np.asarray(table, old.dtype)[index])
     params[name] = {**params[name], "codes": place()}
     ema[name] = {**ema[name], "codes": place()}
-    print(f"Label code of '{spec.name}': class means of {config.data.train_split} (frozen)",
-          flush=True)
+    print(f"Label code of '{spec.name}': class means of {CLASS_MEAN_EXAMPLES} random examples of "
+          f"{config.data.train_split} (frozen)", flush=True)
   return state.replace(params=params, ema_params=ema)
