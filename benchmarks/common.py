@@ -129,13 +129,23 @@ class MatmulPeak:
     return self.dot(self.a, self.b)
 
 
+def block(x: Any) -> Any:
+  """Waits until x is computed: JAX arrays and pytrees of them (jax.block_until_ready), or an object with
+  its own block_until_ready method (torch_unet.Synchronizer: torch.cuda.synchronize, as CUDA kernels run
+  asynchronously), so that a clock read after it counts all the work."""
+  if hasattr(x, "block_until_ready") and not isinstance(x, jax.Array):
+    return x.block_until_ready()
+  return jax.block_until_ready(x)
+
+
 def time_per_call(fn: Callable[[], Any], reps: int) -> float:
-  """Seconds per call of `reps` back-to-back calls (dispatch overlapped, as in a training loop)."""
+  """Seconds per call of `reps` back-to-back calls (dispatch overlapped, as in a training loop), up to
+  the last call's result being ready (block)."""
   out = None
   start = time.perf_counter()
   for _ in range(reps):
     out = fn()
-  jax.block_until_ready(out)
+  block(out)
   return (time.perf_counter() - start) / reps
 
 
@@ -149,7 +159,7 @@ def alternate(contenders: Mapping[str, Callable[[], Any]], *, rounds: int,
   reps_of = (lambda name: reps[name]) if isinstance(reps, Mapping) else (lambda name: reps)
   for name, fn in contenders.items():
     for _ in range(warmup):
-      jax.block_until_ready(fn())
+      block(fn())
   seconds: dict[str, list[float]] = {name: [] for name in contenders}
   loads = []
   names = list(contenders)

@@ -268,7 +268,8 @@ def main():
   for r in results:
     for name, rate in r["images_per_s"].items():
       vs = r.get(f"{name}_over_compiled_speed")
-      rows.append([r["sampler"], r["batch_size"], name, f"{rate:.2f}", f"{r['ms_per_step'][name]:.3f}",
+      label = {"compiled": "jax (compiled loop)", "python_loop": "jax (Python loop)"}.get(name, name)
+      rows.append([r["sampler"], r["batch_size"], label, f"{rate:.2f}", f"{r['ms_per_step'][name]:.3f}",
                    f"{r['first_call_s'][name]:.1f}",
                    f"{vs['median']:.3f} ({vs['min']:.3f}-{vs['max']:.3f})" if vs else "-",
                    f"{min(r['load_per_round'])}-{max(r['load_per_round'])}"])

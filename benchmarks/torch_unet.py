@@ -14,8 +14,8 @@ and FLOPs).
 TrainStep and DDIMSampler run on any torch device (device="cuda" on a GPU), optionally under bf16 autocast
 (parameters stay float32, as with the JAX config's model.dtype="bfloat16") and through torch.compile. CUDA
 runs asynchronously: both return a Synchronizer, whose block_until_ready() waits for the device, so that
-common.time_per_call (which calls jax.block_until_ready on the last result) reads its clock after the
-work is done.
+common.time_per_call (which blocks on the last result with common.block) reads its clock after the work
+is done.
 
 torch is a benchmark extra (pip install -e '.[bench]'), never a dependency of the library.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -166,9 +167,9 @@ def unet_from_config(config) -> UNet:
 
 
 class Synchronizer:
-  """What the steps return: jax.block_until_ready(x) calls x.block_until_ready() (JAX's documented duck
-  typing), which here waits for the device's queued kernels (CUDA runs asynchronously; on the CPU torch
-  returns when the work is done)."""
+  """What the steps return: common.block(x) (and jax.block_until_ready, by its duck typing) calls
+  x.block_until_ready(), which here waits for the device's queued kernels (CUDA runs asynchronously; on
+  the CPU torch returns when the work is done). value: the result (the sampler's images), if any."""
 
   def __init__(self, device: torch.device, value=None):
     self.device, self.value = device, value
@@ -218,7 +219,7 @@ class TrainStep:
     self.clip = float(o.grad_clip_norm)
     self.ema_decay = float(config.training.ema_decay)
     self.num_timesteps = int(config.diffusion.num_timesteps)
-    self.alpha_bars = torch.as_tensor(alpha_bars, dtype=torch.float32, device=self.device)
+    self.alpha_bars = torch.as_tensor(np.array(alpha_bars, np.float32), device=self.device)  # a writable copy
     b, size, c = int(config.training.batch_size), int(config.data.image_size), int(config.data.channels)
     self.x0 = (torch.rand(b, c, size, size, device=self.device) * 2 - 1).contiguous(
         memory_format=self.memory_format)
