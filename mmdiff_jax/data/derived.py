@@ -1,13 +1,14 @@
 """Features derived from a preprocessed batch, named in config.data.derived.
 
-Each takes the batch (images float32 (B, H, W, C) in [-1, 1], labels int32 (B,)), one numpy
-Generator per example, seeded from (seed, the example's position in the global stream) only, and the
-data settings as keywords (each reads those it needs): an example gets the same derived features after a
-resume, in any batch size and with any number of processes sharing the global batch.
+Each takes the batch (images float32 (B, H, W, C) in [-1, 1], labels int32 (B,)) and one numpy
+Generator per example, seeded from (seed, the example's position in the global stream) only: an example
+gets the same derived features after a resume, in any batch size and with any number of processes
+sharing the global batch.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -22,13 +23,13 @@ _DERIVED_STREAM = 0x64657276
 Generators = Sequence[np.random.Generator]
 
 
-def garment_segmentation(batch, rngs: Generators, **settings) -> dict[str, np.ndarray]:
+def garment_segmentation(batch, rngs: Generators) -> dict[str, np.ndarray]:
   """"segmentation": int32 (B, H, W): 0 = background, 1 + label where the garment's ink is.
 
   Fashion-MNIST has no segmentation labels; this per-pixel map (background vs. the garment's class)
   is derived from the image and its label, so a model of (image, map) must get shape and class right.
   """
-  del rngs, settings
+  del rngs
   ink = batch["image"][..., 0] > INK_THRESHOLD
   return {"segmentation": np.where(ink, batch["label"][:, None, None] + 1, 0).astype(np.int32)}
 
@@ -53,23 +54,21 @@ def mask_out(images: np.ndarray, mask: np.ndarray, *, fill_value: float) -> np.n
   return np.where(mask > 0, np.float32(fill_value), images).astype(np.float32)
 
 
-def random_square_mask(batch, rngs: Generators, *, mask_fill_value: float = 0.0,
-                       **settings) -> dict[str, np.ndarray]:
+def random_square_mask(batch, rngs: Generators, *, mask_fill_value: float = 0.0
+                       ) -> dict[str, np.ndarray]:
   """"mask" (see square_masks) with ratios drawn uniformly from MASK_RATIOS; "masked_image": the
   image with missing pixels set to mask_fill_value (config.data.mask_fill_value)."""
-  del settings
   images = batch["image"]
   ratios = np.array([rng.uniform(*MASK_RATIOS) for rng in rngs])
   mask = square_masks(images.shape, ratios=ratios, rngs=rngs)
   return {"mask": mask, "masked_image": mask_out(images, mask, fill_value=mask_fill_value)}
 
 
-def masked_image_augmentation(batch, rngs: Generators, **settings) -> dict[str, np.ndarray]:
+def masked_image_augmentation(batch, rngs: Generators) -> dict[str, np.ndarray]:
   """"image": each example replaced by its "masked_image" with probability 1/2 (needs
   random_square_mask before it). A training-time augmentation: a model trained with it sees clean and
   masked images alike as images to generate, without the masked image as a modality of its own (the
   control that separates the multitask structure from mere exposure to masked images)."""
-  del settings
   if "masked_image" not in batch:
     raise ValueError("config.data.derived: 'masked_image_augmentation' needs 'random_square_mask' "
                      "before it (it replaces images by their masked copies)")
@@ -102,5 +101,8 @@ def derive(batch, names, *, seed: int, positions: Sequence[int], mask_fill_value
   if len(rngs) != len(batch["image"]):
     raise ValueError(f"derive: {len(batch['image'])} examples but {len(rngs)} positions")
   for name in names:
-    batch.update(DERIVED[name](batch, rngs, mask_fill_value=mask_fill_value))
+    feature = DERIVED[name]
+    if feature is random_square_mask:  # the one with a data setting
+      feature = functools.partial(random_square_mask, mask_fill_value=mask_fill_value)
+    batch.update(feature(batch, rngs))
   return batch
