@@ -47,9 +47,9 @@ def load_runs(results_dir: str) -> dict[str, dict[str, Any]]:
     if os.path.exists(bootstrap_path):
       with open(bootstrap_path) as f:
         bootstrap = json.load(f)
+    files = _metric_files(os.path.join(results_dir, name))
     runs[name] = {"metrics": values, "run": run, "bootstrap": bootstrap,
-                  "sampler_steps": _sampler_sweep(os.path.join(results_dir, name)),
-                  "files": _metric_files(os.path.join(results_dir, name))}
+                  "sampler_steps": _sampler_sweep(files), "files": files}
   return runs
 
 
@@ -71,23 +71,13 @@ def _metric_files(folder: str) -> dict[str, tuple[dict[str, Any], dict[str, Any]
   return files
 
 
-def _sampler_sweep(folder: str) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
-  """{DDIM steps: (metrics, bootstrap replicates or {})} from the folder's eval_metrics_ddim<K>.json
-  files and their .bootstrap.json siblings (`evaluate --metrics_name=eval_metrics_ddim<K>
-  --config.eval.sampler_steps=<K>`)."""
-  sweep = {}
-  for file in os.listdir(folder):
-    stem = file[:-len(".json")]
-    if file.startswith("eval_metrics_ddim") and file.endswith(".json") and stem[17:].isdigit():
-      with open(os.path.join(folder, file)) as f:
-        values = json.load(f)
-      replicates_path = os.path.join(folder, f"{stem}.bootstrap.json")
-      replicates = {}
-      if os.path.exists(replicates_path):
-        with open(replicates_path) as f:
-          replicates = json.load(f)
-      sweep[int(stem[17:])] = (values, replicates)
-  return dict(sorted(sweep.items()))
+def _sampler_sweep(files: dict[str, tuple[dict[str, Any], dict[str, Any]]]
+                   ) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+  """{DDIM steps: (metrics, bootstrap replicates or {})} from a run's _metric_files named
+  eval_metrics_ddim<K> (`evaluate --metrics_name=eval_metrics_ddim<K> --config.eval.sampler_steps=<K>`)."""
+  prefix = "eval_metrics_ddim"
+  return dict(sorted((int(stem[len(prefix):]), found) for stem, found in files.items()
+                     if stem.startswith(prefix) and stem[len(prefix):].isdigit()))
 
 
 SWEPT = (("Fréchet (joint)", FRECHET), ("Fréchet (given labels)", LABEL_FRECHET),
