@@ -1,7 +1,8 @@
 """Multi-process training with real processes on localhost, through the real command line.
 
 Two processes x 4 simulated CPU devices (launch/local_multiprocess.sh, which runs
-`python -m mmdiff_jax.main`) train the smoke config and checkpoint; the result must equal a
+`python -m mmdiff_jax.main`) train the smoke config (with randomly masked training images) and
+checkpoint; the result must equal a
 single-process 8-device run of the same config, and the checkpoint must restore into one process with
 2 devices and another mesh shape and keep training to the same result.
 
@@ -85,7 +86,10 @@ def _main_flags(workdir, num_steps: int, mesh: dict[str, int], fsdp: bool, *,
   flags = [f"--config={ROOT / 'configs' / 'imglabel.py'}:smoke", f"--workdir={workdir}",
            f"--config.training.num_steps={num_steps}", f"--config.training.save_every={K}",
            f"--config.training.log_every={K}", f"--config.mesh.data={mesh['data']}",
-           f"--config.mesh.fsdp={mesh['fsdp']}", f"--config.fsdp={fsdp}"]
+           f"--config.mesh.fsdp={mesh['fsdp']}", f"--config.fsdp={fsdp}",
+           # Random masks replace half the training images by masked copies: if an example's mask
+           # depended on which process reads it, the two-process run would train on other images.
+           "--config.data.derived=('random_square_mask','masked_image_augmentation')"]
   if sample_and_eval:  # small, but every process takes part in sampling and evaluation
     flags += ["--config.sampling.num_samples=10", "--config.sampling.sampler_steps=2",
               "--config.eval.after_training=('label_accuracy',)", "--config.eval.num_examples=16",

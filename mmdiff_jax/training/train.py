@@ -238,8 +238,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
       check_batch(local_batch, experiment.specs, experiment.model.z_shape,
                   where=f"dataset {config.data.name!r} ({config.data.train_split})",
                   ignore_label=config.data.ignore_label)
-      batch = sharding_lib.global_batch(local_batch, mesh)
-      state, metrics = train_step(state, batch)
+      # Only the features the model reads go in: derived extras (a mask beside its masked image)
+      # would change the step's input tree, which a precompiled multi-process step refuses.
+      model_batch = {spec.feature: local_batch[spec.feature] for spec in experiment.specs}
+      state, metrics = train_step(state, sharding_lib.global_batch(model_batch, mesh))
       pending.append(metrics)
       if step == start + 1:  # compiled and done: speed and ETA count from here
         jax.block_until_ready(metrics)
