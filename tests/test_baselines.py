@@ -34,16 +34,22 @@ def _config(name: str, data_dir: str | None = None):
 
 
 def _random_params(experiment, seed: int = 0):
-  """Initial parameters with every leaf randomised (zero-initialised heads would hide any effect)."""
-  batch = {k: jnp.zeros(v.shape, v.dtype)
-           for k, v in state_lib.example_batch(experiment.model, B).items()}
-  params = nn.meta.unbox(experiment.model.init(
-      jax.random.PRNGKey(seed), batch, batch["image"], jnp.ones((B,), jnp.int32),
-      method="initialize"))["params"]
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  return jax.tree.unflatten(treedef, [0.1 * jax.random.normal(k, x.shape)
-                                      for k, x in zip(keys, leaves)])
+  """Initial parameters with every leaf randomised (zero-initialised heads would hide any effect).
+  One jitted program: run eagerly, each of init's operations would compile on its own."""
+
+  @jax.jit
+  def randomised():
+    batch = {k: jnp.zeros(v.shape, v.dtype)
+             for k, v in state_lib.example_batch(experiment.model, B).items()}
+    params = nn.meta.unbox(experiment.model.init(
+        jax.random.PRNGKey(seed), batch, batch["image"], jnp.ones((B,), jnp.int32),
+        method="initialize"))["params"]
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    return jax.tree.unflatten(treedef, [0.1 * jax.random.normal(k, x.shape)
+                                        for k, x in zip(keys, leaves)])
+
+  return randomised()
 
 
 def test_condition_role_is_validated():

@@ -53,7 +53,7 @@ _PREPARE_SCRIPT = textwrap.dedent("""
 
 def _read_raw(split):
   """Independent IDX decoding (not using the library's reader)."""
-  images_name, labels_name, _ = fm.RAW_FILES[split]
+  images_name, labels_name = fm.RAW_FILES[split]
   with gzip.open(os.path.join(RAW_DIR, images_name), "rb") as f:
     images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
   with gzip.open(os.path.join(RAW_DIR, labels_name), "rb") as f:
@@ -256,12 +256,16 @@ def test_idx_header_validation(tmp_path):
   with pytest.raises(fm.IdxFormatError, match="truncated.gz.*data bytes"):
     fm.read_idx(str(truncated), ndim=3)
 
-  # Through the split loader: wrong count in a correctly named file.
+  # Through the split loader: any count is read (a subset of the release, say) while images and
+  # labels agree; labels for another number of images name the labels file and both counts.
   raw = tmp_path / "raw"
   raw.mkdir()
   _write_idx(raw / "t10k-images-idx3-ubyte.gz", 0x803, (2, 28, 28), bytes(2 * 784))
-  _write_idx(raw / "t10k-labels-idx1-ubyte.gz", 0x801, (2,), bytes(2))
-  with pytest.raises(fm.IdxFormatError, match="t10k-images-idx3-ubyte.gz"):
+  _write_idx(raw / "t10k-labels-idx1-ubyte.gz", 0x801, (2,), bytes([3, 9]))
+  images, labels = fm.load_raw_split(str(raw), "test")
+  assert images.shape == (2, 28, 28, 1) and labels.tolist() == [3, 9]
+  _write_idx(raw / "t10k-labels-idx1-ubyte.gz", 0x801, (3,), bytes(3))
+  with pytest.raises(fm.IdxFormatError, match="t10k-labels-idx1-ubyte.gz holds 3 items, expected 2"):
     fm.load_raw_split(str(raw), "test")
 
 

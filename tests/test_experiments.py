@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import json
 import os
@@ -16,21 +17,41 @@ import pytest
 from mmdiff_jax import evaluate
 from mmdiff_jax.data import derived
 from mmdiff_jax.data import images as images_lib
-from mmdiff_jax.data import pipeline
+from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.training import train
 
 
+EMBEDDING_SUBSET = {"train": 2000, "test": 500}  # examples of each raw split the imgemb test prepares
+
+
+def _write_raw_subset(raw_dir: pathlib.Path, counts: dict[str, int]) -> None:
+  """The first `counts[split]` examples of each real raw split, written as gzipped IDX files."""
+  from mmdiff_jax.data import fashion_mnist
+  raw_dir.mkdir()
+  for split, count in counts.items():
+    images, labels = fashion_mnist.load_raw_split(fashion_mnist.DEFAULT_RAW_DIR, split)
+    for name, array, magic in zip(fashion_mnist.RAW_FILES[split], (images[:count, ..., 0], labels[:count]),
+                                  (0x803, 0x801)):
+      header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+      with gzip.open(raw_dir / name, "wb") as f:
+        f.write(header + array.tobytes())
+
+
 @pytest.fixture(scope="module")
-def embedding_data_dir(data_dir):
-  """data_dir with imgemb's dataset prepared, in a process with XLA's usual optimisation: preparing
-  it runs AlexNet over all 70k images, execution-bound work that the suite's compile-time setting
-  (conftest: no LLVM optimisation passes) would slow by about half."""
+def embedding_data_dir(tmp_path_factory):
+  """A data dir with imgemb's dataset prepared from a real subset of the raw files (AlexNet over all
+  70k images takes most of two minutes; the subset takes seconds), in a process with XLA's usual
+  optimisation: it is execution-bound work that the suite's compile-time setting (conftest: no LLVM
+  optimisation passes) would slow by about half."""
+  raw_dir = tmp_path_factory.mktemp("embedding") / "raw"
+  _write_raw_subset(raw_dir, EMBEDDING_SUBSET)
+  data_dir = str(raw_dir.parent / "tfds")
   flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   if flags:
     env["XLA_FLAGS"] = flags
   code = ("from mmdiff_jax.data import fashion_mnist, sources; sources.prepare_fashion_mnist("
-          f"data_dir={data_dir!r}, name=fashion_mnist.EMBEDDING_NAME)")
+          f"data_dir={data_dir!r}, raw_dir={str(raw_dir)!r}, name=fashion_mnist.EMBEDDING_NAME)")
   subprocess.run([sys.executable, "-c", code], env=env, check=True,
                  cwd=pathlib.Path(__file__).resolve().parents[1])
   return data_dir
@@ -74,6 +95,8 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
     assert open(os.path.join(workdir, "config.json")).read() == saved
     assert os.path.exists(results["sample_grids"][1])
   if name == "imgemb":
+    assert {split: sources.num_examples(config.data, split) for split in EMBEDDING_SUBSET} == (
+        EMBEDDING_SUBSET)
     assert -1.0 <= metrics["eval/embedding_cosine"] <= 1.0
     assert -1.0 <= metrics["eval/embedding_cosine_shuffled"] <= 1.0
   assert not any(k.startswith("eval/label") for k in metrics)

@@ -98,9 +98,8 @@ def test_replacement_keeps_the_observation_and_with_nothing_masked_returns_it(un
   assert np.abs(out[~known] - np.asarray(images)[~known]).mean() > 1e-2  # the hole is generated
 
 
-def test_resampling_changes_the_fill():
-  experiment = build_experiment(_config("baseline_uncond"))
-  params = _random_params(experiment)
+def test_resampling_changes_the_fill(uncond):
+  experiment, params = uncond
   sampler, images = experiment.sampler("ddim", 4), _images()
   mask = jnp.ones((3, 28, 28, 1))
   once, twice = (np.asarray(inpainting.known_region_replacement(

@@ -65,10 +65,11 @@ CLASS_NAMES = (
     "Ankle boot",
 )
 
-# split -> (images file, labels file, number of examples)
-RAW_FILES: Mapping[str, tuple[str, str, int]] = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000),
+# split -> (images file, labels file). The release has 60000 / 10000 examples; any count is read
+# (a subset, or another 28x28 grayscale set in the same format), as long as the two files agree.
+RAW_FILES: Mapping[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
 _IDX_UBYTE_MAGIC = {1: 0x00000801, 3: 0x00000803}  # ndim -> magic (ubyte type)
@@ -92,7 +93,7 @@ def missing_raw_files_message(raw_dir: str, missing: list[str]) -> str:
   )
   return (
       f"Fashion-MNIST raw files not found in {raw_dir} ({where}). "
-      f"Expected {', '.join(sorted(f for t in RAW_FILES.values() for f in t[:2]))}. "
+      f"Expected {', '.join(sorted(f for t in RAW_FILES.values() for f in t))}. "
       f"Install them with `{INSTALL_COMMAND}` (Debian/Ubuntu; run "
       "`apt-get update` first), or point the config key "
       f"`{CONFIG_KEY}` at a directory holding these files. "
@@ -111,7 +112,7 @@ def check_raw_files(raw_dir: str, splits=None) -> dict[str, tuple[str, str]]:
   splits = list(RAW_FILES) if splits is None else list(splits)
   paths, missing = {}, []
   for split in splits:
-    images, labels, _ = RAW_FILES[split]
+    images, labels = RAW_FILES[split]
     pair = (os.path.join(raw_dir, images), os.path.join(raw_dir, labels))
     missing += [p for p in pair if not os.path.isfile(p)]
     paths[split] = pair
@@ -182,10 +183,8 @@ def load_raw_split(raw_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   if split not in RAW_FILES:
     raise ValueError(f"Unknown split {split!r}; expected one of {list(RAW_FILES)}.")
   images_path, labels_path = check_raw_files(raw_dir, [split])[split]
-  count = RAW_FILES[split][2]
-  images = read_idx(images_path, ndim=3, expected_count=count,
-                    expected_item_shape=IMAGE_SHAPE[:2])
-  labels = read_idx(labels_path, ndim=1, expected_count=count)
+  images = read_idx(images_path, ndim=3, expected_item_shape=IMAGE_SHAPE[:2])
+  labels = read_idx(labels_path, ndim=1, expected_count=images.shape[0])
   if labels.max(initial=0) >= NUM_CLASSES:
     raise IdxFormatError(
         f"IDX file {labels_path} has label {int(labels.max())}, expected "
