@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import json
 import os
@@ -15,10 +14,12 @@ import numpy as np
 import pytest
 
 from mmdiff_jax import evaluate
-from mmdiff_jax.data import derived
+from mmdiff_jax.data import derived, fashion_mnist
 from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.training import train
+
+from test_data import _write_idx
 
 
 EMBEDDING_SUBSET = {"train": 2000, "test": 500}  # examples of each raw split the imgemb test prepares
@@ -26,15 +27,12 @@ EMBEDDING_SUBSET = {"train": 2000, "test": 500}  # examples of each raw split th
 
 def _write_raw_subset(raw_dir: pathlib.Path, counts: dict[str, int]) -> None:
   """The first `counts[split]` examples of each real raw split, written as gzipped IDX files."""
-  from mmdiff_jax.data import fashion_mnist
   raw_dir.mkdir()
   for split, count in counts.items():
     images, labels = fashion_mnist.load_raw_split(fashion_mnist.DEFAULT_RAW_DIR, split)
-    for name, array, magic in zip(fashion_mnist.RAW_FILES[split], (images[:count, ..., 0], labels[:count]),
-                                  (0x803, 0x801)):
-      header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-      with gzip.open(raw_dir / name, "wb") as f:
-        f.write(header + array.tobytes())
+    images_name, labels_name = fashion_mnist.RAW_FILES[split]
+    _write_idx(raw_dir / images_name, 0x803, (count, 28, 28), images[:count, ..., 0].tobytes())
+    _write_idx(raw_dir / labels_name, 0x801, (count,), labels[:count].tobytes())
 
 
 @pytest.fixture(scope="module")
