@@ -59,6 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
       derived=(),  # derived features (mmdiff_jax/data/derived.py), e.g. ("garment_segmentation",)
       mask_fill_value=0.0,  # the value of a masked image's missing pixels (in [-1, 1]): 0 is mid-grey,
                             # -1 Fashion-MNIST's black background; training and evaluation alike
+      mask_fill_pattern="constant",  # "constant" (mask_fill_value everywhere) or "checkerboard"
+                                     # (+1/-1 per pixel: marks the hole in the image itself)
   ))
 
   # name -> {kind, feature, encoder, loss_weight, profile, profile_scale, num_classes, dim, role};

@@ -11,7 +11,7 @@ import numbers
 import ml_collections
 
 from mmdiff_jax.config import RENAMED_KEYS, default_config
-from mmdiff_jax.data.derived import DERIVED
+from mmdiff_jax.data.derived import DERIVED, MASK_FILL_PATTERNS
 from mmdiff_jax.data.pipeline import CROPS, RESIZES
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.diffusion.aggregation import final_coefficients
@@ -144,6 +144,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
     _require(name in DERIVED, "data.derived", tuple(data.derived), f"names from {sorted(DERIVED)}")
   _require(get("resize") in RESIZES, "data.resize", get("resize"), f"one of {RESIZES}")
   _require(get("crop") in CROPS, "data.crop", get("crop"), f"one of {CROPS}")
+  _require(get("mask_fill_pattern") in MASK_FILL_PATTERNS, "data.mask_fill_pattern",
+           get("mask_fill_pattern"), f"one of {MASK_FILL_PATTERNS}")
   _require(isinstance(get("random_flip"), bool), "data.random_flip", get("random_flip"),
            "True or False")
   for key in ("train_split", "eval_split", "image_key"):

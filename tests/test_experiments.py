@@ -223,20 +223,26 @@ def test_square_masks_cover_the_ratio_and_are_seeded():
     derived.derive(dict(batch), ("blur",), seed=1, positions=range(3))
 
 
-def test_masked_images_fill_their_holes_with_the_configured_value(data_dir):
-  # config.data.mask_fill_value reaches the training stream; the masks do not depend on it.
+def test_masked_images_fill_their_holes_as_configured(data_dir):
+  # config.data.mask_fill_value / mask_fill_pattern reach the training stream; the masks do not
+  # depend on them.
   batches = {}
-  for fill in (0.0, -1.0):
+  for fill in ((0.0, "constant"), (-1.0, "constant"), (0.0, "checkerboard")):
     config = importlib.import_module("configs.imgmask").get_config("smoke")
-    config.data.update(data_dir=data_dir, mask_fill_value=fill)
+    config.data.update(data_dir=data_dir, mask_fill_value=fill[0], mask_fill_pattern=fill[1])
     batches[fill] = next(iter(pipeline.make_iterator(
         config.data, split="train", global_batch_size=8, seed=0, shuffle=False, training=True)))
-  np.testing.assert_array_equal(batches[0.0]["mask"], batches[-1.0]["mask"])
-  for fill, batch in batches.items():
+  board = np.where(np.add.outer(np.arange(28), np.arange(28)) % 2 == 0, 1.0, -1.0)[None, :, :, None]
+  for (value, pattern), batch in batches.items():
+    np.testing.assert_array_equal(batch["mask"], batches[0.0, "constant"]["mask"])
     missing = batch["mask"][..., 0] > 0
     assert missing.any() and (~missing).any()
-    np.testing.assert_array_equal(batch["masked_image"][missing], fill)
+    expected = np.broadcast_to(board if pattern == "checkerboard" else np.float32(value),
+                               batch["image"].shape)
+    np.testing.assert_array_equal(batch["masked_image"][missing], expected[missing])
     np.testing.assert_array_equal(batch["masked_image"][~missing], batch["image"][~missing])
+  with pytest.raises(ValueError, match=r"config.data.mask_fill_pattern: got 'noise'"):
+    derived.hole_fill((1, 4, 4, 1), value=0.0, pattern="noise")
 
 
 def test_embedding_is_precomputed_into_the_dataset(embedding_data_dir):

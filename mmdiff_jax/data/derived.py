@@ -49,19 +49,42 @@ def square_masks(shape, *, ratios: np.ndarray, rngs: Generators) -> np.ndarray:
   return mask[:, :h, :w, None]
 
 
-def mask_out(images: np.ndarray, mask: np.ndarray, *, fill_value: float) -> np.ndarray:
-  """float32 (B, H, W, C): `images` with the pixels where `mask` (B, H, W, 1) is 1 set to fill_value."""
-  return np.where(mask > 0, np.float32(fill_value), images).astype(np.float32)
+# config.data.mask_fill_pattern: what a masked image's missing pixels hold.
+#   "constant": config.data.mask_fill_value everywhere (0 is mid-grey, the value of real grey pixels);
+#   "checkerboard": +1 / -1 alternating pixel by pixel, a pattern no garment image has, so the hole is
+#     marked in the image itself (an in-band mask indicator; mask_fill_value is not used).
+MASK_FILL_PATTERNS = ("constant", "checkerboard")
 
 
-def random_square_mask(batch, rngs: Generators, *, mask_fill_value: float = 0.0
-                       ) -> dict[str, np.ndarray]:
+def hole_fill(shape, *, value: float, pattern: str) -> np.ndarray:
+  """float32 array of `shape` (B, H, W, C): what the missing pixels are set to (see MASK_FILL_PATTERNS)."""
+  if pattern == "constant":
+    return np.full(shape, value, np.float32)
+  if pattern == "checkerboard":
+    h, w = shape[1], shape[2]
+    board = np.where((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2 == 0, 1.0, -1.0)
+    return np.broadcast_to(board[None, :, :, None], shape).astype(np.float32)
+  raise ValueError(f"config.data.mask_fill_pattern: got {pattern!r}; expected one of "
+                   f"{MASK_FILL_PATTERNS}")
+
+
+def mask_out(images: np.ndarray, mask: np.ndarray, *, fill_value: float,
+             fill_pattern: str = "constant") -> np.ndarray:
+  """float32 (B, H, W, C): `images` with the pixels where `mask` (B, H, W, 1) is 1 replaced by
+  hole_fill(value=fill_value, pattern=fill_pattern)."""
+  fill = hole_fill(np.shape(images), value=fill_value, pattern=fill_pattern)
+  return np.where(mask > 0, fill, images).astype(np.float32)
+
+
+def random_square_mask(batch, rngs: Generators, *, mask_fill_value: float = 0.0,
+                       mask_fill_pattern: str = "constant") -> dict[str, np.ndarray]:
   """"mask" (see square_masks) with ratios drawn uniformly from MASK_RATIOS; "masked_image": the
-  image with missing pixels set to mask_fill_value (config.data.mask_fill_value)."""
+  image with missing pixels filled as config.data.mask_fill_value / mask_fill_pattern say."""
   images = batch["image"]
   ratios = np.array([rng.uniform(*MASK_RATIOS) for rng in rngs])
   mask = square_masks(images.shape, ratios=ratios, rngs=rngs)
-  return {"mask": mask, "masked_image": mask_out(images, mask, fill_value=mask_fill_value)}
+  return {"mask": mask, "masked_image": mask_out(images, mask, fill_value=mask_fill_value,
+                                                 fill_pattern=mask_fill_pattern)}
 
 
 def masked_image_augmentation(batch, rngs: Generators) -> dict[str, np.ndarray]:
@@ -86,11 +109,12 @@ DERIVED: dict[str, Callable[..., dict[str, np.ndarray]]] = {
 TRAINING_ONLY = frozenset({"masked_image_augmentation"})
 
 
-def derive(batch, names, *, seed: int, positions: Sequence[int], mask_fill_value: float = 0.0):
+def derive(batch, names, *, seed: int, positions: Sequence[int], mask_fill_value: float = 0.0,
+           mask_fill_pattern: str = "constant"):
   """Adds the named derived features to `batch` (a dict of numpy arrays of B examples).
 
   positions: the B examples' positions in the global stream (what seeds their draws).
-  mask_fill_value: the value of masked images' missing pixels (config.data.mask_fill_value).
+  mask_fill_value, mask_fill_pattern: what masked images' missing pixels hold (config.data.*).
   """
   for name in names:
     if name not in DERIVED:
@@ -103,6 +127,7 @@ def derive(batch, names, *, seed: int, positions: Sequence[int], mask_fill_value
   for name in names:
     feature = DERIVED[name]
     if feature is random_square_mask:  # the one with a data setting
-      feature = functools.partial(random_square_mask, mask_fill_value=mask_fill_value)
+      feature = functools.partial(random_square_mask, mask_fill_value=mask_fill_value,
+                                  mask_fill_pattern=mask_fill_pattern)
     batch.update(feature(batch, rngs))
   return batch

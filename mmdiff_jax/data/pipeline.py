@@ -206,7 +206,7 @@ class _ReadBatch:
 
   def __init__(self, *, source, order, stream_len, global_batch_size,
                local_batch_size, process_index, keys, geometry, with_index, derived=(), seed=0,
-               mask_fill_value=0.0):
+               mask_fill_value=0.0, mask_fill_pattern="constant"):
     self._source = source
     self._order = order
     self._stream_len = stream_len
@@ -219,6 +219,7 @@ class _ReadBatch:
     self._derived = tuple(derived)
     self._seed = int(seed)
     self._mask_fill_value = float(mask_fill_value)
+    self._mask_fill_pattern = str(mask_fill_pattern)
 
   def _positions(self, batch_index: int) -> range:
     start = batch_index * self._g + self._p * self._b
@@ -274,7 +275,7 @@ class _ReadBatch:
     if self._with_index:
       batch["index"] = np.asarray(keys, dtype=np.int64)
     return derive(batch, self._derived, seed=self._seed, positions=positions,
-                  mask_fill_value=self._mask_fill_value)
+                  mask_fill_value=self._mask_fill_value, mask_fill_pattern=self._mask_fill_pattern)
 
 
 def native_image_size(data_config, split: str) -> int:
@@ -442,7 +443,8 @@ def make_iterator(
       global_batch_size=global_batch_size, local_batch_size=local_batch_size,
       process_index=process_index, keys=keys, geometry=geometry, with_index=with_index,
       derived=derived_names, seed=int(seed),
-      mask_fill_value=config_value(data_config, "mask_fill_value", 0.0))
+      mask_fill_value=config_value(data_config, "mask_fill_value", 0.0),
+      mask_fill_pattern=config_value(data_config, "mask_fill_pattern", "constant"))
   batches = grain.MapDataset.range(n_local_batches).map(read_batch)
   read_options = grain.ReadOptions(
       num_threads=max(0, int(read_threads)),

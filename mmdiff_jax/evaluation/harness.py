@@ -139,7 +139,7 @@ def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, An
   on the same test images and masks for every method.
 
   Args:
-    inpaint: (rng, batch, masked images (B, H, W, C) with the hole at config.data.mask_fill_value,
+    inpaint: (rng, batch, masked images (B, H, W, C) with the hole filled as config.data says,
       mask (B, H, W, 1), 1 = missing) -> inpainted images (B, H, W, C).
     prefix: the metrics' names start with it ("inpainting", "inpainting_sdedit", ...).
   """
@@ -151,7 +151,8 @@ def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, An
       images = batch[experiment.specs[0].feature]
       mask = derived.square_masks(images.shape, ratios=np.full(len(images), ratio),
                                   rngs=[rng] * len(images))
-      masked_images = derived.mask_out(images, mask, fill_value=config.data.mask_fill_value)
+      masked_images = derived.mask_out(images, mask, fill_value=config.data.mask_fill_value,
+                                       fill_pattern=config.data.mask_fill_pattern)
       out = np.asarray(inpaint(jax.random.fold_in(random_streams.key(config.eval.seed, "inpainting"), i), batch,
                                masked_images, mask))
       psnr.append(metrics.masked_psnr(out, images, mask))
