@@ -34,6 +34,7 @@ import pytest
 # flag (the math is checked against float64 references with tolerances). Subprocesses inherit it.
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
+import mmdiff_jax  # noqa: E402,F401  (its XLA defaults join the flags before any backend starts)
 # The command-line runs that tests start as subprocesses share the same cache (through the environment
 # they inherit), and so do the parallel workers of one test run (pytest-xdist gives them one run id):
 # the smoke config's programs compile once per test run, not once per test. JAX writes cache entries

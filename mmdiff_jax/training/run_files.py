@@ -77,7 +77,7 @@ def machine_description() -> dict[str, Any]:
       cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
   return {"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
           "processes": jax.process_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
-          "jax": jax.__version__}
+          "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def source_commit() -> str:
