@@ -143,6 +143,8 @@ def default_config() -> ml_collections.ConfigDict:
       clip_denoised=True,  # clip z0-hat to [-1, 1]
       categorical_feedback="expected",  # unobserved labels/maps fed back to the next step (grids and
           # evaluators alike): "expected" code, the "argmax" class's code, or a "sampled" class's code
+      hard_feedback_fraction=1.0,  # "argmax"/"sampled" feedback at steps t <= this fraction of T,
+                                   # the expected code above it (1.0: every step)
       num_samples=100,  # images per sample grid; 0: no grids
   ))
 

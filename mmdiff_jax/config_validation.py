@@ -217,6 +217,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   _require_range("sampling.eta", s.eta, low=0.0)
   _require(s.categorical_feedback in CATEGORICAL_FEEDBACK, "sampling.categorical_feedback",
            s.categorical_feedback, f"one of {CATEGORICAL_FEEDBACK}")
+  _require_range("sampling.hard_feedback_fraction", s.hard_feedback_fraction, low=0.0, high=1.0)
   _require(int(s.num_samples) >= 0, "sampling.num_samples", s.num_samples, "an integer >= 0")
   e = config.eval
   _require(e.sampler in SAMPLERS, "eval.sampler", e.sampler, f"one of {SAMPLERS}")

@@ -48,13 +48,15 @@ class Experiment:
                      ignore_label=self.ignore_label)
 
   def sampler(self, method: str, sampler_steps: int, *, eta: float = 0.0, clip_denoised: bool = True,
-              categorical_feedback: str = "expected") -> Sampler | PredictionSampler:
+              categorical_feedback: str = "expected",
+              hard_feedback_fraction: float = 1.0) -> Sampler | PredictionSampler:
     """The diffusion sampler; for a predictor, its prediction behind the same interface."""
     if not self.is_generative:
       return PredictionSampler(self.model)
     return Sampler(self.model, self.schedule, self.weights, self.parameterization, method=method,
                    sampler_steps=sampler_steps, eta=eta, clip_denoised=clip_denoised,
-                   categorical_feedback=categorical_feedback)
+                   categorical_feedback=categorical_feedback,
+                   hard_feedback_fraction=hard_feedback_fraction)
 
   def prior_report(self) -> dict[str, float]:
     """lambda_T per aggregated modality, and the prior KL per dimension of a unit encoding (nats)."""

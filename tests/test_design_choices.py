@@ -56,6 +56,30 @@ def test_sampler_feeds_back_the_chosen_code(mode):
     Sampler(experiment.model, experiment.schedule, experiment.weights, categorical_feedback="soft")
 
 
+def test_hard_feedback_starts_below_the_chosen_fraction_of_T():
+  # hard_feedback_fraction switches from the expected code (t above the fraction of T) to the argmax
+  # class's code (t at or below it), inside one compiled sampling loop.
+  experiment = build_experiment(_config("imglabel"))
+  params = _random_params(experiment)
+  num_timesteps = experiment.schedule.num_timesteps
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, *experiment.model.z_shape))
+  def encodings(mode, fraction, t):
+    sampler = experiment.sampler("ddim", 3, categorical_feedback=mode,
+                                 hard_feedback_fraction=fraction)
+    return np.asarray(jax.jit(lambda t: sampler.predict(params, z, t, {}, None)[2])(t))
+  high, low = int(0.75 * num_timesteps), int(0.25 * num_timesteps)
+  for t in (high, low):
+    assert not np.allclose(encodings("argmax", 1.0, t), encodings("expected", 1.0, t))
+    np.testing.assert_array_equal(encodings("argmax", 0.0, t), encodings("expected", 1.0, t))
+  np.testing.assert_array_equal(encodings("argmax", 0.5, high), encodings("expected", 1.0, high))
+  np.testing.assert_array_equal(encodings("argmax", 0.5, low), encodings("argmax", 1.0, low))
+  samples = experiment.sampler("ddim", 3, categorical_feedback="argmax",
+                               hard_feedback_fraction=0.5).sample(params, jax.random.PRNGKey(2), 4)
+  assert np.isfinite(np.asarray(samples["image"])).all()
+  with pytest.raises(ValueError, match=r"hard_feedback_fraction: got 1.5"):
+    Sampler(experiment.model, experiment.schedule, experiment.weights, hard_feedback_fraction=1.5)
+
+
 def test_smooth_label_code_is_low_frequency_and_unit_rms():
   config = _config("imglabel")
   config.modalities.label.encoder = "smooth_categorical"

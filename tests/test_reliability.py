@@ -219,6 +219,8 @@ def test_an_input_error_at_start_still_closes_the_checkpoint_manager(data_dir, t
     ("data.image_size", 29, r"data.image_size: got 29; expected a multiple of 2"),
     ("data.mask_fill_value", 2.0, r"data.mask_fill_value: got 2.0; expected a finite number in "
                                   r"\[-1.0, 1.0\]"),
+    ("sampling.hard_feedback_fraction", -0.5, r"sampling.hard_feedback_fraction: got -0.5; expected "
+                                              r"a finite number in \[0.0, 1.0\]"),
     ("data.mask_fill_pattern", "noise", r"data.mask_fill_pattern: got 'noise'; expected one of "
                                         r"\('constant', 'checkerboard'\)"),
     # Values that used to be accepted (learning_rate -1 trained by gradient ascent and exited 0).

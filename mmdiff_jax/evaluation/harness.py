@@ -39,9 +39,10 @@ def _test_batches(config, num_examples: int):
 
 
 def _sampler(experiment, config):
-  """The evaluators' sampler: config.eval's kind and steps, sampling.categorical_feedback."""
+  """The evaluators' sampler: config.eval's kind and steps, sampling's categorical feedback."""
   return experiment.sampler(config.eval.sampler, config.eval.sampler_steps,
-                            categorical_feedback=config.sampling.categorical_feedback)
+                            categorical_feedback=config.sampling.categorical_feedback,
+                            hard_feedback_fraction=config.sampling.hard_feedback_fraction)
 
 
 def _spec(experiment, kind, *, conditions: bool = False):

@@ -68,6 +68,8 @@ class Sampler:
     eta: DDIM stochasticity (0 = deterministic).
     clip_denoised: clip z0-hat to [-1, 1] (pixel-space images).
     categorical_feedback: one of CATEGORICAL_FEEDBACK.
+    hard_feedback_fraction: "argmax" / "sampled" feedback applies at steps t <= this fraction of T;
+      above it the expected code is fed back (1.0: every step; 0.0: none).
   """
   model: MTDiffusion
   schedule: Schedule
@@ -78,6 +80,7 @@ class Sampler:
   eta: float = 0.0
   clip_denoised: bool = True
   categorical_feedback: str = "expected"
+  hard_feedback_fraction: float = 1.0
 
   def __post_init__(self):
     if self.method not in SAMPLERS:
@@ -85,6 +88,9 @@ class Sampler:
     if self.categorical_feedback not in CATEGORICAL_FEEDBACK:
       raise ValueError(f"sampling.categorical_feedback: got {self.categorical_feedback!r}; expected "
                        f"one of {CATEGORICAL_FEEDBACK}")
+    if not 0.0 <= self.hard_feedback_fraction <= 1.0:
+      raise ValueError(f"sampling.hard_feedback_fraction: got {self.hard_feedback_fraction!r}; "
+                       "expected a number in [0, 1]")
 
   def timesteps(self) -> np.ndarray:
     if self.method == "ancestral":
@@ -117,11 +123,13 @@ class Sampler:
     outputs = self.model.apply({"params": params}, z_t, t_vec, train=False, conditions=conditions)
     fed_back = dict(outputs)
     if self.categorical_feedback != "expected":
+      # t is traced inside the sampling loop: the switch from expected to hard feedback is a select.
+      hard_now = t <= self.hard_feedback_fraction * self.schedule.num_timesteps
       for i, spec in enumerate(self.model.aggregated):
         if kinds.get(spec.kind).categorical and i not in observed_encodings:
-          fed_back[spec.name] = feedback_logits(
-              outputs[spec.name], mode=self.categorical_feedback,
-              key=None if key is None else jax.random.fold_in(key, i))
+          hard = feedback_logits(outputs[spec.name], mode=self.categorical_feedback,
+                                 key=None if key is None else jax.random.fold_in(key, i))
+          fed_back[spec.name] = jnp.where(hard_now, hard, outputs[spec.name])
     encodings = self.model.apply({"params": params}, fed_back, batch_size,
                                  method=MTDiffusion.encode_predictions)
     for i, encoding in observed_encodings.items():

@@ -84,7 +84,8 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   if s.num_samples == 0 or not experiment.is_generative:  # predictor baselines have no samples
     return []
   sampler = experiment.sampler(s.sampler, s.sampler_steps, eta=s.eta, clip_denoised=s.clip_denoised,
-                               categorical_feedback=s.categorical_feedback)
+                               categorical_feedback=s.categorical_feedback,
+                               hard_feedback_fraction=s.hard_feedback_fraction)
   sample = jax.jit(sampler.sample, static_argnums=(2,))
   base = experiment.specs[0]
   label_spec = next((x for x in experiment.specs if x.kind == "label"), None)
