@@ -2,9 +2,10 @@ r"""A/B of the library's train step between two source trees (e.g. this checkout
 timed in alternation within one run: each tree's step lives in its own worker process (its own
 mmdiff_jax, compiled once), and the workers take turns, so load on a shared machine hits both alike.
 
-  # an XLA flag (B = this tree with the flag):
-  python3 -m benchmarks.ab --config=small --env_b=XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= \
-      --json=benchmarks/results/ab_ynn_off.json
+  # an XLA flag (B = this tree with the flag on top of the library's XLA defaults):
+  python3 -m benchmarks.ab --config=small --env_b=XLA_FLAGS=--xla_cpu_use_onednn=true
+  # the library's XLA defaults (A) against XLA's own (B; see mmdiff_jax/xla_defaults.py):
+  python3 -m benchmarks.ab --config=small --env_b=MMDIFF_JAX_KEEP_XLA_FLAGS=1
   # a library change (benchmarks/patches/ holds the ones tried):
   mkdir /tmp/patched && git archive HEAD | tar -x -C /tmp/patched && \
       (cd /tmp/patched && patch -p1 < "$OLDPWD/benchmarks/patches/group_norm_two_stage.diff")
