@@ -137,6 +137,8 @@ def test_ablation_tables_read_each_choice_from_its_run_and_file(tmp_path):
   learned = _claim_line(section, "learned white-noise-like code (`categorical`)", "imglabel_v_small")
   assert "| 97 [" in learned and "| 0.75 |" in learned and "1500 steps x 48" in learned
   assert "| `imglabel_v_classmean_small` | - | - | - | - | not run (missing " in section
-  argmax = _claim_line(section, "`argmax`", "eval_metrics_feedback_argmax")
+  argmax = _claim_line(section, "`argmax`, learned code", "eval_metrics_feedback_argmax")
   assert "| 111 | 0.64 |" in argmax
   assert "not run (missing imglabel_v_small/eval_metrics_feedback_sampled.json)" in section
+  assert ("not run (missing imglabel_v_classmean_small_seed1/eval_metrics_feedback_argmax.json)"
+          in section)

@@ -265,18 +265,35 @@ ABLATIONS = (
               ("0.5", "imglabel_v_scale05_small", "eval_metrics"),
               ("0.25", "imglabel_v_scale025_small", "eval_metrics"))),
     Ablation("Feedback of the unobserved label while sampling (`sampling.categorical_feedback`)",
-             "The same `imglabel_v_small` checkpoint (learned code), 1000 joint samples each.",
+             "Each mode on one checkpoint: `imglabel_v_small` (learned code) and "
+             "`imglabel_v_classmean_small_seed1` (class_mean code, the default); 1000 joint samples "
+             "each.",
              (("joint Fréchet", FRECHET), ("generated label agreement", "eval/label_agreement")),
-             tuple((f"`{mode}`" + (" (the default)" if mode == "expected" else ""),
-                    "imglabel_v_small", f"eval_metrics_feedback_{mode}")
-                   for mode in ("expected", "argmax", "sampled"))),
+             tuple((f"`{mode}`" + (" (the default)" if mode == "expected" else "") + f", {code}",
+                    run, f"eval_metrics_feedback_{mode}")
+                   for code, run, modes in (
+                       ("learned code", "imglabel_v_small", ("expected", "argmax", "sampled")),
+                       ("class_mean code", "imglabel_v_classmean_small_seed1",
+                        ("expected", "argmax")))
+                   for mode in modes)),
     Ablation("The observed masked image (`modalities.masked_image.profile*`, `data.mask_fill_value`)",
              "`configs/imgmask.py:small` (MT-Diffusion-U), v-prediction.",
              _INPAINTING_COLUMNS,
              (("bump profile, scale 2, hole at 0 (the default)", "imgmask_v_small", "eval_metrics"),
               ("bump profile, scale 4", "imgmask_v_scale4_small", "eval_metrics"),
               ("observation profile, scale 2", "imgmask_v_observation_small", "eval_metrics"),
-              ("hole at -1 (the background)", "imgmask_v_fill_background_small", "eval_metrics"))),
+              ("hole at -1 (the background)", "imgmask_v_fill_background_small", "eval_metrics"),
+              ("hole as a +1/-1 checkerboard (the mask marked in the image; trained with the named "
+               "random streams, so its draws differ from the rows above too)",
+               "imgmask_v_checkerboard_small", "eval_metrics"))),
+    Ablation("Recovery weight of the label (`modalities.label.loss_weight`, gamma)",
+             "`configs/imglabel.py:small` (class_mean code, v-prediction). The gamma = 1 run was "
+             "trained with the named random streams (later commit), so its draws differ too; the "
+             "second seed of the default shows how far the seed alone moves each figure.",
+             _LABEL_COLUMNS,
+             (("0.1 (the default)", "imglabel_v_classmean_small", "eval_metrics"),
+              ("0.1, seed 1", "imglabel_v_classmean_small_seed1", "eval_metrics"),
+              ("1", "imglabel_v_classmean_gamma1_small", "eval_metrics"))),
     Ablation("Parameterization (`diffusion.parameterization`)",
              "`small` configs; eps was the first default. (A class-conditional model's `generation` "
              "samples are given the test labels too, so its two Fréchet columns measure the same.)",
@@ -289,6 +306,16 @@ ABLATIONS = (
               ("imgmask, v", "imgmask_v_small", "eval_metrics"),
               ("class-conditional baseline, eps", "classcond_small", "eval_metrics"),
               ("class-conditional baseline, v", "classcond_v_small", "eval_metrics"))),
+    Ablation("Parameterization of imgseg and imgemb (`diffusion.parameterization`)",
+             "`configs/imgseg.py:small` and `configs/imgemb.py:small`, each pair trained at one commit "
+             "with the same seed.",
+             (("joint Fréchet", FRECHET), ("image -> segmentation mIoU", "eval/segmentation_miou"),
+              ("generated pair mIoU", "eval/segmentation_pair_miou"),
+              ("embedding cosine (generated pair)", "eval/embedding_cosine")),
+             (("imgseg, eps (the default)", "imgseg_eps_head_small", "eval_metrics"),
+              ("imgseg, v", "imgseg_v_head_small", "eval_metrics"),
+              ("imgemb, eps (the default)", "imgemb_eps_head_small", "eval_metrics"),
+              ("imgemb, v", "imgemb_v_head_small", "eval_metrics"))),
 )
 
 
