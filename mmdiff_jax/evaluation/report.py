@@ -275,7 +275,9 @@ ABLATIONS = (
                        ("learned code", "imglabel_v_small", ("expected", "argmax", "sampled")),
                        ("class_mean code", "imglabel_v_classmean_small_seed1",
                         ("expected", "argmax")))
-                   for mode in modes)),
+                   for mode in modes) + (
+                 ("`argmax` at t <= T/2 only (`hard_feedback_fraction=0.5`), class_mean code",
+                  "imglabel_v_classmean_small_seed1", "eval_metrics_feedback_argmax_below05"),)),
     Ablation("The observed masked image (`modalities.masked_image.profile*`, `data.mask_fill_value`)",
              "`configs/imgmask.py:small` (MT-Diffusion-U), v-prediction.",
              _INPAINTING_COLUMNS,
@@ -287,12 +289,13 @@ ABLATIONS = (
                "random streams, so its draws differ from the rows above too)",
                "imgmask_v_checkerboard_small", "eval_metrics"))),
     Ablation("Recovery weight of the label (`modalities.label.loss_weight`, gamma)",
-             "`configs/imglabel.py:small` (class_mean code, v-prediction). The gamma = 1 run was "
-             "trained with the named random streams (later commit), so its draws differ too; the "
+             "`configs/imglabel.py:small` (class_mean code, v-prediction). The gamma = 0.01 and 1 runs "
+             "were trained with the named random streams (later commits), so their draws differ too; the "
              "second seed of the default shows how far the seed alone moves each figure.",
              _LABEL_COLUMNS,
              (("0.1 (the default)", "imglabel_v_classmean_small", "eval_metrics"),
               ("0.1, seed 1", "imglabel_v_classmean_small_seed1", "eval_metrics"),
+              ("0.01", "imglabel_v_classmean_gamma001_small", "eval_metrics"),
               ("1", "imglabel_v_classmean_gamma1_small", "eval_metrics"))),
     Ablation("Parameterization (`diffusion.parameterization`)",
              "`small` configs; eps was the first default. (A class-conditional model's `generation` "
