@@ -34,5 +34,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # lambda_t / sqrt(abar_t); measured at `small`: class -> image samples of the eps model were mostly
   # texture, v's are garments of the requested class (RESULTS.md: imglabel_small vs imglabel_v_small).
   config.diffusion.parameterization = "v"
+
+  # Joint sampling feeds the argmax class's code back for the unobserved label, not the expected code
+  # (a mixture of class codes never seen in training): measured on two class_mean checkpoints (1000
+  # joint samples each), the generated label agrees with an independent classifier 90.8% / 90.0% of the
+  # time instead of 68.5% / 64.4%, and the images are no worse (Frechet 36.4 vs 44.0 and 49.8 vs 50.8;
+  # RESULTS.md, "Feedback of the unobserved label").
+  config.sampling.categorical_feedback = "argmax"
   apply_size(config, variant)
   return config

@@ -265,15 +265,19 @@ ABLATIONS = (
               ("0.5", "imglabel_v_scale05_small", "eval_metrics"),
               ("0.25", "imglabel_v_scale025_small", "eval_metrics"))),
     Ablation("Feedback of the unobserved label while sampling (`sampling.categorical_feedback`)",
-             "Each mode on one checkpoint: `imglabel_v_small` (learned code) and "
-             "`imglabel_v_classmean_small_seed1` (class_mean code, the default); 1000 joint samples "
-             "each.",
+             "Each mode on one checkpoint: `imglabel_v_small` (learned code), "
+             "`imglabel_v_classmean_small_seed1` (class_mean code) and "
+             "`imglabel_v_classmean_gamma1_small` (class_mean code, recovery weight 1); 1000 joint "
+             "samples each. `configs/imglabel.py` feeds back `argmax` since these class_mean rows.",
              (("joint Fréchet", FRECHET), ("generated label agreement", "eval/label_agreement")),
-             tuple((f"`{mode}`" + (" (the default)" if mode == "expected" else "") + f", {code}",
+             tuple((f"`{mode}`" + (" (the library's default)" if mode == "expected" else "")
+                    + f", {code}",
                     run, f"eval_metrics_feedback_{mode}")
                    for code, run, modes in (
                        ("learned code", "imglabel_v_small", ("expected", "argmax", "sampled")),
                        ("class_mean code", "imglabel_v_classmean_small_seed1",
+                        ("expected", "argmax")),
+                       ("class_mean code, gamma 1", "imglabel_v_classmean_gamma1_small",
                         ("expected", "argmax")))
                    for mode in modes) + (
                  ("`argmax` at t <= T/2 only (`hard_feedback_fraction=0.5`), class_mean code",
