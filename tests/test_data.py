@@ -82,7 +82,7 @@ def prepared(tmp_path_factory):
     assert proc.returncode == 0, f"prepare process failed:\n{err[-3000:]}"
     lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
     assert lines, f"no result from prepare process:\n{out}\n{err[-3000:]}"
-    results.append(json.loads(lines[-1][len("RESULT "):]))
+    results.append({**json.loads(lines[-1][len("RESULT "):]), "stdout": out, "stderr": err})
   return {"data_dir": str(data_dir), "results": results}
 
 
@@ -119,6 +119,12 @@ def test_concurrent_prepare_runs_once(prepared):
   results = prepared["results"]
   # Exactly one of the two racing processes prepared; both could read.
   assert sum(r["calls"] for r in results) == 1, results
+  # The preparing process says so in one line; TFDS's banner and progress bars are held back.
+  said = [l for r in results for l in r["stdout"].splitlines() if l.startswith("Preparing ")]
+  assert len(said) == 1 and "fashion_mnist_offline" in said[0], said
+  for r in results:
+    assert "Downloading and preparing" not in r["stdout"] + r["stderr"]
+    assert "Generating train examples" not in r["stdout"] + r["stderr"]
   for r in results:
     assert r["train"] == 60000 and r["test"] == 10000, r
   base = os.path.join(prepared["data_dir"], "fashion_mnist_offline")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
-import logging
+import io
 import os
 import shutil
+import sys
 from typing import Any, Iterator, Mapping
 
 import tensorflow_datasets as tfds
@@ -112,16 +113,16 @@ def prepare_fashion_mnist(
     builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
     if not _is_prepared(builder):
       _remove_incomplete(os.path.join(data_dir, name))
-      logging.info("Preparing %s from %s into %s (one-time).",
-                   name, raw_dir, data_dir)
-      builder.download_and_prepare(
-          file_format="array_record",
-          download_config=tfds.download.DownloadConfig(
-              # The default (True) makes TFDS ask GCS over the network.
-              try_download_gcs=False,
-              compute_stats=tfds.download.ComputeStatsMode.SKIP,
-          ),
-      )
+      print(f"Preparing {name} from {raw_dir} into {data_dir} (one time, about 10 s)", flush=True)
+      with _tfds_output_kept_unless_failing():
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(
+                # The default (True) makes TFDS ask GCS over the network.
+                try_download_gcs=False,
+                compute_stats=tfds.download.ComputeStatsMode.SKIP,
+            ),
+        )
       builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
   return builder
 
@@ -214,6 +215,20 @@ def choose_fashion_mnist(data_dir: str | None = None, raw_dir: str | None = None
     print(f"No offline Fashion-MNIST in {raw_dir}: downloading TFDS 'fashion_mnist' to {data_dir}.")
     builder.download_and_prepare(file_format="array_record")
   return "fashion_mnist"
+
+
+@contextlib.contextmanager
+def _tfds_output_kept_unless_failing():
+  """Holds back what TFDS prints while preparing (its size banner, progress bars: a dozen lines of
+  carriage returns in a log file) and writes it out only if the preparation fails."""
+  out, err = io.StringIO(), io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      yield
+  except BaseException:
+    sys.stdout.write(out.getvalue())
+    sys.stderr.write(err.getvalue())
+    raise
 
 
 def load_source(data_config, split: str):
