@@ -161,6 +161,8 @@ def test_class_conditional_baseline_end_to_end_with_label_agreement(data_dir, tm
   assert metrics["eval/label_agreement_examples"] == 16
   assert metrics["eval/classifier_workdir"] == classifier_workdir
   assert 0.0 <= metrics["eval/classifier_test_accuracy"] <= 1.0
+  for key in ("eval/label_class_balance_tv", "eval/label_class_balance_tv_seen_by_classifier"):
+    assert 0.0 <= metrics[key] <= 1.0, key
   assert np.isfinite(metrics["eval/frechet_alexnet_distance"])
   assert "eval/label_accuracy" not in metrics  # a condition cannot be predicted from the image
   assert metrics["eval/evaluated"] == ["label_agreement", "generation"]

@@ -161,6 +161,18 @@ def test_mean_iou_hand_computed():
   assert metrics.mean_iou(batch_p, batch_t, 4) == pytest.approx((7 / 9 + 2 / 3 + 1 / 2) / 3)
 
 
+def test_class_frequency_distance_known_answers():
+  balanced = np.repeat(np.arange(10), 5)
+  assert metrics.class_frequency_distance(np.roll(balanced, 7), balanced, num_classes=10) == 0.0
+  assert metrics.class_frequency_distance(np.full(50, 3), balanced,
+                                          num_classes=10) == pytest.approx(0.9)
+  # Half the samples moved from class 0 to class 1: a quarter of the mass is misplaced.
+  a, b = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+  assert metrics.class_frequency_distance(a, b, num_classes=2) == pytest.approx(0.25)
+  with pytest.raises(ValueError, match=r"labels: need a non-empty array of ids in \[0, 2\)"):
+    metrics.class_frequency_distance(np.array([2]), b, num_classes=2)
+
+
 def test_label_agreement_constructed():
   generated = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
   predicted = np.array([0, 1, 2, 3, 4, 5, 6, 0, 0, 0])

@@ -7,6 +7,7 @@ applies only to experiments that have the modality it needs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from typing import Any, Callable
@@ -297,7 +298,9 @@ def embedding_consistency(experiment, params, config) -> dict[str, float]:
 def label_agreement(experiment, params, config, classify=None) -> dict[str, float]:
   """An independent classifier's label (`classify`: images (B, H, W, C) -> labels (B,), the classifier
   of eval.classifier_workdir) for each generated image vs the label generated with it (or, for a
-  class-conditional model, the label it was given); plus the classifier's own test accuracy."""
+  class-conditional model, the label it was given); plus the classifier's own test accuracy, and how
+  far the generated labels' class frequencies, and those the classifier sees in the generated images,
+  are from the test split's (total variation: 0 = the same balance)."""
   base = experiment.specs[0]
   label = _spec(experiment, "label", conditions=True)
   if classify is None:
@@ -312,12 +315,17 @@ def label_agreement(experiment, params, config, classify=None) -> dict[str, floa
   for batch, _ in _test_batches(config, config.eval.num_examples):
     predicted_test.append(classify(batch[base.feature]))
     test_labels.append(batch[label.feature])
-  generated = np.concatenate(generated)
+  generated, predicted, test_labels = (np.concatenate(generated), np.concatenate(predicted),
+                                       np.concatenate(test_labels))
+  balance = functools.partial(metrics.class_frequency_distance, reference_labels=test_labels,
+                              num_classes=label.num_classes)
   return _with_bootstrap(
-      f"{label.name}_agreement", np.concatenate(predicted) == generated,
+      f"{label.name}_agreement", predicted == generated,
       **{f"{label.name}_agreement_examples": len(generated),
+         f"{label.name}_class_balance_tv": balance(generated),
+         f"{label.name}_class_balance_tv_seen_by_classifier": balance(predicted),
          "classifier_test_accuracy": metrics.label_agreement(np.concatenate(predicted_test),
-                                                             np.concatenate(test_labels)),
+                                                             test_labels),
          "classifier_workdir": str(config.eval.classifier_workdir)})
 
 

@@ -280,6 +280,22 @@ def label_agreement(predicted_labels, generated_labels) -> float:
   return float(np.mean(a == b))
 
 
+def class_frequency_distance(labels, reference_labels, *, num_classes: int) -> float:
+  """Total variation distance between the class frequencies of two label sets: 0 when they are
+  alike, up to 1 when they share no class (all of one class against a balanced reference of K classes:
+  1 - 1/K). Says whether generated samples cover the classes as the data does.
+
+  Args: labels, reference_labels: non-empty integer arrays of class ids in [0, num_classes).
+  """
+  a, b = np.ravel(labels).astype(np.int64), np.ravel(reference_labels).astype(np.int64)
+  for name, x in (("labels", a), ("reference_labels", b)):
+    if x.size == 0 or x.min() < 0 or x.max() >= num_classes:
+      raise ValueError(f"{name}: need a non-empty array of ids in [0, {num_classes})")
+  p = np.bincount(a, minlength=num_classes) / a.size
+  q = np.bincount(b, minlength=num_classes) / b.size
+  return float(0.5 * np.abs(p - q).sum())
+
+
 def cosine_similarity(a, b, *, eps: float = 1e-12) -> np.ndarray:
   """Row-wise cosine similarity: (B, D), (B, D) -> (B,) float64 in [-1, 1].
 
