@@ -282,6 +282,25 @@ ABLATIONS = (
                    for mode in modes) + (
                  ("`argmax` at t <= T/2 only (`hard_feedback_fraction=0.5`), class_mean code",
                   "imglabel_v_classmean_small_seed1", "eval_metrics_feedback_argmax_below05"),)),
+    Ablation("Class balance of joint samples under each feedback (`sampling.categorical_feedback`)",
+             "The class_mean checkpoints of the table above and the README's main job "
+             "(`imglabel_readme_small`, trained at the commit that made `argmax` its default), 1000 "
+             "joint samples each: total variation between the test split's class frequencies and "
+             "those of the generated labels, and of the classes the independent classifier sees in "
+             "the generated images (0 = the test split's balance; no intervals).",
+             (("generated label agreement", "eval/label_agreement"),
+              ("class balance TV, generated labels", "eval/label_class_balance_tv"),
+              ("class balance TV, seen in the images",
+               "eval/label_class_balance_tv_seen_by_classifier")),
+             tuple(({"argmax_below05": "`argmax` at t <= T/2 only"}.get(mode, f"`{mode}`")
+                    + f", {what}", run, f"eval_metrics_balance_{mode}")
+                   for what, run, modes in (
+                       ("class_mean seed 1", "imglabel_v_classmean_small_seed1",
+                        ("expected", "argmax", "argmax_below05")),
+                       ("class_mean gamma 1", "imglabel_v_classmean_gamma1_small",
+                        ("expected", "argmax")),
+                       ("the README's main job", "imglabel_readme_small", ("expected", "argmax")))
+                   for mode in modes)),
     Ablation("The observed masked image (`modalities.masked_image.profile*`, `data.mask_fill_value`)",
              "`configs/imgmask.py:small` (MT-Diffusion-U), v-prediction.",
              _INPAINTING_COLUMNS,
@@ -319,10 +338,10 @@ ABLATIONS = (
              (("joint Fréchet", FRECHET), ("image -> segmentation mIoU", "eval/segmentation_miou"),
               ("generated pair mIoU", "eval/segmentation_pair_miou"),
               ("embedding cosine (generated pair)", "eval/embedding_cosine")),
-             (("imgseg, eps (the default)", "imgseg_eps_head_small", "eval_metrics"),
+             (("imgseg, eps (the default: v trades image -> map for images)", "imgseg_eps_head_small", "eval_metrics"),
               ("imgseg, v", "imgseg_v_head_small", "eval_metrics"),
-              ("imgemb, eps (the default)", "imgemb_eps_head_small", "eval_metrics"),
-              ("imgemb, v", "imgemb_v_head_small", "eval_metrics"))),
+              ("imgemb, eps", "imgemb_eps_head_small", "eval_metrics"),
+              ("imgemb, v (the default since)", "imgemb_v_head_small", "eval_metrics"))),
 )
 
 
