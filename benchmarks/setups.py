@@ -54,14 +54,20 @@ def model_flops(config: ml_collections.ConfigDict, lowered=None) -> float:
   analysis = lowered.cost_analysis() if lowered is not None else None
   if analysis:
     return common.cost_flops(lowered)[0]
+  step, abstract, batch = host_step(config)
+  return common.cost_flops(step.lower(abstract, batch))[0]
+
+
+def host_step(config: ml_collections.ConfigDict):
+  """The config's jitted train step on one host CPU device, not yet traced: (step, abstract state,
+  example batch shapes), the arguments it lowers for."""
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh({"data": 1, "fsdp": 1}, jax.devices("cpu")[:1])
   tx = state_lib.make_optimizer(config)
   abstract, shardings = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=False)
   step = state_lib.make_train_step(experiment.objective(), tx, ema_decay=config.training.ema_decay,
                                    mesh=mesh, shardings=shardings)
-  batch = state_lib.example_batch(experiment.model, int(config.training.batch_size))
-  return common.cost_flops(step.lower(abstract, batch))[0]
+  return step, abstract, state_lib.example_batch(experiment.model, int(config.training.batch_size))
 
 
 class TrainStep:
