@@ -248,6 +248,21 @@ _LABEL_COLUMNS = (("joint Fréchet", FRECHET), ("given-label Fréchet", LABEL_FR
 _INPAINTING_COLUMNS = (("joint Fréchet", FRECHET),) + tuple(
     (f"inpainting LPIPS @{r}", LPIPS.format(method="inpainting", ratio=r)) for r in MASK_RATIOS)
 
+# The feedback evaluations' file suffixes (`--metrics_name=<stem>_<suffix>`) and how rows name them.
+_FEEDBACK_MODES = {
+    "expected": "`expected` (the library's default)",
+    "argmax": "`argmax`",
+    "sampled": "`sampled`",
+    "argmax_below05": "`argmax` at t <= T/2 only (`hard_feedback_fraction=0.5`)",
+}
+
+
+def _feedback_rows(stem: str, checkpoints) -> tuple[tuple[str, str, str], ...]:
+  """Ablation choices for feedback modes: checkpoints are (what, run folder, mode suffixes)."""
+  return tuple((f"{_FEEDBACK_MODES[mode]}, {what}", run, f"{stem}_{mode}")
+               for what, run, modes in checkpoints for mode in modes)
+
+
 ABLATIONS = (
     Ablation("Label code (`modalities.label.encoder`)",
              "`configs/imglabel.py:small`, v-prediction, label profile bump at scale 2.",
@@ -270,18 +285,12 @@ ABLATIONS = (
              "`imglabel_v_classmean_gamma1_small` (class_mean code, recovery weight 1); 1000 joint "
              "samples each. `configs/imglabel.py` feeds back `argmax` since these class_mean rows.",
              (("joint Fréchet", FRECHET), ("generated label agreement", "eval/label_agreement")),
-             tuple((f"`{mode}`" + (" (the library's default)" if mode == "expected" else "")
-                    + f", {code}",
-                    run, f"eval_metrics_feedback_{mode}")
-                   for code, run, modes in (
-                       ("learned code", "imglabel_v_small", ("expected", "argmax", "sampled")),
-                       ("class_mean code", "imglabel_v_classmean_small_seed1",
-                        ("expected", "argmax")),
-                       ("class_mean code, gamma 1", "imglabel_v_classmean_gamma1_small",
-                        ("expected", "argmax")))
-                   for mode in modes) + (
-                 ("`argmax` at t <= T/2 only (`hard_feedback_fraction=0.5`), class_mean code",
-                  "imglabel_v_classmean_small_seed1", "eval_metrics_feedback_argmax_below05"),)),
+             _feedback_rows("eval_metrics_feedback", (
+                 ("learned code", "imglabel_v_small", ("expected", "argmax", "sampled")),
+                 ("class_mean code", "imglabel_v_classmean_small_seed1",
+                  ("expected", "argmax", "argmax_below05")),
+                 ("class_mean code, gamma 1", "imglabel_v_classmean_gamma1_small",
+                  ("expected", "argmax"))))),
     Ablation("Class balance of joint samples under each feedback (`sampling.categorical_feedback`)",
              "The class_mean checkpoints of the table above and the README's main job "
              "(`imglabel_readme_small`, trained at the commit that made `argmax` its default), 1000 "
@@ -292,15 +301,11 @@ ABLATIONS = (
               ("class balance TV, generated labels", "eval/label_class_balance_tv"),
               ("class balance TV, seen in the images",
                "eval/label_class_balance_tv_seen_by_classifier")),
-             tuple(({"argmax_below05": "`argmax` at t <= T/2 only"}.get(mode, f"`{mode}`")
-                    + f", {what}", run, f"eval_metrics_balance_{mode}")
-                   for what, run, modes in (
-                       ("class_mean seed 1", "imglabel_v_classmean_small_seed1",
-                        ("expected", "argmax", "argmax_below05")),
-                       ("class_mean gamma 1", "imglabel_v_classmean_gamma1_small",
-                        ("expected", "argmax")),
-                       ("the README's main job", "imglabel_readme_small", ("expected", "argmax")))
-                   for mode in modes)),
+             _feedback_rows("eval_metrics_balance", (
+                 ("class_mean seed 1", "imglabel_v_classmean_small_seed1",
+                  ("expected", "argmax", "argmax_below05")),
+                 ("class_mean gamma 1", "imglabel_v_classmean_gamma1_small", ("expected", "argmax")),
+                 ("the README's main job", "imglabel_readme_small", ("expected", "argmax"))))),
     Ablation("The observed masked image (`modalities.masked_image.profile*`, `data.mask_fill_value`)",
              "`configs/imgmask.py:small` (MT-Diffusion-U), v-prediction.",
              _INPAINTING_COLUMNS,
