@@ -119,7 +119,9 @@ def test_segmentation_pair_agreement_constructed():
   images[1, 2:, :] = 1.0  # 8 ink pixels
   maps = derived.garment_segmentation({"image": images, "label": np.array([3, 9])}, None)["segmentation"]
   exact = segmentation_pair_agreement(images, maps, 11)
+  replicates = exact.pop("bootstrap")
   assert exact == {"pair_miou": 1.0, "pair_foreground_iou": 1.0}
+  np.testing.assert_array_equal(replicates["pair_miou"], 1.0)  # every resample of exact pairs
   # Map 0 covers one pixel too many, in its class: foreground IoU (4 + 8) / (5 + 8).
   wrong = maps.copy()
   wrong[0, 3, 3] = 4
@@ -131,6 +133,9 @@ def test_segmentation_pair_agreement_constructed():
   result = segmentation_pair_agreement(images, mixed, 11)
   assert result["pair_foreground_iou"] == 1.0
   assert result["pair_miou"] == pytest.approx((1 + 1 + 5 / 8 + 0) / 4)
+  # a resample of the two pairs is either, or both: at most the three mIoUs these can make
+  assert set(np.round(result["bootstrap"]["pair_miou"], 6)) <= {
+      1.0, round((1 + 5 / 8 + 0) / 3, 6), round(result["pair_miou"], 6)}
 
 
 def test_model_differences_name_the_keys_that_change_the_model():

@@ -173,6 +173,52 @@ def test_class_frequency_distance_known_answers():
     metrics.class_frequency_distance(np.array([2]), b, num_classes=2)
 
 
+def test_bootstrap_mean_iou_is_mean_iou_of_resampled_images():
+  rng = np.random.default_rng(3)
+  pred, target = rng.integers(0, 4, (12, 5, 5)), rng.integers(0, 4, (12, 5, 5))
+  target[0, 0, 0] = 255
+  replicates = metrics.bootstrap_mean_iou(pred, target, 4, ignore_index=255, num=6)
+  rows = metrics.bootstrap_indices(12, seed=metrics.GENERATED_SEED, num=6)
+  brute = [metrics.mean_iou(pred[r], target[r], 4, ignore_index=255) for r in rows]
+  np.testing.assert_allclose(replicates, brute)
+  # the per-image confusion counts sum to the dataset-level matrix behind per_class_iou
+  confusion = metrics.per_image_confusion(pred, target, 4, ignore_index=255)
+  assert confusion.shape == (12, 4, 4) and confusion.sum() == 12 * 25 - 1
+  np.testing.assert_allclose(metrics.iou_from_confusion(confusion.sum(0)),
+                             metrics.per_class_iou(pred, target, 4, ignore_index=255))
+  assert np.all(metrics.bootstrap_mean_iou(pred, pred, 4) == 1.0)
+
+
+def test_bootstrap_class_frequency_distance_is_the_distance_of_resamples():
+  rng = np.random.default_rng(4)
+  labels, reference = rng.integers(0, 5, 40), rng.integers(0, 5, 70)
+  replicates = metrics.bootstrap_class_frequency_distance(labels, reference, num_classes=5, num=7)
+  rows_a = metrics.bootstrap_indices(40, seed=metrics.GENERATED_SEED, num=7)
+  rows_b = metrics.bootstrap_indices(70, seed=metrics.REAL_SEED, num=7)
+  brute = [metrics.class_frequency_distance(labels[a], reference[b], num_classes=5)
+           for a, b in zip(rows_a, rows_b)]
+  np.testing.assert_allclose(replicates, brute)
+  with pytest.raises(ValueError, match="labels: need a non-empty array"):
+    metrics.bootstrap_class_frequency_distance(np.array([5]), reference, num_classes=5)
+
+
+def test_background_grain_known_answers():
+  flat = np.full((2, 28, 28, 1), -1.0)
+  np.testing.assert_array_equal(metrics.background_grain(flat), 0.0)
+  # a garment on a clean background: its edges are not background, so still no grain
+  garment = flat.copy()
+  garment[:, 8:20, 6:22] = 0.8
+  np.testing.assert_array_equal(metrics.background_grain(garment), 0.0)
+  # white noise of standard deviation s: the fine texture keeps sqrt(8/9) of it
+  noise = -1.0 + 0.02 * np.random.default_rng(5).standard_normal((8, 64, 64, 1))
+  np.testing.assert_allclose(metrics.background_grain(noise), 0.02 * np.sqrt(8 / 9), rtol=0.05)
+  # grain grows with the noise; a grey image has no background at all
+  assert np.all(metrics.background_grain(-1.0 + 2 * (noise + 1.0)) > metrics.background_grain(noise))
+  assert np.isnan(metrics.background_grain(np.zeros((1, 28, 28, 1)))).all()
+  with pytest.raises(ValueError, match=r"expected \(B, H, W, C\)"):
+    metrics.background_grain(np.zeros((28, 28)))
+
+
 def test_label_agreement_constructed():
   generated = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
   predicted = np.array([0, 1, 2, 3, 4, 5, 6, 0, 0, 0])

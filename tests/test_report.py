@@ -60,7 +60,7 @@ def test_claims_are_judged_on_their_intervals(tmp_path):
   # C4 without replicates: no interval, no verdict.
   _write_run(tmp_path, "imglabel_v_small", {"eval/label_accuracy": 0.8}, _run())
   _write_run(tmp_path, "classifier_from_uncond_v_small", {"eval/label_accuracy": 0.7}, _run())
-  text = report.render(report.load_runs(str(tmp_path)))
+  text = report.render(report.load_runs(str(tmp_path)), str(tmp_path))
   assert "| 0.75 [0.744, 0.756] | 30 vs 40 | **holds** |" in _claim_line(text, "B", "Baselines")
   assert "| inconclusive |" in _claim_line(text, "C1", "seed 0")
   assert "| not run (missing imgmask_classcond_v_small_seed1, classcond_v_small_seed1) |" in \
@@ -93,7 +93,7 @@ def test_tables_and_budgets(tmp_path):
   _write_run(tmp_path, "uncond_small", {"eval/frechet_alexnet_distance": 40.0}, None,
              [{"step": 50, "steps_per_s": 1.0}, {"step": 100, "steps_per_s": 0.5}])
   (tmp_path / "notes").mkdir()  # a folder without eval_metrics.json is not a run
-  text = report.render(report.load_runs(str(tmp_path)))
+  text = report.render(report.load_runs(str(tmp_path)), str(tmp_path))
   assert "| `recon_small` | 0.25 | 0.25 | 0.25 | 0.25 | 21 | 21 | 21 | 21 | 1500 steps x 48, 5.0 min" in text
   assert "100 steps x ?, 2.5 min train wall (from metrics.jsonl" in text
   assert "notes" not in text
@@ -122,7 +122,7 @@ def test_sampler_step_sweep_table(tmp_path):
   for steps, value in ((10, 30.0), (50, 25.0)):
     (tmp_path / "classcond_v_small" / f"eval_metrics_ddim{steps}.json").write_text(json.dumps(
         {report.LABEL_FRECHET: value, report.LABEL_FRECHET + "_ci95": [value - 1, value + 1]}))
-  text = report.render(report.load_runs(str(tmp_path)))
+  text = report.render(report.load_runs(str(tmp_path)), str(tmp_path))
   assert "## Sampler steps: `classcond_v_small`" in text
   assert "| 10 | 30 [29, 31] |\n| 50 | 25 [24, 26] |" in text
 
@@ -132,7 +132,7 @@ def test_ablation_tables_read_each_choice_from_its_run_and_file(tmp_path):
   _write_bootstrap(tmp_path, "imglabel_v_small", {report.FRECHET: [96.0, 97.0, 98.0, 99.0] * 10})
   (tmp_path / "imglabel_v_small" / "eval_metrics_feedback_argmax.json").write_text(json.dumps(
       {report.FRECHET: 111.0, "eval/label_agreement": 0.64}))
-  text = report.render(report.load_runs(str(tmp_path)))
+  text = report.render(report.load_runs(str(tmp_path)), str(tmp_path))
   section = text[text.index("## Design choices"):text.index("## Generation")]
   learned = _claim_line(section, "learned white-noise-like code (`categorical`)", "imglabel_v_small")
   assert "| 97 [" in learned and "| 0.75 |" in learned and "1500 steps x 48" in learned
@@ -142,3 +142,25 @@ def test_ablation_tables_read_each_choice_from_its_run_and_file(tmp_path):
   assert "not run (missing imglabel_v_small/eval_metrics_feedback_sampled.json)" in section
   assert ("not run (missing imglabel_v_classmean_small_seed1/eval_metrics_feedback_argmax.json)"
           in section)
+
+
+def test_background_grain_table_and_figure_from_the_sample_grids(tmp_path):
+  from mmdiff_jax.sampling import grids
+  rng = np.random.default_rng(0)
+  clean = np.full((20, 28, 28, 1), -1.0)
+  clean[:, 8:20, 8:20] = 0.8
+  grainy = np.clip(clean + 0.1 * rng.standard_normal(clean.shape), -1, 1)
+  _write_run(tmp_path, "uncond_v_small", {report.FRECHET: 30.0}, _run())
+  grids.save_grid(str(tmp_path / "uncond_v_small" / "joint_step1500.png"), clean)
+  _write_run(tmp_path, "imglabel_v_small", {report.FRECHET: 97.0}, _run())
+  grids.save_grid(str(tmp_path / "imglabel_v_small" / "joint_step1500.png"), grainy,
+                  captions=["Bag"] * 20)
+  text = report.render(report.load_runs(str(tmp_path)), str(tmp_path))
+  section = text[text.index("### Background grain"):text.index("## Generation")]
+  assert "| image only (no label) | `uncond_v_small` | 0 [0, 0] (n=20) | - |" in section
+  learned = _claim_line(section, "learned code, scale 2", "imglabel_v_small")
+  assert float(learned.split("|")[3].split()[0]) > 0.03  # clipped noise of 0.1 on the background
+  assert "| `imglabel_v_classmean_small` | - | - | - |" in section
+  report.write_grain_figure(str(tmp_path), str(tmp_path / "grain.png"))
+  assert grids.load_grid(str(tmp_path / "grain.png"), image_size=(28, 28), num_columns=8,
+                         scale=3).shape == (16, 28, 28, 1)

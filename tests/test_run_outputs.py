@@ -133,3 +133,15 @@ def test_config_paths_fall_back_to_the_installed_configs(tmp_path, monkeypatch):
   assert installed_configs.with_installed_configs(argv) == argv
   with pytest.raises(FileNotFoundError, match=r"no config 'imgfoo.py' .*\['imglabel.py'\]"):
     installed_configs.with_installed_configs(["main", "--config=configs/imgfoo.py"])
+
+
+def test_sample_grids_read_back_as_the_images_they_show(tmp_path):
+  from mmdiff_jax.sampling import grids
+  images = np.random.default_rng(0).uniform(-1, 1, (13, 28, 28, 1))  # a partial last row
+  path = grids.save_grid(str(tmp_path / "g.png"), images, captions=[str(i) for i in range(13)])
+  back = grids.load_grid(path, image_size=(28, 28))
+  np.testing.assert_allclose(back, grids.to_uint8(images) / 127.5 - 1.0, atol=1e-6)
+  plain = grids.save_grid(str(tmp_path / "plain.png"), images[:10])
+  assert grids.load_grid(plain, image_size=(28, 28), captioned=False).shape == (10, 28, 28, 1)
+  with pytest.raises(ValueError, match=r"plain.png: a 600 x 60 PNG is not a grid of 10 columns"):
+    grids.load_grid(plain, image_size=(28, 28))

@@ -7,7 +7,6 @@ applies only to experiments that have the modality it needs.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from typing import Any, Callable
@@ -131,9 +130,10 @@ def segmentation_miou(experiment, params, config) -> dict[str, float]:
                                        {base.name: batch[base.feature]})[seg.name]))
     target.append(batch[seg.feature])
   predicted, target = np.concatenate(predicted), np.concatenate(target)
-  return {f"{seg.name}_miou": metrics.mean_iou(predicted, target, seg.num_classes,
-                                               ignore_index=config.data.ignore_label),
-          f"{seg.name}_miou_examples": len(target)}
+  kwargs = dict(num_classes=seg.num_classes, ignore_index=config.data.ignore_label)
+  name = f"{seg.name}_miou"
+  return {name: metrics.mean_iou(predicted, target, **kwargs), f"{name}_examples": len(target),
+          "bootstrap": {name: metrics.bootstrap_mean_iou(predicted, target, **kwargs)}}
 
 
 def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, Any]:
@@ -196,17 +196,24 @@ def inpainting_replacement(experiment, params, config) -> dict[str, Any]:
 
 def _image_set_scores(experiment, config, generated: np.ndarray, prefix: str = "") -> dict[str, Any]:
   """Generated images (N, H, W, C) vs the first N test images: Fréchet AlexNet distance (with
-  bootstrap replicates) and improved precision/recall."""
+  bootstrap replicates), improved precision/recall, and the background grain of both sets
+  (metrics.background_grain; the generated one with bootstrap replicates)."""
   base = experiment.specs[0]
   real = np.concatenate([b[base.feature] for b, _ in _test_batches(config, len(generated))])
   fake_features = features.alexnet_features(generated)
   real_features = features.alexnet_features(real)
   pr = metrics.precision_recall(real_features, fake_features)
-  distance = f"{prefix}frechet_alexnet_distance"
-  return {distance: metrics.frechet_distance(real_features, fake_features),
-          f"{prefix}precision": pr.precision, f"{prefix}recall": pr.recall,
-          f"{prefix}generated_examples": len(fake_features),
-          "bootstrap": {distance: metrics.bootstrap_frechet(real_features, fake_features)}}
+  distance, grain = f"{prefix}frechet_alexnet_distance", f"{prefix}background_grain"
+  grains = {name: g[np.isfinite(g)]  # images without background pixels have no grain
+            for name, g in ((grain, metrics.background_grain(generated)),
+                            (f"{grain}_test", metrics.background_grain(real)))}
+  return _merge(
+      {distance: metrics.frechet_distance(real_features, fake_features),
+       f"{prefix}precision": pr.precision, f"{prefix}recall": pr.recall,
+       f"{prefix}generated_examples": len(fake_features),
+       "bootstrap": {distance: metrics.bootstrap_frechet(real_features, fake_features)}},
+      *(_with_bootstrap(name, g, **{f"{name}_examples": len(g)}) for name, g in grains.items()
+        if len(g)))
 
 
 def generation(experiment, params, config) -> dict[str, Any]:
@@ -251,7 +258,7 @@ def segmentation_pair_agreement(images: np.ndarray, maps: np.ndarray,
   Returns: "pair_miou": mIoU between each map and the map derived from its image
   (derived.garment_segmentation) with the map's own majority foreground class (so both the garment's
   extent and the map's class consistency count); "pair_foreground_iou": IoU of map > 0 and the
-  image's ink alone.
+  image's ink alone; "bootstrap": {"pair_miou": replicates over the pairs}.
   """
   maps = np.asarray(maps)
   counts = np.stack([np.sum(maps == c, axis=(1, 2)) for c in range(1, num_classes)], axis=1)
@@ -259,7 +266,8 @@ def segmentation_pair_agreement(images: np.ndarray, maps: np.ndarray,
   rederived = derived.garment_segmentation({"image": np.asarray(images), "label": classes},
                                            None)["segmentation"]
   return {"pair_miou": metrics.mean_iou(maps, rederived, num_classes),
-          "pair_foreground_iou": float(metrics.per_class_iou(maps > 0, rederived > 0, 2)[1])}
+          "pair_foreground_iou": float(metrics.per_class_iou(maps > 0, rederived > 0, 2)[1]),
+          "bootstrap": {"pair_miou": metrics.bootstrap_mean_iou(maps, rederived, num_classes)}}
 
 
 def segmentation_agreement(experiment, params, config) -> dict[str, float]:
@@ -269,8 +277,10 @@ def segmentation_agreement(experiment, params, config) -> dict[str, float]:
   agreement = segmentation_pair_agreement(np.concatenate([np.asarray(o[base.name]) for o in outs]),
                                           np.concatenate([np.asarray(o[seg.name]) for o in outs]),
                                           seg.num_classes)
+  replicates = agreement.pop("bootstrap")
   return {**{f"{seg.name}_{k}": v for k, v in agreement.items()},
-          f"{seg.name}_pair_examples": sum(len(o[seg.name]) for o in outs)}
+          f"{seg.name}_pair_examples": sum(len(o[seg.name]) for o in outs),
+          "bootstrap": {f"{seg.name}_{k}": v for k, v in replicates.items()}}
 
 
 def embedding_consistency(experiment, params, config) -> dict[str, float]:
@@ -290,9 +300,9 @@ def embedding_consistency(experiment, params, config) -> dict[str, float]:
   cosines = metrics.cosine_similarity(generated, of_images)
   # Chance level: each generated embedding vs the embedding of another generated image.
   shuffled = metrics.cosine_similarity(generated, np.roll(of_images, 1, axis=0))
-  return {f"{emb.name}_cosine": float(np.mean(cosines)),
-          f"{emb.name}_cosine_shuffled": float(np.mean(shuffled)),
-          f"{emb.name}_cosine_examples": len(cosines)}
+  return _with_bootstrap(f"{emb.name}_cosine", cosines,
+                         **{f"{emb.name}_cosine_shuffled": float(np.mean(shuffled)),
+                            f"{emb.name}_cosine_examples": len(cosines)})
 
 
 def label_agreement(experiment, params, config, classify=None) -> dict[str, float]:
@@ -317,16 +327,19 @@ def label_agreement(experiment, params, config, classify=None) -> dict[str, floa
     test_labels.append(batch[label.feature])
   generated, predicted, test_labels = (np.concatenate(generated), np.concatenate(predicted),
                                        np.concatenate(test_labels))
-  balance = functools.partial(metrics.class_frequency_distance, reference_labels=test_labels,
-                              num_classes=label.num_classes)
-  return _with_bootstrap(
-      f"{label.name}_agreement", predicted == generated,
-      **{f"{label.name}_agreement_examples": len(generated),
-         f"{label.name}_class_balance_tv": balance(generated),
-         f"{label.name}_class_balance_tv_seen_by_classifier": balance(predicted),
-         "classifier_test_accuracy": metrics.label_agreement(np.concatenate(predicted_test),
-                                                             test_labels),
-         "classifier_workdir": str(config.eval.classifier_workdir)})
+  balance = dict(reference_labels=test_labels, num_classes=label.num_classes)
+  tv, tv_seen = f"{label.name}_class_balance_tv", f"{label.name}_class_balance_tv_seen_by_classifier"
+  return _merge(
+      _with_bootstrap(
+          f"{label.name}_agreement", predicted == generated,
+          **{f"{label.name}_agreement_examples": len(generated),
+             "classifier_test_accuracy": metrics.label_agreement(np.concatenate(predicted_test),
+                                                                 test_labels),
+             "classifier_workdir": str(config.eval.classifier_workdir)}),
+      {tv: metrics.class_frequency_distance(generated, **balance),
+       tv_seen: metrics.class_frequency_distance(predicted, **balance),
+       "bootstrap": {tv: metrics.bootstrap_class_frequency_distance(generated, **balance),
+                     tv_seen: metrics.bootstrap_class_frequency_distance(predicted, **balance)}})
 
 
 def bound(experiment, params, config) -> dict[str, float]:

@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from mmdiff_jax.evaluation import metrics
+from mmdiff_jax.sampling import grids
 
 MASK_RATIOS = ("0.1", "0.3", "0.5", "0.7")
 FRECHET = "eval/frechet_alexnet_distance"
@@ -296,7 +297,8 @@ ABLATIONS = (
              "(`imglabel_readme_small`, trained at the commit that made `argmax` its default), 1000 "
              "joint samples each: total variation between the test split's class frequencies and "
              "those of the generated labels, and of the classes the independent classifier sees in "
-             "the generated images (0 = the test split's balance; no intervals).",
+             "the generated images (0 = the test split's balance; finite samples sit above 0: intervals "
+             "from resampling both label sets).",
              (("generated label agreement", "eval/label_agreement"),
               ("class balance TV, generated labels", "eval/label_class_balance_tv"),
               ("class balance TV, seen in the images",
@@ -315,7 +317,11 @@ ABLATIONS = (
               ("hole at -1 (the background)", "imgmask_v_fill_background_small", "eval_metrics"),
               ("hole as a +1/-1 checkerboard (the mask marked in the image; trained with the named "
                "random streams, so its draws differ from the rows above too)",
-               "imgmask_v_checkerboard_small", "eval_metrics"))),
+               "imgmask_v_checkerboard_small", "eval_metrics"),
+              ("bump profile (the default), seed 1, named random streams", "imgmask_v_small_seed1",
+               "eval_metrics"),
+              ("observation profile, seed 1, named random streams",
+               "imgmask_v_observation_small_seed1", "eval_metrics"))),
     Ablation("Recovery weight of the label (`modalities.label.loss_weight`, gamma)",
              "`configs/imglabel.py:small` (class_mean code, v-prediction). The gamma = 0.01 and 1 runs "
              "were trained with the named random streams (later commits), so their draws differ too; the "
@@ -336,7 +342,11 @@ ABLATIONS = (
               ("imgmask, eps", "imgmask_small", "eval_metrics"),
               ("imgmask, v", "imgmask_v_small", "eval_metrics"),
               ("class-conditional baseline, eps", "classcond_small", "eval_metrics"),
-              ("class-conditional baseline, v", "classcond_v_small", "eval_metrics"))),
+              ("class-conditional baseline, v", "classcond_v_small", "eval_metrics"),
+              ("imglabel (class_mean code, argmax feedback), v: the README's main job",
+               "imglabel_readme_small", "eval_metrics"),
+              ("imglabel (the same), z0", "imglabel_z0_small", "eval_metrics"),
+              ("imgmask, z0 (named random streams)", "imgmask_z0_small", "eval_metrics"))),
     Ablation("Parameterization of imgseg and imgemb (`diffusion.parameterization`)",
              "`configs/imgseg.py:small` and `configs/imgemb.py:small`, each pair trained at one commit "
              "with the same seed.",
@@ -345,8 +355,33 @@ ABLATIONS = (
               ("embedding cosine (generated pair)", "eval/embedding_cosine")),
              (("imgseg, eps (the default: v trades image -> map for images)", "imgseg_eps_head_small", "eval_metrics"),
               ("imgseg, v", "imgseg_v_head_small", "eval_metrics"),
+              ("imgseg, eps, seed 1", "imgseg_eps_head_small_seed1", "eval_metrics"),
+              ("imgseg, v, seed 1", "imgseg_v_head_small_seed1", "eval_metrics"),
               ("imgemb, eps", "imgemb_eps_head_small", "eval_metrics"),
               ("imgemb, v (the default since)", "imgemb_v_head_small", "eval_metrics"))),
+    Ablation("Feedback of the unobserved segmentation map while sampling "
+             "(`sampling.categorical_feedback`)",
+             "`configs/imgseg.py:small` (eps), one checkpoint, 2000 joint samples per mode.",
+             (("joint Fréchet", FRECHET), ("generated pair mIoU", "eval/segmentation_pair_miou"),
+              ("generated pair foreground IoU", "eval/segmentation_pair_foreground_iou")),
+             _feedback_rows("eval_metrics_feedback", (
+                 ("imgseg eps", "imgseg_eps_head_small", ("expected", "argmax")),))),
+    Ablation("Recovery weight of the masked image, the segmentation map and the embedding "
+             "(`modalities.<name>.loss_weight`, gamma)",
+             "`small` configs at their defaults; each gamma = 1 run beside its experiment's default "
+             "(0.1) trained with the same seed (the imgmask default at an earlier commit, before "
+             "the named random streams).",
+             (("joint Fréchet", FRECHET),
+              ("inpainting LPIPS @0.5", LPIPS.format(method="inpainting", ratio="0.5")),
+              ("image -> segmentation mIoU", "eval/segmentation_miou"),
+              ("generated pair mIoU", "eval/segmentation_pair_miou"),
+              ("embedding cosine (generated pair)", "eval/embedding_cosine")),
+             (("imgmask, 0.1 (the default)", "imgmask_v_small", "eval_metrics"),
+              ("imgmask, 1", "imgmask_v_gamma1_small", "eval_metrics"),
+              ("imgseg, 0.1 (the default)", "imgseg_eps_head_small", "eval_metrics"),
+              ("imgseg, 1", "imgseg_eps_gamma1_small", "eval_metrics"),
+              ("imgemb, 0.1 (the default)", "imgemb_v_head_small", "eval_metrics"),
+              ("imgemb, 1", "imgemb_v_gamma1_small", "eval_metrics"))),
 )
 
 
@@ -358,6 +393,81 @@ def render_ablations(runs) -> list[str]:
   for ablation in ABLATIONS:
     lines += ablation.render(runs)
   return lines
+
+
+# ----------------------------------------------------------------------------------- background grain
+
+#: (what, run folder, its joint grid is captioned) for the background-grain table and figure: the label
+#: codes and profile scales against the image-only model, read from the runs' final sample grids.
+GRAIN_RUNS = (
+    ("image only (no label)", "uncond_v_small", False),
+    ("learned code, eps (the first default)", "imglabel_small", True),
+    ("learned code, scale 2", "imglabel_v_small", True),
+    ("learned code, scale 0.5", "imglabel_v_scale05_small", True),
+    ("learned code, scale 0.25", "imglabel_v_scale025_small", True),
+    ("learned low-frequency code", "imglabel_v_smooth_small", True),
+    ("class means (the default)", "imglabel_v_classmean_small", True),
+    ("class means, seed 1", "imglabel_v_classmean_small_seed1", True),
+    ("the README's main job", "imglabel_readme_small", True),
+)
+_GRID_IMAGE_SIZE = (28, 28)
+_GRAIN_GRIDS = (("joint samples", "joint_step1500.png"),
+                ("given-label samples", "class_conditional_step1500.png"))
+
+
+def _grid_grain(path: str, captioned: bool) -> tuple[np.ndarray, np.ndarray] | None:
+  """(images, background grain of each) of a run's sample grid; None if the run has no such grid."""
+  if not os.path.exists(path):
+    return None
+  images = grids.load_grid(path, image_size=_GRID_IMAGE_SIZE, captioned=captioned)
+  return images, metrics.background_grain(images)
+
+
+def _mean_with_interval(values: np.ndarray) -> str:
+  values = values[np.isfinite(values)]
+  low, high = metrics.percentile_interval(metrics.bootstrap_mean(values), point=float(values.mean()))
+  return f"{_fmt(float(values.mean()))} [{_fmt(low)}, {_fmt(high)}] (n={len(values)})"
+
+
+def render_background_grain(runs, results_dir: str) -> list[str]:
+  """The grain table: each run's final grids (metrics.background_grain, mean over the grid's images
+  with a bootstrap interval), beside the test split's figure where an evaluation recorded it."""
+  test = [(name, r["metrics"]["eval/background_grain_test"]) for name, r in runs.items()
+          if "eval/background_grain_test" in r["metrics"]]
+  lines = ["### Background grain of the label codes (`metrics.background_grain`)", "",
+           "The RMS of the fine texture (image minus its 3 x 3 mean) over each image's black "
+           "background, on the images of each run's final sample grid (8-bit PNGs: pixel steps of "
+           "0.008; n counts the images that have a background); 0 = a clean background. Test split: "
+           + (f"{_fmt(test[0][1])} (from `{test[0][0]}`'s evaluation)" if test else "not evaluated")
+           + ". Figure: `docs/images/background_grain.png` (backgrounds stretched: -1..-0.6 "
+           "shown black..white; one row per run, in the order of this table; captions: the run, then each "
+           "image's grain).", "",
+           "| choice | run | " + " | ".join(h for h, _ in _GRAIN_GRIDS) + " | budget |",
+           "|---" * (len(_GRAIN_GRIDS) + 3) + "|"]
+  for what, name, captioned in GRAIN_RUNS:
+    cells = []
+    for _, file in _GRAIN_GRIDS:
+      found = _grid_grain(os.path.join(results_dir, name, file), captioned)
+      cells.append("-" if found is None else _mean_with_interval(found[1]))
+    run = runs.get(name, {}).get("run", {})
+    lines.append(f"| {what} | `{name}` | " + " | ".join(cells) + f" | {budget(run) if run else '-'} |")
+  return lines + [""]
+
+
+def write_grain_figure(results_dir: str, out: str, *, per_run: int = 8) -> None:
+  """The first `per_run` joint samples of each GRAIN_RUNS run, one run per row, with the background's
+  range -1..-0.6 stretched to black..white so that its grain shows; captions: the run (first tile)
+  and each image's grain."""
+  tiles, captions = [], []
+  for what, name, captioned in GRAIN_RUNS:
+    found = _grid_grain(os.path.join(results_dir, name, "joint_step1500.png"), captioned)
+    if found is None:
+      continue
+    images, grain = found[0][:per_run], found[1][:per_run]
+    tiles.append(np.clip((images + 1.0) / 0.4, 0.0, 1.0) * 2.0 - 1.0)
+    captions += [name.removeprefix("imglabel_").removesuffix("_small")] + [
+        f"{g:.3f}" for g in grain[1:]]
+  grids.save_grid(out, np.concatenate(tiles), captions=captions, num_columns=per_run, scale=3)
 
 
 # ------------------------------------------------------------------------------------------- claims
@@ -506,7 +616,7 @@ CLAIMS = (
 )
 
 
-def render(runs: dict[str, dict[str, Any]]) -> str:
+def render(runs: dict[str, dict[str, Any]], results_dir: str) -> str:
   lines = ["# Results", "",
            "Generated by `python3 -m mmdiff_jax.evaluation.report` from `results/*/eval_metrics.json`, "
            "their bootstrap replicates (`eval_metrics.bootstrap.json`) and `run.json`; do not edit by "
@@ -525,6 +635,7 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
   lines += [claim.render(runs) for claim in CLAIMS]
   lines.append("")
   lines += render_ablations(runs)
+  lines += render_background_grain(runs, results_dir)
   for table in TABLES:
     lines += table.render(runs)
   lines += render_sampler_sweep(runs)
@@ -536,22 +647,27 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
 
 _RESULTS = flags.DEFINE_string("results", "results", "Folder of run folders.")
 _OUT = flags.DEFINE_string("out", "RESULTS.md", "The Markdown file to write.")
+_GRAIN_FIGURE = flags.DEFINE_string("grain_figure", "docs/images/background_grain.png",
+                                    "Where to write the background-grain figure ('' for nowhere).")
 
 
-def write_report(results_dir: str, out: str) -> None:
+def write_report(results_dir: str, out: str, *, grain_figure: str = "") -> None:
   if not os.path.isdir(results_dir):
     raise FileNotFoundError(f"--results={results_dir}: no such folder")
-  text = render(load_runs(results_dir))
+  text = render(load_runs(results_dir), results_dir)
   with open(out + ".tmp", "w") as f:
     f.write(text)
   os.replace(out + ".tmp", out)
   print(f"Wrote {out}")
+  if grain_figure:
+    write_grain_figure(results_dir, grain_figure)
+    print(f"Wrote {grain_figure}")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  write_report(_RESULTS.value, _OUT.value)
+  write_report(_RESULTS.value, _OUT.value, grain_figure=_GRAIN_FIGURE.value)
 
 
 if __name__ == "__main__":

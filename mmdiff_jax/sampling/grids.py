@@ -16,6 +16,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def _cell_size(height: int, width: int, *, scale: int, captioned: bool) -> tuple[int, int]:
+  """(cell width, cell height) of one grid tile: the image at `scale`, a caption line, a margin."""
+  return width * scale + 4, height * scale + (12 if captioned else 0) + 4
+
+
 def save_grid(path: str, images: np.ndarray, *, captions: Sequence[str] | None = None,
               num_columns: int = 10, scale: int = 2) -> str:
   """Writes a grid PNG of (B, H, W, C) images in [-1, 1] (C = 1 or 3); returns the path.
@@ -24,8 +29,7 @@ def save_grid(path: str, images: np.ndarray, *, captions: Sequence[str] | None =
   """
   pixels = to_uint8(images)
   count, height, width, channels = pixels.shape
-  caption_height = 12 if captions is not None else 0
-  cell_w, cell_h = width * scale + 4, height * scale + caption_height + 4
+  cell_w, cell_h = _cell_size(height, width, scale=scale, captioned=captions is not None)
   rows = -(-count // num_columns)
   canvas = Image.new("RGB", (num_columns * cell_w, rows * cell_h), "white")
   draw = ImageDraw.Draw(canvas)
@@ -49,3 +53,26 @@ def save_grid(path: str, images: np.ndarray, *, captions: Sequence[str] | None =
   canvas.save(tmp)
   os.replace(tmp, path)
   return path
+
+
+def load_grid(path: str, *, image_size: tuple[int, int], captioned: bool = True, num_columns: int = 10,
+              scale: int = 2, channels: int = 1) -> np.ndarray:
+  """The images of a grid PNG written by save_grid with the same layout: (B, H, W, channels) float in
+  [-1, 1], quantised to 8 bits as the PNG stores them; empty (all-white) cells of a last row are
+  left out. A PNG whose size does not fit the layout raises ValueError."""
+  height, width = image_size
+  cell_w, cell_h = _cell_size(height, width, scale=scale, captioned=captioned)
+  canvas = np.asarray(Image.open(epath.Path(path).open("rb")).convert("RGB"))
+  if canvas.shape[1] != num_columns * cell_w or canvas.shape[0] % cell_h:
+    raise ValueError(f"{path}: a {canvas.shape[1]} x {canvas.shape[0]} PNG is not a grid of "
+                     f"{num_columns} columns of {image_size} images at scale {scale}"
+                     f"{' with captions' if captioned else ''}")
+  tiles = []
+  for row in range(canvas.shape[0] // cell_h):
+    for column in range(num_columns):
+      y, x = row * cell_h + 2, column * cell_w + 2
+      tile = canvas[y:y + height * scale:scale, x:x + width * scale:scale]
+      if np.all(tile == 255):
+        continue
+      tiles.append(tile[..., :1] if channels == 1 else tile)
+  return np.stack(tiles).astype(np.float32) / 127.5 - 1.0
