@@ -6,6 +6,8 @@ mmdiff_jax, compiled once), and the workers take turns, so load on a shared mach
   python3 -m benchmarks.ab --config=small --env_b=XLA_FLAGS=--xla_cpu_use_onednn=true
   # the library's XLA defaults (A) against XLA's own (B; see mmdiff_jax/xla_defaults.py):
   python3 -m benchmarks.ab --config=small --env_b=MMDIFF_JAX_KEEP_XLA_FLAGS=1
+  # a config choice for B alone (e.g. bf16 activations):
+  python3 -m benchmarks.ab --config=small --set_b=model.dtype=bfloat16
   # a library change (benchmarks/patches/ holds the ones tried):
   mkdir /tmp/patched && git archive HEAD | tar -x -C /tmp/patched && \
       (cd /tmp/patched && patch -p1 < "$OLDPWD/benchmarks/patches/group_norm_two_stage.diff")
@@ -63,7 +65,9 @@ def main():
   parser.add_argument("--config", default="small")
   parser.add_argument("--image_only", action="store_true")
   parser.add_argument("--set", action="append", default=[],
-                      help="config override for both, e.g. --set=model.dtype=bfloat16")
+                      help="config override for both, e.g. --set=training.batch_size=32")
+  parser.add_argument("--set_b", action="append", default=[],
+                      help="config override for B only, e.g. --set_b=model.dtype=bfloat16")
   parser.add_argument("--rounds", type=int, default=10)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--json", default="")
@@ -71,7 +75,7 @@ def main():
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
   overrides = {}
-  for item in args.set:
+  for item in args.set + args.set_b:
     key, _, value = item.partition("=")
     try:
       overrides[key] = json.loads(value)
@@ -91,7 +95,8 @@ def main():
   workers, info = {}, {}
   for name, tree in trees.items():
     command = [sys.executable, os.path.abspath(__file__), "--worker", tree, args.config,
-               "1" if args.image_only else "0"] + [f"--set={s}" for s in args.set]
+               "1" if args.image_only else "0"] + [f"--set={s}" for s in args.set] + (
+                   [f"--set_b={s}" for s in args.set_b] if name == "B" else [])
     workers[name] = subprocess.Popen(command, cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env_b if name == "B" else None)
     info[name] = json.loads(workers[name].stdout.readline())  # one at a time: compile alone
@@ -119,7 +124,7 @@ def main():
        "load"],
       [[f"A {trees['A']}", f"{info['A']['compile_s']:.1f}", f"{info['A']['flops'] / 1e9:.2f}",
         f"{statistics.median(seconds['A']):.4f}", "", ""],
-       [f"B {trees['B']} {' '.join(args.env_b)}", f"{info['B']['compile_s']:.1f}",
+       [f"B {trees['B']} {' '.join(args.env_b + args.set_b)}", f"{info['B']['compile_s']:.1f}",
         f"{info['B']['flops'] / 1e9:.2f}", f"{statistics.median(seconds['B']):.4f}",
         f"{statistics.median(ratio):.3f} ({min(ratio):.3f}-{max(ratio):.3f})",
         f"{min(loads)}-{max(loads)}"]])

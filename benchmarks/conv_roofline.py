@@ -4,6 +4,8 @@ the matmul peak the train step could reach if everything but its convolutions we
 
   python3 -m benchmarks.conv_roofline --config=small
   python3 -m benchmarks.conv_roofline --config=small --no_torch --json=/tmp/conv_roofline.json
+  # the convolutions lowered as one patches x kernel matmul (im2col) beside XLA's own:
+  python3 -m benchmarks.conv_roofline --config=small --no_torch --im2col
 """
 
 from __future__ import annotations
@@ -62,6 +64,25 @@ def jax_conv(x_shape, k_shape, strides):
   return lambda: grad(x, k)
 
 
+def im2col_conv(x, k, strides):
+  """A SAME convolution as one matmul: the kh * kw shifted copies of x side by side (B, H', W',
+  kh * kw * Cin) times the kernel reshaped to (kh * kw * Cin, Cout)."""
+  kh, kw, cin, cout = k.shape
+  xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  (sh, sw), (_, h, w, _) = strides, x.shape
+  ho, wo = -(-h // sh), -(-w // sw)
+  patches = jnp.concatenate([xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+                             for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.einsum("bhwc,cd->bhwd", patches, k.reshape(kh * kw * cin, cout))
+
+
+def jax_im2col(x_shape, k_shape, strides):
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
+  grad = jax.jit(jax.grad(lambda x, k: jnp.sum(im2col_conv(x, k, strides) ** 2), argnums=(0, 1)))
+  return lambda: grad(x, k)
+
+
 def torch_conv(x_shape, k_shape, strides, threads: int):
   import torch  # imported by main() through common.import_torch (OpenMP passive wait)
   b, h, w, cin = x_shape
@@ -84,6 +105,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--im2col", action="store_true", help="also time im2col_conv")
   parser.add_argument("--torch_threads", type=int, default=0, help="0: the core count")
   parser.add_argument("--json", default=common.default_json("conv_roofline"))
   args = parser.parse_args()
@@ -105,6 +127,8 @@ def main():
     contenders = {"jax": jax_conv(x_shape, k_shape, strides), "matmul": peak}
     if not args.no_torch:
       contenders["torch"] = torch_conv(x_shape, k_shape, strides, args.torch_threads)
+    if args.im2col:
+      contenders["im2col"] = jax_im2col(x_shape, k_shape, strides)
     timing = common.alternate(contenders, rounds=args.rounds, reps=args.reps)
     s = {k: statistics.median(v) for k, v in timing["seconds"].items()}
     peak_flops = peak.flops / s["matmul"]
@@ -114,23 +138,27 @@ def main():
     totals["flops"] += count * flops
     totals["jax"] += count * s["jax"]
     totals["torch"] += count * s.get("torch", 0.0)
+    totals["im2col"] += count * s.get("im2col", 0.0)
     totals["peak_weighted"] += count * s["jax"] * peak_flops
     rows.append([f"{x_shape} * {k_shape[:2]} {k_shape[2]}->{k_shape[3]} /{strides[0]}", count,
                  f"{count * flops / 1e9:.2f}", f"{1e3 * count * s['jax']:.1f}",
                  f"{flops / s['jax'] / 1e9:.0f}", f"{flops / s['jax'] / peak_flops:.0%}"]
                 + ([f"{1e3 * count * s['torch']:.1f}", f"{flops / s['torch'] / 1e9:.0f}"]
-                   if "torch" in s else []))
+                   if "torch" in s else [])
+                + ([f"{1e3 * count * s['im2col']:.1f}"] if "im2col" in s else []))
   mean_peak = totals["peak_weighted"] / totals["jax"]
   rows.append(["all convolutions", sum(shapes.values()), f"{totals['flops'] / 1e9:.2f}",
                f"{1e3 * totals['jax']:.1f}", f"{totals['flops'] / totals['jax'] / 1e9:.0f}",
                f"{totals['flops'] / totals['jax'] / mean_peak:.0%}"]
               + ([f"{1e3 * totals['torch']:.1f}", f"{totals['flops'] / totals['torch'] / 1e9:.0f}"]
-                 if not args.no_torch else []))
+                 if not args.no_torch else [])
+              + ([f"{1e3 * totals['im2col']:.1f}"] if args.im2col else []))
   common.print_table(
       f"Convolutions of config {args.config} (batch {config.training.batch_size}), forward + both "
       f"gradients, each alone; matmul peak {mean_peak / 1e9:.0f} GFLOP/s (time-weighted)",
       ["conv (NHWC input * kernel)", "per step", "GFLOP/step", "JAX ms/step", "JAX GFLOP/s",
-       "JAX of peak"] + ([] if args.no_torch else ["torch ms/step", "torch GFLOP/s"]), rows)
+       "JAX of peak"] + ([] if args.no_torch else ["torch ms/step", "torch GFLOP/s"])
+      + (["im2col ms/step"] if args.im2col else []), rows)
   common.write_json(args.json, {"machine": machine, "config": args.config, "convs": results,
                                 "total": dict(totals), "matmul_peak_flops_per_s": mean_peak,
                                 "load_at_end": common.load(), "args": vars(args)})
