@@ -104,7 +104,9 @@ def test_main_writes_the_file(tmp_path):
              {"eval/frechet_alexnet_distance": 50.0, "eval/label_agreement": 0.95,
               "eval/classifier_test_accuracy": 0.9}, _run())
   out = tmp_path / "RESULTS.md"
-  report.write_report(str(tmp_path / "results"), str(out))
+  report.write_report(str(tmp_path / "results"), str(out),
+                      grain_figure=str(tmp_path / "grain.png"))
+  assert not (tmp_path / "grain.png").exists()  # none of the grain figure's runs is there
   assert "| `imglabel_small` | 50 |" in out.read_text()
 
 

@@ -492,10 +492,10 @@ def render_background_grain(runs, results_dir: str) -> list[str]:
   return lines + [""]
 
 
-def write_grain_figure(results_dir: str, out: str, *, per_run: int = 8) -> None:
+def write_grain_figure(results_dir: str, out: str, *, per_run: int = 8) -> bool:
   """The first `per_run` joint samples of each GRAIN_RUNS run, one run per row, with the background's
   range -1..-0.6 stretched to black..white so that its grain shows; captions: the run (first tile)
-  and each image's grain."""
+  and each image's grain. Returns False (and writes nothing) if no such run has a grid."""
   tiles, captions = [], []
   for what, name, captioned in GRAIN_RUNS:
     found = _grid_grain(os.path.join(results_dir, name, "joint_step1500.png"), captioned)
@@ -505,7 +505,10 @@ def write_grain_figure(results_dir: str, out: str, *, per_run: int = 8) -> None:
     tiles.append(np.clip((images + 1.0) / 0.4, 0.0, 1.0) * 2.0 - 1.0)
     captions += [name.removeprefix("imglabel_").removesuffix("_small")] + [
         f"{g:.3f}" for g in grain[1:]]
+  if not tiles:
+    return False
   grids.save_grid(out, np.concatenate(tiles), captions=captions, num_columns=per_run, scale=3)
+  return True
 
 
 # ------------------------------------------------------------------------------------------- claims
@@ -697,8 +700,7 @@ def write_report(results_dir: str, out: str, *, grain_figure: str = "") -> None:
     f.write(text)
   os.replace(out + ".tmp", out)
   print(f"Wrote {out}")
-  if grain_figure:
-    write_grain_figure(results_dir, grain_figure)
+  if grain_figure and write_grain_figure(results_dir, grain_figure):
     print(f"Wrote {grain_figure}")
 
 
