@@ -267,6 +267,10 @@ class Ablation:
 _LABEL_COLUMNS = (("joint Fréchet", FRECHET), ("given-label Fréchet", LABEL_FRECHET),
                   ("given-label agreement", "eval/label_conditional/label_agreement"),
                   ("image -> label acc.", "eval/label_accuracy"))
+_SEGMENTATION_EMBEDDING_COLUMNS = (
+    ("image -> segmentation mIoU", "eval/segmentation_miou"),
+    ("generated pair mIoU", "eval/segmentation_pair_miou"),
+    ("embedding cosine (generated pair)", "eval/embedding_cosine"))
 _INPAINTING_COLUMNS = (("joint Fréchet", FRECHET),) + tuple(
     (f"inpainting LPIPS @{r}", LPIPS.format(method="inpainting", ratio=r)) for r in MASK_RATIOS)
 
@@ -380,16 +384,16 @@ ABLATIONS = (
     Ablation("Parameterization of imgseg and imgemb (`diffusion.parameterization`)",
              "`configs/imgseg.py:small` and `configs/imgemb.py:small`, each pair trained at one commit "
              "with the same seed.",
-             (("joint Fréchet", FRECHET), ("image -> segmentation mIoU", "eval/segmentation_miou"),
-              ("generated pair mIoU", "eval/segmentation_pair_miou"),
-              ("embedding cosine (generated pair)", "eval/embedding_cosine"),
-              ("background grain", "eval/background_grain")),
+             (("joint Fréchet", FRECHET),) + _SEGMENTATION_EMBEDDING_COLUMNS
+             + (("background grain", "eval/background_grain"),),
              (("imgseg, eps (the default: v trades image -> map for images)", "imgseg_eps_head_small", "eval_metrics"),
               ("imgseg, v", "imgseg_v_head_small", "eval_metrics"),
               ("imgseg, eps, seed 1", "imgseg_eps_head_small_seed1", "eval_metrics"),
               ("imgseg, v, seed 1", "imgseg_v_head_small_seed1", "eval_metrics"),
+              ("imgseg, z0 (a later commit)", "imgseg_z0_small", "eval_metrics"),
               ("imgemb, eps", "imgemb_eps_head_small", "eval_metrics"),
-              ("imgemb, v (the default since)", "imgemb_v_head_small", "eval_metrics"))),
+              ("imgemb, v (the default since)", "imgemb_v_head_small", "eval_metrics"),
+              ("imgemb, z0 (a later commit)", "imgemb_z0_small", "eval_metrics"))),
     Ablation("Feedback of the unobserved segmentation map while sampling "
              "(`sampling.categorical_feedback`)",
              "`configs/imgseg.py:small`, 2000 joint samples per mode and checkpoint.",
@@ -410,10 +414,8 @@ ABLATIONS = (
              "(0.1) trained with the same seed (the imgmask default at an earlier commit, before "
              "the named random streams).",
              (("joint Fréchet", FRECHET),
-              ("inpainting LPIPS @0.5", LPIPS.format(method="inpainting", ratio="0.5")),
-              ("image -> segmentation mIoU", "eval/segmentation_miou"),
-              ("generated pair mIoU", "eval/segmentation_pair_miou"),
-              ("embedding cosine (generated pair)", "eval/embedding_cosine")),
+              ("inpainting LPIPS @0.5", LPIPS.format(method="inpainting", ratio="0.5")))
+             + _SEGMENTATION_EMBEDDING_COLUMNS,
              (("imgmask, 0.1 (the default)", "imgmask_v_small", "eval_metrics"),
               ("imgmask, 1", "imgmask_v_gamma1_small", "eval_metrics"),
               ("imgseg, 0.1 (the default)", "imgseg_eps_head_small", "eval_metrics"),
