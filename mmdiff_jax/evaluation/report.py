@@ -410,7 +410,7 @@ ABLATIONS = (
                               "eval/segmentation_pair_miou"))),
     Ablation("Recovery weight of the masked image, the segmentation map and the embedding "
              "(`modalities.<name>.loss_weight`, gamma)",
-             "`small` configs at their defaults; each gamma = 1 run beside its experiment's default "
+             "`small` configs at their defaults; each other gamma beside its experiment's default "
              "(0.1) trained with the same seed (the imgmask default at an earlier commit, before "
              "the named random streams).",
              (("joint Fréchet", FRECHET),
@@ -420,6 +420,7 @@ ABLATIONS = (
               ("imgmask, 1", "imgmask_v_gamma1_small", "eval_metrics"),
               ("imgseg, 0.1 (the default)", "imgseg_eps_head_small", "eval_metrics"),
               ("imgseg, 1", "imgseg_eps_gamma1_small", "eval_metrics"),
+              ("imgseg, 0.01", "imgseg_eps_gamma001_small", "eval_metrics"),
               ("imgemb, 0.1 (the default)", "imgemb_v_head_small", "eval_metrics"),
               ("imgemb, 1", "imgemb_v_gamma1_small", "eval_metrics"))),
 )
