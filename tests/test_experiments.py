@@ -85,10 +85,12 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
     assert train.sample_from_checkpoint(config, workdir) == results["sample_grids"]
     # Another model in the same workdir: refused before anything is loaded or overwritten.
     other = config.copy_and_resolve_references()
-    other.diffusion.parameterization = "v"
+    trained = config.diffusion.parameterization
+    other.diffusion.parameterization = "eps" if trained == "v" else "v"
     saved = open(os.path.join(workdir, "config.json")).read()
     for use in (evaluate.evaluate, train.train_and_evaluate):
-      with pytest.raises(ValueError, match=r"diffusion.parameterization: trained 'eps', given 'v'"):
+      with pytest.raises(ValueError, match=rf"diffusion.parameterization: trained '{trained}', "
+                         rf"given '{other.diffusion.parameterization}'"):
         use(other, workdir)
     assert open(os.path.join(workdir, "config.json")).read() == saved
     assert os.path.exists(results["sample_grids"][1])
@@ -150,7 +152,8 @@ def test_model_differences_name_the_keys_that_change_the_model():
   assert model_differences(trained, other) == {"modalities.label.profile_scale": (2.0, 0.5),
                                                "model.base_channels": (trained["model"]["base_channels"], 8)}
   seg = importlib.import_module("configs.imgseg").get_config("small")
-  # imglabel is v-prediction, imgseg eps: that differs too.
+  assert sorted(model_differences(trained, seg)) == ["modalities.label", "modalities.segmentation"]
+  seg.diffusion.parameterization = "eps"
   assert sorted(model_differences(trained, seg)) == ["diffusion.parameterization", "modalities.label",
                                                      "modalities.segmentation"]
   del trained["diffusion"]["parameterization"]  # a run made before the key existed
