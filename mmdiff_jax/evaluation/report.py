@@ -232,10 +232,10 @@ class Ablation:
   paired_columns: tuple[tuple[str, str], ...] = ()  # (header, eval_metrics key)
 
   def _paired_cells(self, run: dict[str, Any], stem: str) -> list[str]:
-    base = run.get("files", {}).get(self.paired_stem)
+    values, replicates = run["files"][stem]
+    base_values, base_replicates = run["files"].get(self.paired_stem, ({}, {}))
     cells = []
     for _, key in self.paired_columns:
-      (values, replicates), (base_values, base_replicates) = run["files"][stem], base or ({}, {})
       if stem == self.paired_stem or key not in replicates or key not in base_replicates:
         cells.append("-")
         continue

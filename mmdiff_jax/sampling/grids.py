@@ -16,9 +16,13 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+_MARGIN, _CAPTION_HEIGHT = 2, 12  # pixels around each tile; below each image when captioned
+
+
 def _cell_size(height: int, width: int, *, scale: int, captioned: bool) -> tuple[int, int]:
   """(cell width, cell height) of one grid tile: the image at `scale`, a caption line, a margin."""
-  return width * scale + 4, height * scale + (12 if captioned else 0) + 4
+  return (width * scale + 2 * _MARGIN,
+          height * scale + (_CAPTION_HEIGHT if captioned else 0) + 2 * _MARGIN)
 
 
 def save_grid(path: str, images: np.ndarray, *, captions: Sequence[str] | None = None,
@@ -37,7 +41,7 @@ def save_grid(path: str, images: np.ndarray, *, captions: Sequence[str] | None =
   for i in range(count):
     tile = pixels[i, :, :, 0] if channels == 1 else pixels[i]
     img = Image.fromarray(tile).convert("RGB").resize((width * scale, height * scale), Image.NEAREST)
-    x, y = (i % num_columns) * cell_w + 2, (i // num_columns) * cell_h + 2
+    x, y = (i % num_columns) * cell_w + _MARGIN, (i // num_columns) * cell_h + _MARGIN
     canvas.paste(img, (x, y))
     if captions is not None:
       draw.text((x, y + height * scale), str(captions[i])[: max(3, width * scale // 6)],
@@ -70,7 +74,7 @@ def load_grid(path: str, *, image_size: tuple[int, int], captioned: bool = True,
   tiles = []
   for row in range(canvas.shape[0] // cell_h):
     for column in range(num_columns):
-      y, x = row * cell_h + 2, column * cell_w + 2
+      y, x = row * cell_h + _MARGIN, column * cell_w + _MARGIN
       tile = canvas[y:y + height * scale:scale, x:x + width * scale:scale]
       if np.all(tile == 255):
         continue
