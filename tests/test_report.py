@@ -71,6 +71,8 @@ def test_claims_are_judged_on_their_intervals(tmp_path):
   assert "| **holds** |" in _claim_line(text, "C3 SDEdit @0.5", "SDEdit")
   assert "not measured (no 'eval/inpainting_replacement/lpips@0.5')" in _claim_line(
       text, "C3 known-region replacement @0.5", "replacement")
+  assert "| not run (missing imgmask_v_observation_small) |" in _claim_line(
+      text, "C3 SDEdit @0.5, observation profile", "observation profile")
   assert "| 0.1 | 0.8 vs 0.7 | no interval |" in _claim_line(text, "C4", "fine-tuned")
   # The tables show intervals where they were measured.
   assert "| `classcond_v_small` | 30 [29.1, 30.9] | - |" in text  # from the replicates
