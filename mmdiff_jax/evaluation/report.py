@@ -353,7 +353,9 @@ ABLATIONS = (
               ("bump profile (the default), seed 1, named random streams", "imgmask_v_small_seed1",
                "eval_metrics"),
               ("observation profile, seed 1, named random streams",
-               "imgmask_v_observation_small_seed1", "eval_metrics"))),
+               "imgmask_v_observation_small_seed1", "eval_metrics"),
+              ("observation profile, scale 4, named random streams",
+               "imgmask_v_observation_scale4_small", "eval_metrics"))),
     Ablation("Recovery weight of the label (`modalities.label.loss_weight`, gamma)",
              "`configs/imglabel.py:small` (class_mean code, v-prediction). The gamma = 0.01 and 1 runs "
              "were trained with the named random streams (later commits), so their draws differ too; the "
