@@ -186,3 +186,24 @@ def test_paired_differences_against_the_same_runs_expected_feedback(tmp_path):
   assert expected.split(" | ")[-3:-1] == ["-", "-"]
   # replicate differences -20, -20, -21 (each replicate pairs the same resample), centred on -20
   assert "| -20 [-21, -20] | - |" in argmax
+
+
+def test_paired_differences_against_another_run_trained_with_the_same_seed(tmp_path):
+  # z0 vs v on imgmask's seed 1: each replicate pairs the same resample of the evaluated examples.
+  lpips = "eval/inpainting/lpips@0.5"
+  for run, value, draws in (("imgmask_v_small_seed1", 0.20, [0.19, 0.20, 0.21] * 10),
+                            ("imgmask_z0_small_seed1", 0.19, [0.185, 0.19, 0.20] * 10)):
+    _write_run(tmp_path, run, {lpips: value}, _run())
+    _write_bootstrap(tmp_path, run, {lpips: draws})
+  # The seed-0 z0 run's baseline has replicates of another length: no paired interval is made up.
+  _write_run(tmp_path, "imgmask_v_small", {lpips: 0.20}, _run())
+  _write_bootstrap(tmp_path, "imgmask_v_small", {lpips: [0.2] * 7})
+  _write_run(tmp_path, "imgmask_z0_small", {lpips: 0.19}, _run())
+  _write_bootstrap(tmp_path, "imgmask_z0_small", {lpips: [0.19] * 30})
+  text = report.render(report.load_runs(str(tmp_path)), str(tmp_path))
+  section = text[text.index("### Parameterization (`diffusion.parameterization`)"):]
+  z0 = _claim_line(section, "imgmask, z0, seed 1", "imgmask_z0_small_seed1")
+  assert z0.split(" | ")[-2] == "-0.01 [-0.01, -0.005]"  # differences -0.005, -0.01, -0.01
+  assert _claim_line(section, "imgmask, v, seed 1 (named random streams)",
+                     "imgmask_v_small_seed1").split(" | ")[-2] == "-"
+  assert _claim_line(section, "imgmask, z0 (named random streams)", "imgmask_z0_small").split(" | ")[-2] == "-"

@@ -226,17 +226,31 @@ class Ablation:
   note: str  # the budget and what stayed fixed
   columns: tuple[tuple[str, str], ...]  # (header, eval_metrics key)
   choices: tuple[tuple[str, str, str], ...]  # (the choice, run folder, metrics file stem)
-  # Paired differences: each row's metric minus that of the same run's `paired_stem` file, with the
-  # interval of the difference of their bootstrap replicates (both resample the same examples).
+  # Paired differences: each row's metric minus that of its baseline, with the interval of the
+  # difference of their bootstrap replicates (every evaluation resamples the same example indices).
+  # The baseline is the same run's `paired_stem` file, or the run and file that `paired_runs` names
+  # for the row's run (e.g. the default trained with the same seed).
   paired_stem: str = ""
+  paired_runs: tuple[tuple[str, str, str], ...] = ()  # (row's run, baseline run, baseline stem)
   paired_columns: tuple[tuple[str, str], ...] = ()  # (header, eval_metrics key)
 
-  def _paired_cells(self, run: dict[str, Any], stem: str) -> list[str]:
-    values, replicates = run["files"][stem]
-    base_values, base_replicates = run["files"].get(self.paired_stem, ({}, {}))
+  def _baseline(self, runs, name: str, stem: str) -> tuple[dict, dict]:
+    """The row's baseline (values, replicates); empty where it has none or was not run."""
+    if self.paired_stem:
+      return ({}, {}) if stem == self.paired_stem else runs[name]["files"].get(
+          self.paired_stem, ({}, {}))
+    for run, base, base_stem in self.paired_runs:
+      if run == name:
+        return runs.get(base, {}).get("files", {}).get(base_stem, ({}, {}))
+    return {}, {}
+
+  def _paired_cells(self, runs, name: str, stem: str) -> list[str]:
+    values, replicates = runs[name]["files"][stem]
+    base_values, base_replicates = self._baseline(runs, name, stem)
     cells = []
     for _, key in self.paired_columns:
-      if stem == self.paired_stem or key not in replicates or key not in base_replicates:
+      if (key not in replicates or key not in base_replicates
+          or len(replicates[key]) != len(base_replicates[key])):
         cells.append("-")
         continue
       point = values[key] - base_values[key]
@@ -258,7 +272,7 @@ class Ablation:
         continue
       values, replicates = found
       cells = " | ".join([_with_interval(values, k, replicates) for _, k in self.columns]
-                         + self._paired_cells(runs[name], stem))
+                         + self._paired_cells(runs, name, stem))
       lines.append(f"| {choice} | `{name}`{'' if stem == 'eval_metrics' else f' ({stem})'} | "
                    f"{cells} | {budget(runs[name]['run'])} |")
     return lines + [""]
@@ -273,6 +287,9 @@ _SEGMENTATION_EMBEDDING_COLUMNS = (
     ("embedding cosine (generated pair)", "eval/embedding_cosine"))
 _INPAINTING_COLUMNS = (("joint Fréchet", FRECHET),) + tuple(
     (f"inpainting LPIPS @{r}", LPIPS.format(method="inpainting", ratio=r)) for r in MASK_RATIOS)
+
+_INPAINTING_PAIRED_COLUMNS = tuple((f"Δ {header.replace('inpainting ', '')}", key)
+                                   for header, key in _INPAINTING_COLUMNS)
 
 # The feedback evaluations' file suffixes (`--metrics_name=<stem>_<suffix>`) and how rows name them.
 _FEEDBACK_MODES = {
@@ -341,7 +358,8 @@ ABLATIONS = (
              paired_columns=(("TV seen in the images, minus `expected`'s (paired)",
                               "eval/label_class_balance_tv_seen_by_classifier"),)),
     Ablation("The observed masked image (`modalities.masked_image.profile*`, `data.mask_fill_value`)",
-             "`configs/imgmask.py:small` (MT-Diffusion-U), v-prediction.",
+             "`configs/imgmask.py:small` (MT-Diffusion-U), v-prediction. Δ: the row's figure minus "
+             "the default's trained with the same seed, paired over the same evaluated examples.",
              _INPAINTING_COLUMNS,
              (("bump profile, scale 2, hole at 0 (the default)", "imgmask_v_small", "eval_metrics"),
               ("bump profile, scale 4", "imgmask_v_scale4_small", "eval_metrics"),
@@ -355,7 +373,14 @@ ABLATIONS = (
               ("observation profile, seed 1, named random streams",
                "imgmask_v_observation_small_seed1", "eval_metrics"),
               ("observation profile, scale 4, named random streams",
-               "imgmask_v_observation_scale4_small", "eval_metrics"))),
+               "imgmask_v_observation_scale4_small", "eval_metrics")),
+             paired_runs=(
+                 *((run, "imgmask_v_small", "eval_metrics") for run in (
+                     "imgmask_v_scale4_small", "imgmask_v_observation_small",
+                     "imgmask_v_fill_background_small", "imgmask_v_checkerboard_small",
+                     "imgmask_v_observation_scale4_small")),
+                 ("imgmask_v_observation_small_seed1", "imgmask_v_small_seed1", "eval_metrics")),
+             paired_columns=_INPAINTING_PAIRED_COLUMNS),
     Ablation("Recovery weight of the label (`modalities.label.loss_weight`, gamma)",
              "`configs/imglabel.py:small` (class_mean code, v-prediction). The gamma = 0.01 and 1 runs "
              "were trained with the named random streams (later commits), so their draws differ too; the "
@@ -367,7 +392,9 @@ ABLATIONS = (
               ("1", "imglabel_v_classmean_gamma1_small", "eval_metrics"))),
     Ablation("Parameterization (`diffusion.parameterization`)",
              "`small` configs; eps was the first default. (A class-conditional model's `generation` "
-             "samples are given the test labels too, so its two Fréchet columns measure the same.)",
+             "samples are given the test labels too, so its two Fréchet columns measure the same.) Δ: the "
+             "row's figure minus that of v-prediction with the same config and seed, paired over the "
+             "same evaluated examples.",
              (("joint Fréchet", FRECHET), ("given-label Fréchet", LABEL_FRECHET),
               ("given-label agreement", "eval/label_conditional/label_agreement"),
               ("given-label recall", "eval/label_conditional/recall"),
@@ -382,8 +409,8 @@ ABLATIONS = (
               ("imglabel (class_mean code, argmax feedback), v: the README's main job",
                "imglabel_readme_small", "eval_metrics"),
               ("imglabel (the same), z0", "imglabel_z0_small", "eval_metrics"),
-              ("imglabel (class_mean code), v, seed 1 (an earlier commit: joint samples with "
-               "`expected` feedback)", "imglabel_v_classmean_small_seed1", "eval_metrics"),
+              ("imglabel (class_mean code), v, seed 1 (trained at an earlier commit, evaluated as "
+               "the z0 seed-1 run was)", "imglabel_v_classmean_small_seed1", "eval_metrics_as_z0_seed1"),
               ("imglabel (the README's config), z0, seed 1", "imglabel_z0_small_seed1",
                "eval_metrics"),
               ("imgmask, z0 (named random streams)", "imgmask_z0_small", "eval_metrics"),
@@ -393,7 +420,24 @@ ABLATIONS = (
               ("imgmask_classcond, eps (a later commit)", "imgmask_classcond_eps_small",
                "eval_metrics"),
               ("imgmask_classcond, z0 (a later commit)", "imgmask_classcond_z0_small",
-               "eval_metrics"))),
+               "eval_metrics")),
+             paired_runs=(
+                 ("imglabel_small", "imglabel_v_small", "eval_metrics"),
+                 ("imgmask_small", "imgmask_v_small", "eval_metrics"),
+                 ("classcond_small", "classcond_v_small", "eval_metrics"),
+                 ("imglabel_z0_small", "imglabel_readme_small", "eval_metrics"),
+                 ("imglabel_z0_small_seed1", "imglabel_v_classmean_small_seed1",
+                  "eval_metrics_as_z0_seed1"),
+                 ("imgmask_z0_small", "imgmask_v_small", "eval_metrics"),
+                 ("imgmask_z0_small_seed1", "imgmask_v_small_seed1", "eval_metrics"),
+                 ("imgmask_classcond_eps_small", "imgmask_classcond_v_small", "eval_metrics"),
+                 ("imgmask_classcond_z0_small", "imgmask_classcond_v_small", "eval_metrics")),
+             paired_columns=(
+                 ("Δ joint Fréchet", FRECHET),
+                 ("Δ given-label Fréchet", LABEL_FRECHET),
+                 ("Δ given-label agreement",
+                  "eval/label_conditional/label_agreement"),
+                 ("Δ inpainting LPIPS @0.5", "eval/inpainting/lpips@0.5"))),
     Ablation("Parameterization of imgseg and imgemb (`diffusion.parameterization`)",
              "`configs/imgseg.py:small` and `configs/imgemb.py:small`, each pair trained at one commit "
              "with the same seed.",
@@ -428,7 +472,8 @@ ABLATIONS = (
              "were trained at a later commit than the defaults (named random streams, so their draws "
              "differ); the default's second seed shows how far the draws alone move each figure. The "
              "imgseg default's joint samples are shown under both feedbacks (the later runs feed back "
-             "`argmax`, the config's default since).",
+             "`argmax`, the config's default since). Δ: minus the scale-2 run's figure with the same seed "
+             "(and feedback), paired over the same evaluated examples.",
              (("joint Fréchet", FRECHET),) + _SEGMENTATION_EMBEDDING_COLUMNS
              + (("background grain", "eval/background_grain"),),
              (("imgseg, 2 (the default), `expected` feedback", "imgseg_v_head_small", "eval_metrics"),
@@ -439,7 +484,16 @@ ABLATIONS = (
               ("imgseg, 4", "imgseg_v_scale4_small", "eval_metrics"),
               ("imgemb, 2 (the default)", "imgemb_v_head_small", "eval_metrics"),
               ("imgemb, 0.5", "imgemb_v_scale05_small", "eval_metrics"),
-              ("imgemb, 4", "imgemb_v_scale4_small", "eval_metrics"))),
+              ("imgemb, 4", "imgemb_v_scale4_small", "eval_metrics")),
+             paired_runs=(
+                 ("imgseg_v_scale05_small", "imgseg_v_head_small", "eval_metrics_feedback_argmax"),
+                 ("imgseg_v_scale4_small", "imgseg_v_head_small", "eval_metrics_feedback_argmax"),
+                 ("imgemb_v_scale05_small", "imgemb_v_head_small", "eval_metrics"),
+                 ("imgemb_v_scale4_small", "imgemb_v_head_small", "eval_metrics")),
+             paired_columns=(
+                 ("Δ joint Fréchet", FRECHET),
+                 ("Δ pair mIoU", "eval/segmentation_pair_miou"),
+                 ("Δ embedding cosine", "eval/embedding_cosine"))),
     Ablation("Recovery weight of the masked image, the segmentation map and the embedding "
              "(`modalities.<name>.loss_weight`, gamma)",
              "`small` configs at their defaults; each other gamma beside its experiment's default "
