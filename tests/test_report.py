@@ -52,9 +52,9 @@ def test_claims_are_judged_on_their_intervals(tmp_path):
   _write_run(tmp_path, "imgmask_classcond_v_small", {report.LABEL_FRECHET: 29.0}, _run())
   _write_bootstrap(tmp_path, "imgmask_classcond_v_small", {report.LABEL_FRECHET: draws(29.0, 5.0)})
   # MT-U 60 vs 40: the ratio 1.5 is wholly above 1.12 -> does not hold. Its inpainting: 0.05 vs 0.3.
-  _write_run(tmp_path, "imgmask_v_small",
+  _write_run(tmp_path, report.MT_U_RUN,
              {report.FRECHET: 60.0} | {f"eval/inpainting/lpips@{r}": 0.05 for r in RATIOS}, _run())
-  _write_bootstrap(tmp_path, "imgmask_v_small",
+  _write_bootstrap(tmp_path, report.MT_U_RUN,
                    {report.FRECHET: draws(60.0, 1.0)}
                    | {f"eval/inpainting/lpips@{r}": draws(0.05, 0.005) for r in RATIOS})
   # C4 without replicates: no interval, no verdict.
@@ -65,8 +65,8 @@ def test_claims_are_judged_on_their_intervals(tmp_path):
   assert "| inconclusive |" in _claim_line(text, "C1", "seed 0")
   assert "| not run (missing imgmask_classcond_v_small_seed1, classcond_v_small_seed1) |" in \
       _claim_line(text, "C1", "seed 1")
-  assert "| 1.5 [" in _claim_line(text, "C2", "MT-Diffusion-U")
-  assert "| **does not hold** |" in _claim_line(text, "C2", "MT-Diffusion-U")
+  assert "| 1.5 [" in _claim_line(text, "C2", "MT-Diffusion-U /")
+  assert "| **does not hold** |" in _claim_line(text, "C2", "MT-Diffusion-U /")
   assert "| 0.167 [" in _claim_line(text, "C3 SDEdit @0.5", "SDEdit")
   assert "| **holds** |" in _claim_line(text, "C3 SDEdit @0.5", "SDEdit")
   assert "not measured (no 'eval/inpainting_replacement/lpips@0.5')" in _claim_line(
@@ -206,4 +206,5 @@ def test_paired_differences_against_another_run_trained_with_the_same_seed(tmp_p
   assert z0.split(" | ")[-2] == "-0.01 [-0.01, -0.005]"  # differences -0.005, -0.01, -0.01
   assert _claim_line(section, "imgmask, v, seed 1 (named random streams)",
                      "imgmask_v_small_seed1").split(" | ")[-2] == "-"
-  assert _claim_line(section, "imgmask, z0 (named random streams)", "imgmask_z0_small").split(" | ")[-2] == "-"
+  assert _claim_line(section, "imgmask, z0 (the default since; named random streams)",
+                     "imgmask_z0_small").split(" | ")[-2] == "-"
