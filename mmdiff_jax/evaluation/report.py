@@ -396,7 +396,8 @@ ABLATIONS = (
              "samples are given the test labels too, so its two Fréchet columns measure the same.) Δ: the "
              "row's figure minus that of v-prediction with the same config and seed, paired over the "
              "same evaluated examples.",
-             (("joint Fréchet", FRECHET), ("given-label Fréchet", LABEL_FRECHET),
+             (("joint Fréchet", FRECHET), ("joint recall", "eval/recall"),
+              ("given-label Fréchet", LABEL_FRECHET),
               ("given-label agreement", "eval/label_conditional/label_agreement"),
               ("given-label recall", "eval/label_conditional/recall"),
               ("image -> label acc.", "eval/label_accuracy"),
