@@ -24,7 +24,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       kind="masked_image", feature="masked_image", encoder="identity", loss_weight=0.1,
       profile="bump", profile_scale=2.0)
   # v-prediction, as its single-task baselines: z0 inpaints better here too, but its class-given
-  # images (the C1 claim) are worse (Fréchet 27.3 vs 23.5, recall 0.19 vs 0.27). RESULTS.md,
-  # "Parameterization".
+  # images (the C1 claim) are worse (Fréchet 27.3 vs 23.5, recall 0.19 vs 0.27); eps is far worse
+  # on both (Fréchet 77.4, LPIPS @0.5 0.241 vs 0.147). RESULTS.md, "Parameterization".
   config.diffusion.parameterization = "v"
   return apply_size(config, variant)
