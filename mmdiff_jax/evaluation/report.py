@@ -472,30 +472,29 @@ ABLATIONS = (
                               "eval/segmentation_pair_miou"))),
     Ablation("Profile scale of the segmentation map and the embedding "
              "(`modalities.<name>.profile_scale`)",
-             "`configs/imgseg.py:small` and `configs/imgemb.py:small` (v-prediction). The other scales "
-             "were trained at a later commit than the defaults (named random streams, so their draws "
-             "differ); the default's second seed shows how far the draws alone move each figure. The "
-             "imgseg default's joint samples are shown under both feedbacks (the later runs feed back "
-             "`argmax`, the config's default since). Δ: minus the scale-2 run's figure with the same seed "
-             "(and feedback), paired over the same evaluated examples.",
+             "`configs/imgseg.py:small` and `configs/imgemb.py:small` (v-prediction; imgseg feeds back "
+             "`argmax`). Each scale beside the default trained at the same commit and seed; the "
+             "defaults trained at an earlier commit (other random draws) and imgseg's second seed show "
+             "how far the draws alone move each figure. Δ: minus the same-commit default's figure, "
+             "paired over the same evaluated examples.",
              (("joint Fréchet", FRECHET),) + _SEGMENTATION_EMBEDDING_COLUMNS
              + (("background grain", "eval/background_grain"),),
-             (("imgseg, 2 (the default), `expected` feedback", "imgseg_v_head_small", "eval_metrics"),
-              ("imgseg, 2, `argmax` feedback", "imgseg_v_head_small",
-               "eval_metrics_feedback_argmax"),
-              ("imgseg, 2, seed 1", "imgseg_v_head_small_seed1", "eval_metrics"),
+             (("imgseg, 2 (the default)", "imgseg_v_default_small", "eval_metrics"),
               ("imgseg, 0.5", "imgseg_v_scale05_small", "eval_metrics"),
               ("imgseg, 4", "imgseg_v_scale4_small", "eval_metrics"),
-              ("imgemb, 2 (the default)", "imgemb_v_head_small", "eval_metrics"),
+              ("imgseg, 2, an earlier commit, `expected` feedback", "imgseg_v_head_small",
+               "eval_metrics"),
+              ("imgseg, 2, an earlier commit, seed 1", "imgseg_v_head_small_seed1", "eval_metrics"),
+              ("imgemb, 2 (the default)", "imgemb_v_default_small", "eval_metrics"),
               ("imgemb, 0.5", "imgemb_v_scale05_small", "eval_metrics"),
-              ("imgemb, 4", "imgemb_v_scale4_small", "eval_metrics")),
-             paired_runs=(
-                 ("imgseg_v_scale05_small", "imgseg_v_head_small", "eval_metrics_feedback_argmax"),
-                 ("imgseg_v_scale4_small", "imgseg_v_head_small", "eval_metrics_feedback_argmax"),
-                 ("imgemb_v_scale05_small", "imgemb_v_head_small", "eval_metrics"),
-                 ("imgemb_v_scale4_small", "imgemb_v_head_small", "eval_metrics")),
+              ("imgemb, 4", "imgemb_v_scale4_small", "eval_metrics"),
+              ("imgemb, 2, an earlier commit", "imgemb_v_head_small", "eval_metrics")),
+             paired_runs=tuple(
+                 (f"{kind}_v_scale{scale}_small", f"{kind}_v_default_small", "eval_metrics")
+                 for kind in ("imgseg", "imgemb") for scale in ("05", "4")),
              paired_columns=(
                  ("Δ joint Fréchet", FRECHET),
+                 ("Δ image -> segmentation mIoU", "eval/segmentation_miou"),
                  ("Δ pair mIoU", "eval/segmentation_pair_miou"),
                  ("Δ embedding cosine", "eval/embedding_cosine"))),
     Ablation("Recovery weight of the masked image, the segmentation map and the embedding "
