@@ -2,7 +2,7 @@
 
 Runs every evaluator of mmdiff_jax/evaluation/harness.py that applies to the experiment (or those named
 with --evaluators) and writes WORKDIR/eval_metrics.json (bootstrap replicates beside it, in
-eval_metrics.bootstrap.json).
+eval_metrics.bootstrap.json). `--library_logs` shows the INFO logs of the libraries underneath.
 """
 
 import json
@@ -12,7 +12,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdiff_jax import installed_configs
+from mmdiff_jax import console, installed_configs
 from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, EVALUATOR_NAMES, EVALUATORS,
                                            run_evaluators, save_eval_metrics)
 from mmdiff_jax.experiment import build_experiment
@@ -67,6 +67,7 @@ def _check_evaluators(names: tuple[str, ...], config) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet_library_logs()
   print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)
   evaluate(FLAGS.config, FLAGS.workdir, FLAGS.evaluators, metrics_name=FLAGS.metrics_name)
 

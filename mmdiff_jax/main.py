@@ -19,10 +19,10 @@ import os
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mmdiff_jax import installed_configs
+from mmdiff_jax import console, installed_configs
 from mmdiff_jax.sampling import sample_export
 from mmdiff_jax.training import distributed, train
 from mmdiff_jax.training import params_export
@@ -34,7 +34,6 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and sam
 flags.DEFINE_enum("mode", "train", ["train", "sample", "export"], "What to do.")
 flags.DEFINE_string("params", None, "--mode=sample: an exported parameter file (--mode=export) to "
                     "sample from instead of the newest checkpoint.")
-flags.DEFINE_bool("library_logs", False, "Show the INFO logs of orbax, absl, TFDS and grain.")
 flags.DEFINE_integer("num_samples", 0, "--mode=sample: write this many samples for external "
                      "metrics instead of grids (0: grids).")
 flags.DEFINE_list("sample_format", list(sample_export.FORMATS), "With --num_samples: npz and/or png.")
@@ -48,8 +47,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS.library_logs:  # about 25 INFO lines per checkpoint would bury the progress lines
-    logging.set_verbosity(logging.WARNING)
+  console.quiet_library_logs()
   # First of all: with several processes (TPU pod, SLURM, launch/local_multiprocess.sh) the
   # distributed runtime must start before anything touches a JAX backend.
   print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)

@@ -145,3 +145,21 @@ def test_sample_grids_read_back_as_the_images_they_show(tmp_path):
   assert grids.load_grid(plain, image_size=(28, 28), captioned=False).shape == (10, 28, 28, 1)
   with pytest.raises(ValueError, match=r"plain.png: a 600 x 60 PNG is not a grid of 10 columns"):
     grids.load_grid(plain, image_size=(28, 28))
+
+
+def test_evaluate_command_prints_its_results_not_the_library_logs(run, data_dir):
+  import re
+  import subprocess
+  _, workdir, _ = run
+  command = [sys.executable, "-m", "mmdiff_jax.evaluate", "--config=configs/imglabel.py:smoke",
+             f"--config.data.data_dir={data_dir}", "--config.eval.num_examples=32",
+             "--config.eval.batch_size=16", "--evaluators=label_accuracy",
+             "--metrics_name=eval_from_the_command", f"--workdir={workdir}"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for extra, info_lines_expected in (([], False), (["--library_logs"], True)):
+    done = subprocess.run(command + extra, cwd=root, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert '"eval/label_accuracy":' in done.stdout
+    # absl's INFO lines ("I1205 12:00:00.000 ...": orbax writes them on every checkpoint it opens)
+    assert bool(re.search(r"^I\d{4} \d\d:\d\d", out, re.M)) == info_lines_expected, out[-3000:]
