@@ -34,10 +34,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # worse (mIoU 0.439 / 0.518 vs 0.569 / 0.603), so image -> segmentation users may prefer
   # --config.diffusion.parameterization=eps. RESULTS.md, "Parameterization of imgseg and imgemb".
   config.diffusion.parameterization = "v"
-  # Joint sampling feeds the argmax class's code back for each pixel of the unobserved map, not the
-  # expected code: with eps (two seeds, 2000 joint samples each, paired) the images are better
-  # (Frechet -19.9 [-22.6, -17.1] and -8.5 [-10.1, -6.9]) and the maps fit them as well or better
-  # (pair mIoU +0.019 [0.010, 0.030], +0.005 [-0.003, 0.014]); with v it changes neither (+3.0
-  # [-0.4, +5.9]; -0.001 [-0.015, 0.013]). RESULTS.md, "Feedback of the unobserved segmentation map".
-  config.sampling.categorical_feedback = "argmax"
+  # Joint sampling feeds back the expected code of the unobserved map (the library's default). The
+  # argmax class's code helped eps checkpoints (Frechet -19.9 and -8.5, paired, two seeds) but not
+  # v's: level on seed 0 (+3.0 [-0.4, +5.9]) and worse on seed 1 (+10.3 [7.6, 13.6], pair mIoU
+  # -0.016 [-0.028, -0.003]). RESULTS.md, "Feedback of the unobserved segmentation map".
   return apply_size(config, variant)
