@@ -9,7 +9,9 @@ import glob
 import io
 import json
 import os
+import re
 import struct
+import subprocess
 import sys
 
 import jax
@@ -148,8 +150,6 @@ def test_sample_grids_read_back_as_the_images_they_show(tmp_path):
 
 
 def test_evaluate_command_prints_its_results_not_the_library_logs(run, data_dir):
-  import re
-  import subprocess
   _, workdir, _ = run
   command = [sys.executable, "-m", "mmdiff_jax.evaluate", "--config=configs/imglabel.py:smoke",
              f"--config.data.data_dir={data_dir}", "--config.eval.num_examples=32",

@@ -285,6 +285,9 @@ _SEGMENTATION_EMBEDDING_COLUMNS = (
     ("image -> segmentation mIoU", "eval/segmentation_miou"),
     ("generated pair mIoU", "eval/segmentation_pair_miou"),
     ("embedding cosine (generated pair)", "eval/embedding_cosine"))
+# The imgseg / imgemb tables: their images, their second modality, the images' background grain.
+_SEGMENTATION_EMBEDDING_TABLE_COLUMNS = ((("joint Fréchet", FRECHET),) + _SEGMENTATION_EMBEDDING_COLUMNS
+                                         + (("background grain", "eval/background_grain"),))
 _INPAINTING_COLUMNS = (("joint Fréchet", FRECHET),) + tuple(
     (f"inpainting LPIPS @{r}", LPIPS.format(method="inpainting", ratio=r)) for r in MASK_RATIOS)
 
@@ -445,8 +448,7 @@ ABLATIONS = (
     Ablation("Parameterization of imgseg and imgemb (`diffusion.parameterization`)",
              "`configs/imgseg.py:small` and `configs/imgemb.py:small`, each pair trained at one commit "
              "with the same seed.",
-             (("joint Fréchet", FRECHET),) + _SEGMENTATION_EMBEDDING_COLUMNS
-             + (("background grain", "eval/background_grain"),),
+             _SEGMENTATION_EMBEDDING_TABLE_COLUMNS,
              (("imgseg, eps (the first default)", "imgseg_eps_head_small", "eval_metrics"),
               ("imgseg, v (the default since: far better images, worse image -> map)",
                "imgseg_v_head_small", "eval_metrics"),
@@ -473,14 +475,14 @@ ABLATIONS = (
                               "eval/segmentation_pair_miou"))),
     Ablation("Profile scale of the segmentation map and the embedding "
              "(`modalities.<name>.profile_scale`)",
-             "`configs/imgseg.py:small` and `configs/imgemb.py:small` (v-prediction; imgseg feeds back "
-             "`argmax`). Each scale beside the default trained with the same seed (retrained at the "
+             "`configs/imgseg.py:small` and `configs/imgemb.py:small` (v-prediction; the imgseg runs "
+             "of this session evaluated with `argmax` feedback, the config's default at their commit, "
+             "`expected` since). Each scale beside the default trained with the same seed (retrained at the "
              "scale runs' commit: imgseg's reproduced the earlier commit's run, image -> map 0.4391 vs "
              "0.4389); imgseg's second seed shows how far the seed alone moves each figure. Δ: minus "
              "the default's figure with the same seed and feedback, paired over the same evaluated "
              "examples.",
-             (("joint Fréchet", FRECHET),) + _SEGMENTATION_EMBEDDING_COLUMNS
-             + (("background grain", "eval/background_grain"),),
+             _SEGMENTATION_EMBEDDING_TABLE_COLUMNS,
              (("imgseg, 2 (the default)", "imgseg_v_default_small", "eval_metrics"),
               ("imgseg, 0.5", "imgseg_v_scale05_small", "eval_metrics"),
               ("imgseg, 4", "imgseg_v_scale4_small", "eval_metrics"),
