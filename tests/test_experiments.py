@@ -17,6 +17,8 @@ from mmdiff_jax import evaluate
 from mmdiff_jax.data import derived, fashion_mnist
 from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.data import pipeline, sources
+from mmdiff_jax.evaluation import harness
+from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import train
 
 from test_data import _write_idx
@@ -53,6 +55,25 @@ def embedding_data_dir(tmp_path_factory):
   subprocess.run([sys.executable, "-c", code], env=env, check=True,
                  cwd=pathlib.Path(__file__).resolve().parents[1])
   return data_dir
+
+
+def _check_inpainting_grid(path: str, config) -> None:
+  """The grid's rows are the first test images masked, generated, composited and as they are."""
+  size = (config.data.image_size,) * 2
+  rows = grids.load_grid(path, image_size=size, captioned=False,
+                         num_columns=train.INPAINTING_GRID_COLUMNS)
+  observed, generated, composited, originals = np.split(rows, 4)
+  test_images = next(harness.test_batches(config, train.INPAINTING_GRID_COLUMNS))[0]["image"]
+  np.testing.assert_allclose(originals, test_images, atol=2 / 255)
+  # Hidden cells of the 4x4 grid: those where the observed image differs from the original (a few
+  # pixels of a hidden cell may equal the fill; a whole cell does not).
+  differs = np.any(observed != originals, axis=-1)
+  cells = differs.reshape(len(differs), 4, size[0] // 4, 4, size[1] // 4).any(axis=(2, 4))
+  assert np.all(cells.sum(axis=(1, 2)) == 16 * train.INPAINTING_GRID_MASK_RATIO), cells.sum(axis=(1, 2))
+  hidden = np.repeat(np.repeat(cells, size[0] // 4, axis=1), size[1] // 4, axis=2)
+  np.testing.assert_allclose(observed[hidden], config.data.mask_fill_value, atol=2 / 255)
+  np.testing.assert_array_equal(composited[~hidden], originals[~hidden])
+  np.testing.assert_array_equal(composited[hidden], generated[hidden])
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -94,6 +115,10 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
         use(other, workdir)
     assert open(os.path.join(workdir, "config.json")).read() == saved
     assert os.path.exists(results["sample_grids"][1])
+  if name == "imgmask":
+    assert [os.path.basename(p) for p in results["sample_grids"]] == [
+        "joint_step4.png", "inpainting_step4.png"]
+    _check_inpainting_grid(results["sample_grids"][1], config)
   if name == "imgemb":
     assert {split: sources.num_examples(config.data, split) for split in EMBEDDING_SUBSET} == (
         EMBEDDING_SUBSET)

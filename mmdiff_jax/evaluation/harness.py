@@ -23,7 +23,7 @@ from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import inpainting as inpainting_lib
 
 
-def _test_batches(config, num_examples: int):
+def test_batches(config, num_examples: int):
   """(batch, count) pairs covering the first `num_examples` test examples, in stored order."""
   e = config.eval
   iterator = pipeline.make_iterator(config.data, split=config.data.eval_split,
@@ -59,7 +59,7 @@ def _generation_conditions(experiment, config, count: int) -> list[dict[str, np.
   if not conditions:
     return [{}] * math.ceil(count / config.eval.batch_size)
   return [{s.name: batch[s.feature] for s in conditions}
-          for batch, _ in _test_batches(config, count)]
+          for batch, _ in test_batches(config, count)]
 
 
 def _generate(experiment, params, config, stream: str):
@@ -112,7 +112,7 @@ def label_accuracy(experiment, params, config) -> dict[str, float]:
   base, label = experiment.specs[0], _spec(experiment, "label")
   sample = _conditional(experiment, params, config)
   rng, correct = random_streams.key(config.eval.seed, "image_to_label"), []
-  for i, (batch, _) in enumerate(_test_batches(config, config.eval.num_examples)):
+  for i, (batch, _) in enumerate(test_batches(config, config.eval.num_examples)):
     out = sample(jax.random.fold_in(rng, i), {base.name: batch[base.feature]})
     correct.append(np.asarray(out[label.name]) == batch[label.feature])
   correct = np.concatenate(correct)
@@ -125,7 +125,7 @@ def segmentation_miou(experiment, params, config) -> dict[str, float]:
   base, seg = experiment.specs[0], _spec(experiment, "segmentation")
   sample = _conditional(experiment, params, config)
   rng, predicted, target = random_streams.key(config.eval.seed, "image_to_segmentation"), [], []
-  for i, (batch, _) in enumerate(_test_batches(config, config.eval.num_examples)):
+  for i, (batch, _) in enumerate(test_batches(config, config.eval.num_examples)):
     predicted.append(np.asarray(sample(jax.random.fold_in(rng, i),
                                        {base.name: batch[base.feature]})[seg.name]))
     target.append(batch[seg.feature])
@@ -149,7 +149,7 @@ def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, An
   for ratio in config.eval.mask_ratios:
     rng = np.random.default_rng([config.eval.seed, int(round(100 * ratio))])
     psnr, lpips = [], []
-    for i, (batch, _) in enumerate(_test_batches(config, config.eval.num_examples)):
+    for i, (batch, _) in enumerate(test_batches(config, config.eval.num_examples)):
       images = batch[experiment.specs[0].feature]
       mask = derived.square_masks(images.shape, ratios=np.full(len(images), ratio),
                                   rngs=[rng] * len(images))
@@ -199,7 +199,7 @@ def _image_set_scores(experiment, config, generated: np.ndarray, prefix: str = "
   bootstrap replicates), improved precision/recall, and the background grain of both sets
   (metrics.background_grain; the generated one with bootstrap replicates)."""
   base = experiment.specs[0]
-  real = np.concatenate([b[base.feature] for b, _ in _test_batches(config, len(generated))])
+  real = np.concatenate([b[base.feature] for b, _ in test_batches(config, len(generated))])
   fake_features = features.alexnet_features(generated)
   real_features = features.alexnet_features(real)
   pr = metrics.precision_recall(real_features, fake_features)
@@ -236,7 +236,7 @@ def label_conditional(experiment, params, config, classify=None) -> dict[str, An
   e = config.eval
   sample = _conditional(experiment, params, config)
   rng, generated, given = random_streams.key(e.seed, "generation"), [], []
-  for i, (batch, _) in enumerate(_test_batches(config, e.num_generated)):
+  for i, (batch, _) in enumerate(test_batches(config, e.num_generated)):
     out = sample(jax.random.fold_in(rng, i), {label.name: batch[label.feature]})
     generated.append(np.asarray(out[base.name]))
     given.append(batch[label.feature])
@@ -322,7 +322,7 @@ def label_agreement(experiment, params, config, classify=None) -> dict[str, floa
     predicted.append(classify(np.asarray(out[base.name])))
     generated.append(np.asarray(out[label.name]))
   predicted_test, test_labels = [], []
-  for batch, _ in _test_batches(config, config.eval.num_examples):
+  for batch, _ in test_batches(config, config.eval.num_examples):
     predicted_test.append(classify(batch[base.feature]))
     test_labels.append(batch[label.feature])
   generated, predicted, test_labels = (np.concatenate(generated), np.concatenate(predicted),
@@ -346,7 +346,7 @@ def bound(experiment, params, config) -> dict[str, float]:
   """The variational bound's terms on test batches (one uniform t per example), in bits/dim."""
   objective = jax.jit(lambda p, b, r: experiment.objective()(p, b, r, train=False)[1])
   rng, totals, count = random_streams.key(config.eval.seed, "bound"), {}, 0
-  for i, (batch, n) in enumerate(_test_batches(config, config.eval.bound_batches * config.eval.batch_size)):
+  for i, (batch, n) in enumerate(test_batches(config, config.eval.bound_batches * config.eval.batch_size)):
     values = fetch(objective(params, batch, jax.random.fold_in(rng, i)))
     for k, v in values.items():
       if k.startswith("bound/"):

@@ -18,9 +18,10 @@ from etils import epath
 
 from mmdiff_jax import random_streams
 from mmdiff_jax.config_validation import validate_config
-from mmdiff_jax.data import pipeline, sources
+from mmdiff_jax.data import derived, pipeline, sources
 from mmdiff_jax.data.checks import check_batch
-from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, run_evaluators, save_eval_metrics
+from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, run_evaluators, save_eval_metrics, test_batches
+from mmdiff_jax.evaluation.metrics import composite
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.models import kinds
 from mmdiff_jax.multihost import fetch
@@ -71,11 +72,17 @@ def evaluate_during_training(experiment: Experiment, params, config) -> dict[str
           if k != "eval/evaluated" and not isinstance(v, dict)}
 
 
+# The inpainting grid's test images: its columns, and the share of each one's pixels hidden.
+INPAINTING_GRID_COLUMNS = 10
+INPAINTING_GRID_MASK_RATIO = 0.5
+
+
 def save_sample_grids(experiment: Experiment, params, config, workdir: str, step: int,
                       class_names: list[str] | None = None) -> list[str]:
   """Joint samples (each image captioned with its generated label; each beside its generated map,
-  for every modality whose kind has a preview) and, where it has a label modality,
-  class-conditional samples (one row per class). Returns the PNG paths.
+  for every modality whose kind has a preview); where it has a label modality, class-conditional
+  samples (one row per class); where it has a masked image, inpainting of the first test images
+  (inpainting_grid). Returns the PNG paths.
 
   Every process must call it (the sampler runs over the whole mesh); process 0 writes the PNGs, the
   others return [].
@@ -117,7 +124,36 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
       paths.append(grids.save_grid(
           os.path.join(out_dir, f"class_conditional_step{step}.png"), conditional[base.name],
           captions=[name(int(c)) for c in labels], num_columns=per_class))
+  masked_spec = next((x for x in experiment.specs if x.kind == "masked_image"), None)
+  if masked_spec is not None:
+    rows = inpainting_grid(experiment, sampler, params, config, jax.random.fold_in(rng, 2),
+                           masked_name=masked_spec.name)
+    if primary:
+      paths.append(grids.save_grid(os.path.join(out_dir, f"inpainting_step{step}.png"), rows,
+                                   num_columns=len(rows) // 4))
   return paths
+
+
+def inpainting_grid(experiment: Experiment, sampler, params, config, rng, *,
+                    masked_name: str) -> np.ndarray:
+  """Masked image -> image on the first INPAINTING_GRID_COLUMNS test images, each with
+  INPAINTING_GRID_MASK_RATIO of its 4x4 cells hidden (filled as config.data says, as in training).
+
+  Returns (4 * N, H, W, C), four rows of N: the observed masked images, the generated images, the
+  composites (the known pixels put back) and the originals.
+  """
+  base = experiment.specs[0]
+  batch, count = next(test_batches(config, INPAINTING_GRID_COLUMNS))
+  originals = batch[base.feature]
+  mask_rng = np.random.default_rng(config.eval.seed)
+  masks = derived.square_masks(originals.shape, ratios=np.full(count, INPAINTING_GRID_MASK_RATIO),
+                               rngs=[mask_rng] * count)
+  observed = derived.mask_out(originals, masks, fill_value=config.data.mask_fill_value,
+                              fill_pattern=config.data.mask_fill_pattern)
+  conditions = {x.name: batch[x.feature] for x in experiment.specs if x.is_condition}
+  generated = fetch(jax.jit(lambda p, r, obs: sampler.sample(p, r, count, observed=obs))(
+      params, rng, {masked_name: observed, **conditions}))[base.name]
+  return np.concatenate([observed, generated, composite(generated, originals, masks), originals])
 
 
 def _restore_or_init(experiment, tx, mesh, config, checkpointer, train_iter):
