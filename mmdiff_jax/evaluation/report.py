@@ -24,6 +24,7 @@ MASK_RATIOS = ("0.1", "0.3", "0.5", "0.7")
 FRECHET = "eval/frechet_alexnet_distance"
 LABEL_FRECHET = "eval/label_conditional/frechet_alexnet_distance"
 LPIPS = "eval/{method}/lpips@{ratio}"
+SDEDIT_START_STEPS = ("0.3", "0.5", "0.7", "0.9")  # eval.sdedit_t0_fraction values evaluated
 
 
 def load_runs(results_dir: str) -> dict[str, dict[str, Any]]:
@@ -507,6 +508,21 @@ ABLATIONS = (
                  ("Δ image -> segmentation mIoU", "eval/segmentation_miou"),
                  ("Δ pair mIoU", "eval/segmentation_pair_miou"),
                  ("Δ embedding cosine", "eval/embedding_cosine"))),
+    Ablation("SDEdit's start step (`eval.sdedit_t0_fraction`): the one free choice of the C3 "
+             "baseline",
+             "`configs/baseline_uncond.py:small` trained twice as long (`uncond_small_3000steps`), "
+             "one checkpoint evaluated with each start step t0 (a fraction of T; the masked image "
+             "is noised to t0, then denoised): lower t0 keeps more of the observation, including "
+             "its hole. Δ: minus the figure at 0.5 (the default), paired.",
+             tuple((f"SDEdit @{r}", LPIPS.format(method="inpainting_sdedit", ratio=r))
+                   for r in MASK_RATIOS),
+             tuple((f"t0 = {t0} T" + (" (the default)" if t0 == "0.5" else ""),
+                    "uncond_small_3000steps",
+                    "eval_metrics" if t0 == "0.5" else f"eval_metrics_sdedit_t0_{t0.replace('.', '')}")
+                   for t0 in SDEDIT_START_STEPS),
+             paired_stem="eval_metrics",
+             paired_columns=tuple((f"Δ SDEdit @{r}", LPIPS.format(method="inpainting_sdedit", ratio=r))
+                                  for r in ("0.1", "0.5"))),
     Ablation("Recovery weight of the masked image, the segmentation map and the embedding "
              "(`modalities.<name>.loss_weight`, gamma)",
              "`small` configs at their defaults; each other gamma beside its experiment's default "
