@@ -780,8 +780,10 @@ CLAIMS = (
     *(_c3("inpainting_replacement", "uncond_v_small", r) for r in MASK_RATIOS),
     # The best inpainting choice measured (not the default: it costs the joint samples, see C2's
     # ablation rows): does the claim come closer when the MT model is set up for inpainting alone?
-    *(_c3(method, "uncond_v_small", "0.5", mt_run="imgmask_v_observation_small",
-          variant="observation profile", variant_text="the MT model with the observation profile")
+    *(_c3(method, "uncond_v_small", "0.5", mt_run=run, variant=variant,
+          variant_text=f"the MT model with the {variant}")
+      for run, variant in (("imgmask_v_observation_small", "observation profile"),
+                           ("imgmask_v_observation_scale4_small", "observation profile at scale 4"))
       for method in ("inpainting_sdedit", "inpainting_replacement")),
     # Does the budget change the verdicts? The same recipes (configs' defaults at `small`) trained
     # twice as long.
