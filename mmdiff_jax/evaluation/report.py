@@ -486,7 +486,7 @@ ABLATIONS = (
              _SEGMENTATION_EMBEDDING_TABLE_COLUMNS,
              (("imgseg, 2 (the default)", "imgseg_v_default_small", "eval_metrics"),
               ("imgseg, 0.5", "imgseg_v_scale05_small", "eval_metrics"),
-              ("imgseg, 4", "imgseg_v_scale4_small", "eval_metrics"),
+              ("imgseg, 4", "imgseg_v_scale4_small", "eval_metrics_feedback_argmax"),
               ("imgseg, 2, an earlier commit, `expected` feedback", "imgseg_v_head_small",
                "eval_metrics"),
               ("imgseg, 2, seed 1 (an earlier commit), `expected` feedback",
