@@ -478,7 +478,8 @@ ABLATIONS = (
              "(`modalities.<name>.profile_scale`)",
              "`configs/imgseg.py:small` and `configs/imgemb.py:small` (v-prediction; the imgseg rows "
              "of 29f0bc7 evaluated with `argmax` feedback, the config's default at their commit, "
-             "`expected` since; the scale-4 row, of b78374f, evaluated with `argmax` too, to pair). Each scale beside the default trained with the same seed (retrained at the "
+             "`expected` since; the scale-4 row, of b78374f, evaluated with `argmax` too, to "
+             "pair). Each scale beside the default trained with the same seed (retrained at the "
              "scale runs' commit: imgseg's reproduced the earlier commit's run, image -> map 0.4391 vs "
              "0.4389); imgseg's second seed shows how far the seed alone moves each figure. Δ: minus "
              "the default's figure with the same seed and feedback, paired over the same evaluated "
