@@ -498,12 +498,15 @@ ABLATIONS = (
               ("imgemb, 2 (the default)", "imgemb_v_default_small", "eval_metrics"),
               ("imgemb, 0.5", "imgemb_v_scale05_small", "eval_metrics"),
               ("imgemb, 4", "imgemb_v_scale4_small", "eval_metrics"),
-              ("imgemb, 2, an earlier commit", "imgemb_v_head_small", "eval_metrics")),
+              ("imgemb, 2, an earlier commit", "imgemb_v_head_small", "eval_metrics"),
+              ("imgemb, 2, seed 1", "imgemb_v_default_small_seed1", "eval_metrics"),
+              ("imgemb, 0.5, seed 1", "imgemb_v_scale05_small_seed1", "eval_metrics")),
              paired_runs=tuple(
                  (f"{kind}_v_scale{scale}_small", f"{kind}_v_default_small", "eval_metrics")
                  for kind in ("imgseg", "imgemb") for scale in ("05", "4"))
              + (("imgseg_v_scale05_small_seed1", "imgseg_v_head_small_seed1",
-                 "eval_metrics_feedback_argmax"),),
+                 "eval_metrics_feedback_argmax"),
+                ("imgemb_v_scale05_small_seed1", "imgemb_v_default_small_seed1", "eval_metrics")),
              paired_columns=(
                  ("Δ joint Fréchet", FRECHET),
                  ("Δ image -> segmentation mIoU", "eval/segmentation_miou"),
