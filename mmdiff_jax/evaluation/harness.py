@@ -76,7 +76,18 @@ def _generate(experiment, params, config, stream: str):
   return out
 
 
-def _conditions_of(experiment, batch) -> dict[str, np.ndarray]:
+def masked_test_images(config, images: np.ndarray, *, ratio: float,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Test images (B, H, W, C) with `ratio` of each one's 4x4 cells hidden (drawn in turn from `rng`)
+  and filled as config.data says, as in training. Returns (masked images, mask (B, H, W, 1), 1 =
+  missing)."""
+  mask = derived.square_masks(images.shape, ratios=np.full(len(images), ratio),
+                              rngs=[rng] * len(images))
+  return derived.mask_out(images, mask, fill_value=config.data.mask_fill_value,
+                          fill_pattern=config.data.mask_fill_pattern), mask
+
+
+def conditions_of(experiment, batch) -> dict[str, np.ndarray]:
   """The values of a class-conditional model's conditions in a test batch ({} for other models):
   they must be observed whenever the model samples."""
   return {s.name: batch[s.feature] for s in experiment.specs if s.is_condition}
@@ -151,10 +162,7 @@ def _inpainting_scores(experiment, config, inpaint, prefix: str) -> dict[str, An
     psnr, lpips = [], []
     for i, (batch, _) in enumerate(test_batches(config, config.eval.num_examples)):
       images = batch[experiment.specs[0].feature]
-      mask = derived.square_masks(images.shape, ratios=np.full(len(images), ratio),
-                                  rngs=[rng] * len(images))
-      masked_images = derived.mask_out(images, mask, fill_value=config.data.mask_fill_value,
-                                       fill_pattern=config.data.mask_fill_pattern)
+      masked_images, mask = masked_test_images(config, images, ratio=ratio, rng=rng)
       out = np.asarray(inpaint(jax.random.fold_in(random_streams.key(config.eval.seed, "inpainting"), i), batch,
                                masked_images, mask))
       psnr.append(metrics.masked_psnr(out, images, mask))
@@ -169,7 +177,7 @@ def inpainting(experiment, params, config) -> dict[str, Any]:
   base, masked = experiment.specs[0], _spec(experiment, "masked_image")
   sample = _conditional(experiment, params, config)
   return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: sample(
-      rng, {masked.name: masked_images, **_conditions_of(experiment, batch)})[base.name],
+      rng, {masked.name: masked_images, **conditions_of(experiment, batch)})[base.name],
       "inpainting")
 
 
@@ -181,7 +189,7 @@ def inpainting_sdedit(experiment, params, config) -> dict[str, Any]:
   run = jax.jit(lambda p, r, x, obs: inpainting_lib.sdedit(
       sampler, p, r, x, t0_fraction=float(config.eval.sdedit_t0_fraction), observed=obs))
   return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: fetch(run(
-      params, rng, masked_images, _conditions_of(experiment, batch))), "inpainting_sdedit")
+      params, rng, masked_images, conditions_of(experiment, batch))), "inpainting_sdedit")
 
 
 def inpainting_replacement(experiment, params, config) -> dict[str, Any]:
@@ -191,7 +199,7 @@ def inpainting_replacement(experiment, params, config) -> dict[str, Any]:
   run = jax.jit(lambda p, r, x, m, obs: inpainting_lib.known_region_replacement(
       sampler, p, r, x, m, resamples=int(config.eval.replacement_resamples), observed=obs))
   return _inpainting_scores(experiment, config, lambda rng, batch, masked_images, mask: fetch(run(
-      params, rng, masked_images, mask, _conditions_of(experiment, batch))), "inpainting_replacement")
+      params, rng, masked_images, mask, conditions_of(experiment, batch))), "inpainting_replacement")
 
 
 def _image_set_scores(experiment, config, generated: np.ndarray, prefix: str = "") -> dict[str, Any]:

@@ -18,9 +18,10 @@ from etils import epath
 
 from mmdiff_jax import random_streams
 from mmdiff_jax.config_validation import validate_config
-from mmdiff_jax.data import derived, pipeline, sources
+from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.data.checks import check_batch
-from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, run_evaluators, save_eval_metrics, test_batches
+from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, conditions_of, masked_test_images,
+                                           run_evaluators, save_eval_metrics, test_batches)
 from mmdiff_jax.evaluation.metrics import composite
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.models import kinds
@@ -145,14 +146,10 @@ def inpainting_grid(experiment: Experiment, sampler, params, config, rng, *,
   base = experiment.specs[0]
   batch, count = next(test_batches(config, INPAINTING_GRID_COLUMNS))
   originals = batch[base.feature]
-  mask_rng = np.random.default_rng(config.eval.seed)
-  masks = derived.square_masks(originals.shape, ratios=np.full(count, INPAINTING_GRID_MASK_RATIO),
-                               rngs=[mask_rng] * count)
-  observed = derived.mask_out(originals, masks, fill_value=config.data.mask_fill_value,
-                              fill_pattern=config.data.mask_fill_pattern)
-  conditions = {x.name: batch[x.feature] for x in experiment.specs if x.is_condition}
+  observed, masks = masked_test_images(config, originals, ratio=INPAINTING_GRID_MASK_RATIO,
+                                       rng=np.random.default_rng(config.eval.seed))
   generated = fetch(jax.jit(lambda p, r, obs: sampler.sample(p, r, count, observed=obs))(
-      params, rng, {masked_name: observed, **conditions}))[base.name]
+      params, rng, {masked_name: observed, **conditions_of(experiment, batch)}))[base.name]
   return np.concatenate([observed, generated, composite(generated, originals, masks), originals])
 
 
