@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -53,6 +54,16 @@ def timestep_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) ->
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
   args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def upsample_nearest_2x(x: jnp.ndarray) -> jnp.ndarray:
+  """(B, H, W, C) -> (B, 2H, 2W, C): each pixel repeated over a 2 x 2 block (nearest neighbour).
+
+  A broadcast and a reshape, not jax.image.resize: that lowers to a gather, and its gradient to a
+  scatter and layout copies, for the same values (BENCHMARKS.md measured the difference)."""
+  chex.assert_rank(x, 4)
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
 
 
 def unit_rms(x: jnp.ndarray, *, axes: Sequence[int], eps: float = 1e-6) -> jnp.ndarray:

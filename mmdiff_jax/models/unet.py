@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmdiff_jax.models.layers import conv, dense, group_norm, timestep_embedding
+from mmdiff_jax.models.layers import (conv, dense, group_norm, timestep_embedding,
+                                      upsample_nearest_2x)
 
 Dtype = Any
 
@@ -141,9 +142,7 @@ class UNet(nn.Module):
         if h.shape[1] in self.attention_resolutions:
           h = attention()(h)
       if level != 0:
-        b, hh, ww, c = h.shape
-        h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
-        h = conv(c, dtype=self.dtype)(h)
+        h = conv(h.shape[-1], dtype=self.dtype)(upsample_nearest_2x(h))
     assert not skips
     h = nn.silu(group_norm(self.num_groups, dtype=self.dtype)(h))
     return UNetFeatures(features=h, bottleneck=bottleneck)
