@@ -6,6 +6,8 @@ mmdiff_jax, compiled once), and the workers take turns, so load on a shared mach
   python3 -m benchmarks.ab --config=small --env_b=XLA_FLAGS=--xla_cpu_use_onednn=true
   # the library's XLA defaults (A) against XLA's own (B; see mmdiff_jax/xla_defaults.py):
   python3 -m benchmarks.ab --config=small --env_b=MMDIFF_JAX_KEEP_XLA_FLAGS=1
+  # TCMalloc, where installed (A, as the entry points run) against glibc's malloc (B):
+  python3 -m benchmarks.ab --config=small --env_b=MMDIFF_JAX_NO_TCMALLOC=1
   # a config choice for B alone (e.g. bf16 activations):
   python3 -m benchmarks.ab --config=small --set_b=model.dtype=bfloat16
   # a library change (benchmarks/patches/ holds the ones tried):
@@ -13,6 +15,7 @@ mmdiff_jax, compiled once), and the workers take turns, so load on a shared mach
       (cd /tmp/patched && patch -p1 < "$OLDPWD/benchmarks/patches/group_norm_two_stage.diff")
   python3 -m benchmarks.ab --a=. --b=/tmp/patched --config=small --rounds=10
 
+Each worker re-runs itself under TCMalloc first, as the library's entry point does (mmdiff_jax/tcmalloc.py).
 Prints each tree's compile time, FLOPs and parameter count, the per-round step times and the ratio
 A/B (above 1: B is faster). Writes JSON (--json).
 """
@@ -56,6 +59,17 @@ def _worker(tree: str, variant: str, image_only: bool, overrides: dict) -> None:
     print(json.dumps({"seconds": common.time_per_call(step, int(command[1]))}), flush=True)
 
 
+def _tcmalloc():
+  """This checkout's mmdiff_jax/tcmalloc.py, loaded alone: both workers run under the allocator this
+  checkout chooses, whatever their trees hold (an older tree has no such module)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "_ab_tcmalloc", os.path.join(os.path.dirname(BENCHMARKS_DIR), "mmdiff_jax", "tcmalloc.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--a", default=".", help="source tree A (holds mmdiff_jax/ and configs/)")
@@ -82,6 +96,7 @@ def main():
     except json.JSONDecodeError:
       overrides[key] = value
   if args.worker:
+    _tcmalloc().rerun_with_tcmalloc()  # as the library's entry point does (MMDIFF_JAX_NO_TCMALLOC=1: not)
     tree, variant, image_only = args.worker
     _worker(tree, "" if variant == "default" else variant, image_only == "1", overrides)
     return

@@ -66,7 +66,7 @@ def _git() -> str:
 
 # Settings that change the figures, recorded in every file: XLA's flags (e.g. YNN fusion off on the CPU),
 # OpenMP's wait policy and threads (PyTorch on the CPU), JAX's GPU allocator (preallocated fraction).
-ENV_KEYS = ("XLA_FLAGS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "JAX_PLATFORMS",
+ENV_KEYS = ("XLA_FLAGS", "LD_PRELOAD", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "JAX_PLATFORMS",
             "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
 
 

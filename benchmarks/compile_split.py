@@ -8,6 +8,7 @@ import sys
 import time
 
 from benchmarks import setups
+from mmdiff_jax import tcmalloc
 
 
 def main(variant: str = "small") -> dict:
@@ -24,4 +25,5 @@ def main(variant: str = "small") -> dict:
 
 
 if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   print(json.dumps(main(*sys.argv[1:2])))

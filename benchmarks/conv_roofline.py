@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common, setups
+from mmdiff_jax import tcmalloc
 from mmdiff_jax.experiment import build_experiment
 
 
@@ -165,4 +166,5 @@ def main():
 
 
 if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   main()

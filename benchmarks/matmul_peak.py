@@ -14,6 +14,7 @@ import statistics
 import numpy as np
 
 from benchmarks import common
+from mmdiff_jax import tcmalloc
 
 
 def main():
@@ -51,4 +52,5 @@ def main():
 
 
 if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   main()

@@ -43,6 +43,7 @@ from typing import Any
 import jax
 
 from benchmarks import common, setups
+from mmdiff_jax import tcmalloc
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
@@ -326,4 +327,5 @@ def main():
 
 
 if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   main()

@@ -22,6 +22,7 @@ jax.config.update("jax_num_cpu_devices", 8)  # before any backend starts
 import numpy as np  # noqa: E402
 
 from benchmarks import common, setups  # noqa: E402
+from mmdiff_jax import tcmalloc
 from mmdiff_jax.config_validation import validate_config  # noqa: E402
 from mmdiff_jax.experiment import build_experiment  # noqa: E402
 from mmdiff_jax.training import sharding as sharding_lib  # noqa: E402
@@ -121,4 +122,5 @@ def main():
 
 
 if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   main()

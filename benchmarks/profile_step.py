@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from benchmarks import common, setups
+from mmdiff_jax import tcmalloc
 
 _SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*?)\)(.*)$")
@@ -264,4 +265,5 @@ def main():
 
 
 if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   main()

@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from benchmarks import common, setups
+from mmdiff_jax import tcmalloc
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.sampling.samplers import Sampler
 from mmdiff_jax.training import sharding as sharding_lib
@@ -282,4 +283,5 @@ def main():
 
 
 if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   main()

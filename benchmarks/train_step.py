@@ -21,6 +21,7 @@ import statistics
 
 
 from benchmarks import common, setups
+from mmdiff_jax import tcmalloc
 
 # Steps per timed round: enough for ~1 s on 2 CPU cores, fewer for the big default config.
 DEFAULT_REPS = {"smoke": 10, "small": 3, "default": 1}
@@ -148,4 +149,5 @@ def main():
 
 
 if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   main()

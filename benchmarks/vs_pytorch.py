@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from benchmarks import common, setups
+from mmdiff_jax import tcmalloc
 from mmdiff_jax.training import state as state_lib
 
 
@@ -245,4 +246,5 @@ def main():
 
 
 if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   main()

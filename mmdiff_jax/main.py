@@ -18,6 +18,11 @@ here (mmdiff_jax/installed_configs.py).
 import os
 import sys
 
+from mmdiff_jax import tcmalloc
+
+if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # first, before JAX loads: the step's allocator (see tcmalloc.py)
+
 import jax
 from absl import app, flags
 from ml_collections import config_flags
@@ -51,6 +56,8 @@ def main(argv):
   # First of all: with several processes (TPU pod, SLURM, launch/local_multiprocess.sh) the
   # distributed runtime must start before anything touches a JAX backend.
   print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)
+  if jax.default_backend() == "cpu" and (hint := tcmalloc.missing_hint()):
+    print(hint, flush=True)
   # Reruns (resume, --mode=sample) reuse compiled programs; JAX_COMPILATION_CACHE_DIR overrides.
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
