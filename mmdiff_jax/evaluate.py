@@ -8,6 +8,11 @@ eval_metrics.bootstrap.json). `--library_logs` shows the INFO logs of the librar
 import json
 import sys
 
+from mmdiff_jax import tcmalloc
+
+if __name__ == "__main__":
+  tcmalloc.rerun_with_tcmalloc()  # first, before JAX loads: the allocator (see tcmalloc.py)
+
 import jax
 from absl import app, flags
 from ml_collections import config_flags

@@ -4,17 +4,17 @@ On every call, XLA's CPU runtime allocates a fresh temporary buffer for the whol
 the `small` training step), and its convolutions allocate scratch buffers of 40-65 MB. glibc's malloc
 serves blocks that large with mmap and returns them with munmap, so every step faults in about 45,000
 new pages. On a 2-core AMD EPYC that cost 80-95 ms of kernel time per 280 ms step. TCMalloc keeps freed
-blocks and reuses them. Under it the step was 1.21x faster (an A/B of alternating worker processes) and
-XLA's compile took about a quarter less time; BENCHMARKS.md has the figures. glibc's own settings cannot
-do the same: a single arena avoids the mmaps but serialises XLA's threads (the step then took 1.5x as
-long).
+blocks and reuses them. Under it the step was 1.21-1.24x faster (A/Bs of alternating worker processes)
+and XLA's compile took about a fifth less time; BENCHMARKS.md has the figures. glibc's own settings cannot
+do the same: a single arena avoids the mmaps but serialises XLA's threads (the step then took 1.1-1.5x
+as long).
 
-A process cannot change its allocator once it runs, so the entry points (`python -m mmdiff_jax.main`
-and the benchmarks) call `rerun_with_tcmalloc()` first. It replaces the process with the same command,
-with TCMalloc on LD_PRELOAD. It does nothing where TCMalloc is not installed (Debian/Ubuntu:
-`apt-get install libtcmalloc-minimal4`), where one is preloaded already, off Linux, or with
-MMDIFF_JAX_NO_TCMALLOC=1. Importing the library never re-runs anything: in a notebook or a script of
-your own, start Python with LD_PRELOAD=libtcmalloc_minimal.so.4 for the same effect.
+A process cannot change its allocator once it runs, so the entry points (`python -m mmdiff_jax.main`,
+`python -m mmdiff_jax.evaluate` and the benchmarks) call `rerun_with_tcmalloc()` first. It replaces the
+process with the same command, with TCMalloc on LD_PRELOAD. It does nothing where TCMalloc is not
+installed (Debian/Ubuntu: `apt-get install libtcmalloc-minimal4`), where one is preloaded already, off
+Linux, or with MMDIFF_JAX_NO_TCMALLOC=1. Importing the library never re-runs anything: in a notebook or
+a script of your own, start Python with LD_PRELOAD=libtcmalloc_minimal.so.4 for the same effect.
 """
 
 from __future__ import annotations
