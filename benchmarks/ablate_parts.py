@@ -62,23 +62,15 @@ def main():
 
   library = setups.TrainStep(setups.get_config(args.config, image_only=True))
   model, schedule = library.experiment.model, library.experiment.schedule
-  name, feature = model.specs[0].name, model.specs[0].feature
-  x0 = library.batch[feature]
+  x0 = library.batch[model.specs[0].feature]
+  denoising_loss = setups.denoising_loss(model, schedule)
   flat = traverse_util.flatten_dict(jax.tree.map(jnp.copy, library.state.params))
   kernels = {k: v for k, v in flat.items() if k[-1] == "kernel"}
   others = {k: v for k, v in flat.items() if k[-1] != "kernel"}
   rng = jax.random.PRNGKey(0)
 
   def loss(kernels, others):
-    t_rng, n_rng = jax.random.split(rng)
-    t = jax.random.randint(t_rng, (x0.shape[0],), 1, schedule.num_timesteps + 1)
-    noise = jax.random.normal(n_rng, x0.shape)
-    abar = schedule.alpha_bars[t - 1][:, None, None, None]
-    z_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * noise
-    params = traverse_util.unflatten_dict({**kernels, **others})
-    prediction = model.apply({"params": params}, z_t, t, train=True,
-                             rngs={"dropout": jax.random.fold_in(rng, 2)})[name]
-    return jnp.mean(jnp.square(prediction - noise))
+    return denoising_loss(traverse_util.unflatten_dict({**kernels, **others}), x0, rng)
 
   def compiled(argnums=(0, 1)):
     """The gradient, traced now (under whatever part is replaced at this moment)."""

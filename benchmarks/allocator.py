@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from mmdiff_jax import tcmalloc
+
 GLIBC_ONE_ARENA = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 
 
@@ -29,8 +31,7 @@ def settings() -> dict[str, dict[str, str]]:
   """{name: environment changes}; the preloads only where the library is installed."""
   out = {"glibc": {}, "glibc_one_arena": {"GLIBC_TUNABLES": GLIBC_ONE_ARENA},
          "glibc_hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
-  for name, library in (("tcmalloc", "tcmalloc_minimal"), ("jemalloc", "jemalloc")):
-    found = ctypes.util.find_library(library)
+  for name, found in (("tcmalloc", tcmalloc.find_tcmalloc()), ("jemalloc", ctypes.util.find_library("jemalloc"))):
     if found:
       out[name] = {"LD_PRELOAD": found}
   return out
@@ -75,7 +76,7 @@ def main():
   for name, changes in settings().items():
     # Each process under exactly this allocator: no inherited preload, the library's re-run off.
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
-    env.update(changes, MMDIFF_JAX_NO_TCMALLOC="1")
+    env.update(changes, **{tcmalloc.OPT_OUT: "1"})
     out = subprocess.run([sys.executable, "-m", "benchmarks.allocator", "--worker", f"--config={args.config}",
                           f"--rounds={args.rounds}", f"--reps={args.reps}"], env=env, capture_output=True,
                          text=True, check=True).stdout.strip().splitlines()[-1]

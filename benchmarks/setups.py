@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -42,6 +43,24 @@ def random_batch(model, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]
     else:
       batch[spec.feature] = rng.normal(size=shape).astype(np.float32)
   return batch
+
+
+def denoising_loss(model, schedule):
+  """The plain epsilon-prediction loss of an image-only model, as the PyTorch twin computes it (no
+  metrics): fn(params, x0 (B, H, W, C), rng) -> scalar. t, the noise and dropout all come from rng."""
+  name = model.specs[0].name
+
+  def loss_fn(params, x0, rng):
+    t_rng, n_rng = jax.random.split(rng)
+    t = jax.random.randint(t_rng, (x0.shape[0],), 1, schedule.num_timesteps + 1)
+    noise = jax.random.normal(n_rng, x0.shape)
+    abar = schedule.alpha_bars[t - 1][:, None, None, None]
+    z_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * noise
+    prediction = model.apply({"params": params}, z_t, t, train=True,
+                             rngs={"dropout": jax.random.fold_in(rng, 2)})[name]
+    return jnp.mean(jnp.square(prediction - noise))
+
+  return loss_fn
 
 
 def model_flops(config: ml_collections.ConfigDict, lowered=None) -> float:

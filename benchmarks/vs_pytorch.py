@@ -55,17 +55,8 @@ class BareJaxStep:
     model, schedule = experiment.model, experiment.schedule
     tx = state_lib.make_optimizer(config)
     decay = float(config.training.ema_decay)
-    name, feature = model.specs[0].name, model.specs[0].feature
-
-    def loss_fn(params, x0, rng):
-      t_rng, n_rng = jax.random.split(rng)
-      t = jax.random.randint(t_rng, (x0.shape[0],), 1, schedule.num_timesteps + 1)
-      noise = jax.random.normal(n_rng, x0.shape)
-      abar = schedule.alpha_bars[t - 1][:, None, None, None]
-      z_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * noise
-      prediction = model.apply({"params": params}, z_t, t, train=True,
-                               rngs={"dropout": jax.random.fold_in(rng, 2)})[name]
-      return jnp.mean(jnp.square(prediction - noise))
+    feature = model.specs[0].feature
+    loss_fn = setups.denoising_loss(model, schedule)
 
     def step(carry, x0):
       params, ema, opt_state, step_index = carry

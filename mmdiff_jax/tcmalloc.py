@@ -43,11 +43,16 @@ def preloaded(environ: Mapping[str, str]) -> bool:
   return "tcmalloc" in environ.get("LD_PRELOAD", "")
 
 
+def opted_out(environ: Mapping[str, str]) -> bool:
+  """Whether `environ` sets MMDIFF_JAX_NO_TCMALLOC (to anything but "" or "0")."""
+  return environ.get(OPT_OUT, "") not in ("", "0")
+
+
 def preload_environment(environ: Mapping[str, str], *, library: str | None = None,
                         platform: str = sys.platform) -> dict[str, str] | None:
   """A copy of `environ` with TCMalloc (`library`, default: the installed one) added to LD_PRELOAD, or
   None where nothing should change: opted out, a TCMalloc preloaded already, not Linux, none installed."""
-  if environ.get(OPT_OUT, "") not in ("", "0") or preloaded(environ) or not platform.startswith("linux"):
+  if opted_out(environ) or preloaded(environ) or not platform.startswith("linux"):
     return None
   library = library or find_tcmalloc()
   if library is None:
@@ -70,7 +75,7 @@ def rerun_with_tcmalloc(*, environ: Mapping[str, str] = os.environ,
 
 def missing_hint(environ: Mapping[str, str] = os.environ) -> str | None:
   """One console line for CPU runs without TCMalloc (how much it costs and how to get it), or None."""
-  if preloaded(environ) or environ.get(OPT_OUT, "") not in ("", "0"):
+  if preloaded(environ) or opted_out(environ):
     return None
   return ("TCMalloc is not in use: training steps on the CPU take about 1.2x as long (Debian/Ubuntu: "
           "apt-get install libtcmalloc-minimal4; see mmdiff_jax/tcmalloc.py)")
