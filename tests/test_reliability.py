@@ -473,6 +473,35 @@ def test_a_nonfinite_state_is_never_saved(tmp_path):
   assert checkpointer.all_steps() == [1]
 
 
+def test_checksums_are_the_bit_sums_of_each_array_however_it_is_sharded():
+  """The saved checksum of an array is the sum of its elements' bits modulo 2**32, the same for any
+  sharding: each element counted once, replicas not counted again."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from mmdiff_jax.training.checkpoint import integrity
+
+  def reference(x):  # plain Python integers, no wrap-around arithmetic to trust
+    x = np.asarray(x)
+    bits = x.view(np.dtype(f"uint{x.dtype.itemsize * 8}")).ravel()
+    return sum(int(b) for b in bits) % 2**32
+
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(64, 24)).astype(np.float32) * 1e3  # big values: the sum wraps around
+  tree = {"w": w, "h": w.astype(jnp.bfloat16), "n": np.arange(-5, 5, dtype=np.int32)}
+  expected = {name: reference(x) for name, x in tree.items()}
+  assert sum(int(b) for b in w.view(np.uint32).ravel()) > 2**32
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(2, 4), ("a", "b"))
+  for spec in (P(), P("b"), P(("a", "b"), None), P("a", "b")):
+    sharded = {name: jax.device_put(x, NamedSharding(mesh, spec if x.ndim == 2 else P()))
+               for name, x in tree.items()}
+    assert integrity(sharded) == (True, expected), spec
+  flipped = w.copy()
+  flipped.view(np.uint32)[3, 5] ^= 1 << 20
+  assert integrity(dict(tree, w=flipped))[1]["w"] != expected["w"]
+  with_nan = tree["h"].copy()
+  with_nan[0, 0] = np.nan
+  assert integrity(dict(tree, h=jnp.asarray(with_nan)))[0] is False
+
+
 def test_rotation_never_deletes_the_newest_intact_checkpoint(tmp_path, capsys):
   directory = str(tmp_path / "checkpoints")
   checkpointer = Checkpointer(directory, max_to_keep=1)
