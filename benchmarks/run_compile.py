@@ -28,7 +28,7 @@ from benchmarks import common
 
 # JAX's own log lines (jax/_src/dispatch.py); the parse fails loudly if their wording changes.
 _PHASES = {
-    "trace": re.compile(r"Finished tracing \+ transforming (\S+) for pjit in ([0-9.e-]+) sec"),
+    "trace": re.compile(r"Finished tracing (\S+) for jit in ([0-9.e-]+) sec"),
     "lower": re.compile(r"Finished jaxpr to MLIR module conversion jit\((\S+)\) in ([0-9.e-]+) sec"),
     "compile": re.compile(r"Finished XLA compilation of jit\((\S+)\) in ([0-9.e-]+) sec"),
 }
