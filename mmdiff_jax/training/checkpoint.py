@@ -61,16 +61,17 @@ def integrity(tree) -> tuple[bool, dict[str, int]]:
   a few milliseconds of work). With several processes, every process must call it.
   """
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  finite, sums = True, np.zeros(len(leaves), np.uint64)
+  finite, sums = True, np.zeros(len(leaves), np.uint32)
   for i, (_, x) in enumerate(leaves):
     for block in _owned_blocks(x):
       if jnp.issubdtype(block.dtype, jnp.floating):
         finite = finite and bool(np.all(np.isfinite(block)))
       bits = block.view(np.dtype(f"uint{block.dtype.itemsize * 8}")).astype(np.uint32)
       sums[i] = (int(sums[i]) + int(np.sum(bits, dtype=np.uint32))) % 2**32
-  if jax.process_count() > 1:
+  if jax.process_count() > 1:  # uint32 travels as it is (JAX would narrow uint64 without x64)
     finite = bool(np.all(multihost_utils.process_allgather(np.asarray(finite))))
-    sums = np.sum(multihost_utils.process_allgather(sums), axis=0) % 2**32
+    gathered = np.asarray(multihost_utils.process_allgather(sums), np.uint64)
+    sums = np.sum(gathered, axis=0) % 2**32
   return finite, {_leaf_name(path): int(total) for (path, _), total in zip(leaves, sums)}
 
 
