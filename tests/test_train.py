@@ -9,7 +9,9 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -148,3 +150,33 @@ def test_nonfinite_update_is_skipped():
   assert int(metrics["skipped"]) == 1 and int(state.nonfinite_streak) == 1
   assert int(state.step) == 1
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(state.params))
+
+
+@pytest.mark.parametrize("infinite, why", [(True, "an infinite gradient under a finite loss"),
+                                           (False, "finite gradients whose squares overflow float32")])
+def test_a_step_whose_gradient_norm_is_not_finite_is_skipped(infinite, why):
+  """The guard reads the gradient norm, not only the loss: the loss is finite (0) in both cases."""
+  from jax.sharding import NamedSharding
+
+  def objective(params, batch, rng):
+    del rng
+    # At a = 0: d/da sqrt(|a|) is infinite; d/da 1e25 a = 1e25 is finite, its square is not.
+    a_term = jnp.sqrt(jnp.abs(params["a"])) if infinite else 1e25 * params["a"]
+    loss = jnp.sum(a_term) + jnp.mean(batch["x"]) + jnp.sum(params["b"] ** 2) - 2.0
+    return loss, {"loss": loss}
+
+  tx = optax.adam(1e-3)
+  params = {"a": jnp.zeros((3,), jnp.float32), "b": jnp.ones((2,), jnp.float32)}
+  before = jax.device_get(params)  # the step donates the state's buffers
+  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               ema_params=jax.tree.map(jnp.copy, params),
+                               opt_state=tx.init(params), rng=jax.random.PRNGKey(0),
+                               nonfinite_streak=jnp.zeros((), jnp.int32))
+  mesh = sharding_lib.make_mesh({"data": 8, "fsdp": 1})
+  shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), state)
+  step = state_lib.make_train_step(objective, tx, ema_decay=0.9, mesh=mesh, shardings=shardings)
+  batch = sharding_lib.global_batch({"x": np.zeros((8,), np.float32)}, mesh)
+  new_state, metrics = step(jax.device_put(state, shardings), batch)
+  assert np.isfinite(float(metrics["loss"])), why
+  assert int(metrics["skipped"]) == 1 and int(new_state.nonfinite_streak) == 1, why
+  jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(new_state.params))
