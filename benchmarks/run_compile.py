@@ -26,7 +26,8 @@ import time
 
 from benchmarks import common
 
-# JAX's own log lines (jax/_src/dispatch.py); the parse fails loudly if their wording changes.
+# JAX's own log lines (written from jax/_src/pjit.py and interpreters/pxla.py); the parse fails loudly
+# if their wording changes.
 _PHASES = {
     "trace": re.compile(r"Finished tracing (\S+) for jit in ([0-9.e-]+) sec"),
     "lower": re.compile(r"Finished jaxpr to MLIR module conversion jit\((\S+)\) in ([0-9.e-]+) sec"),

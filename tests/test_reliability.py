@@ -480,8 +480,8 @@ def test_checksums_are_the_bit_sums_of_each_array_however_it_is_sharded():
   from mmdiff_jax.training.checkpoint import integrity
 
   def reference(x):  # plain Python integers, no wrap-around arithmetic to trust
-    x = np.asarray(x)
-    bits = x.view(np.dtype(f"uint{x.dtype.itemsize * 8}")).ravel()
+    x = np.asarray(x).ravel()  # 64-bit values count as two 32-bit words
+    bits = x.view(np.uint32 if x.dtype.itemsize == 8 else np.dtype(f"uint{x.dtype.itemsize * 8}"))
     return sum(int(b) for b in bits) % 2**32
 
   rng = np.random.default_rng(0)
@@ -500,6 +500,12 @@ def test_checksums_are_the_bit_sums_of_each_array_however_it_is_sharded():
   with_nan = tree["h"].copy()
   with_nan[0, 0] = np.nan
   assert integrity(dict(tree, h=jnp.asarray(with_nan)))[0] is False
+  # A host float64 leaf: every bit counts, the sign and exponent (the high word) too.
+  d = np.linspace(-1, 1, 7)
+  assert integrity({"d": d}) == (True, {"d": reference(d)})
+  sign_flipped = d.copy()
+  sign_flipped[1] = -sign_flipped[1]
+  assert integrity({"d": sign_flipped})[1]["d"] != reference(d)
 
 
 def test_rotation_never_deletes_the_newest_intact_checkpoint(tmp_path, capsys):

@@ -299,7 +299,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
           run_record.update(last_step=step, wall_s=time.perf_counter() - loop_start,
                             outcome="stopped: non-finite updates")
           raise FloatingPointError(
-              f"{means['nonfinite_streak']} updates in a row had a non-finite loss or gradients "
+              f"{means['nonfinite_streak']} updates in a row had a non-finite loss or gradient norm "
               f"(by step {step}); they were skipped and no checkpoint holds them. Stopping: lower "
               f"config.optimizer.learning_rate or check the data (the limit is "
               f"config.training.max_nonfinite_steps={t.max_nonfinite_steps}).")
