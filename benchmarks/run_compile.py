@@ -88,12 +88,10 @@ def main():
             f"load {common.load()[0]}", flush=True)
   summaries = {}
   for tree, tree_runs in runs.items():
-    names = sorted({n for run in tree_runs for n in run["compile"]},
-                   key=lambda n: -statistics.median(sum(run["compile"].get(n, [0.0])) for run in tree_runs))
-    rows = []
-    for name in names:
-      seconds = [sum(run["compile"].get(name, [0.0])) for run in tree_runs]
-      rows.append([name, len(tree_runs[0]["compile"].get(name, [])), f"{statistics.median(seconds):.2f}"])
+    median_s = {name: statistics.median(sum(run["compile"].get(name, [])) for run in tree_runs)
+                for name in {n for run in tree_runs for n in run["compile"]}}
+    rows = [[name, len(tree_runs[0]["compile"].get(name, [])), f"{seconds:.2f}"]
+            for name, seconds in sorted(median_s.items(), key=lambda item: -item[1])]
     phase_totals = {phase: statistics.median(sum(sum(v) for v in run[phase].values()) for run in tree_runs)
                     for phase in _PHASES}
     rows.append(["all programs: XLA compile", "", f"{phase_totals['compile']:.2f}"])
