@@ -5,15 +5,19 @@ Contenders (all on the image-only config: the library's U-Net and image head; no
                clipping, AdamW, EMA, the non-finite guard; jitted, donated);
   jax_bare:    the minimal JAX step, exactly the PyTorch step's work (loss, clipping, AdamW, EMA);
   torch:       benchmarks/torch_unet.py, eager (on the CPU torch.set_num_threads = --threads, default the
-               cores);
-  torch_1thread: the same PyTorch step on one thread (CPU only);
+               cores), in the first memory layout of --layouts (default: contiguous, i.e. NCHW);
+  torch_channels_last: the same step with the model and batch in channels_last (NHWC) memory, oneDNN's
+               preferred convolution layout (each further layout of --layouts is a contender of its own);
+  torch_1thread: the same PyTorch step on one thread (CPU only), first layout;
   torch_compile: with --torch_compile, the same step with the model through torch.compile (a second
-               copy of the model, same initialisation), timed in a second phase with all the others.
+               copy of the model, same initialisation; first layout), timed in a second phase with all
+               the others.
 On the CPU, PyTorch's OpenMP threads spin while they wait (OMP_WAIT_POLICY=active, libgomp's default): on a
 shared machine, when another job holds a core, the spinning threads make the multi-threaded step many times
 slower. This script sets OMP_WAIT_POLICY=passive before importing torch (--omp_wait_policy=default
 leaves libgomp's default), and the "faster torch setting" column takes the fastest of the PyTorch
-contenders in each round: the comparison is against PyTorch's best showing on this machine.
+contenders (layouts, thread counts, torch.compile) in each round: the comparison is against PyTorch's
+best showing on this machine.
 --device=cuda runs PyTorch on the GPU (JAX uses its default device: run with a CUDA jaxlib), with
 cudnn.benchmark on, TF32 matmuls allowed (JAX's default precision for float32 on a GPU) and fused AdamW;
 --dtype=bfloat16 sets the JAX config's model.dtype and --autocast_bf16 runs PyTorch's forward pass under
@@ -45,6 +49,10 @@ import optax
 from benchmarks import common, setups
 from mmdiff_jax import tcmalloc
 from mmdiff_jax.training import state as state_lib
+
+
+# --layouts names -> torch_unet.TrainStep's channels_last.
+LAYOUTS = {"contiguous": False, "channels_last": True}
 
 
 class BareJaxStep:
@@ -93,7 +101,7 @@ def summarise(timing: dict, library: setups.TrainStep, bare: BareJaxStep, counts
   result = {
       "config": args.config or "default", "batch_size": library.batch_size, "num_params": counts,
       "device": args.device, "jax_dtype": args.dtype, "torch_autocast_bf16": args.autocast_bf16,
-      "torch_threads": threads, "torch_channels_last": args.channels_last,
+      "torch_threads": threads, "torch_layouts": args.layouts,
       "flops_per_step": {"jax_library": library.flops, "jax_bare": bare.flops},
       "compile_s": compile_s, "rounds": args.rounds, "reps_per_round": args.reps,
       "step_s": s, "median_step_s": {k: statistics.median(v) for k, v in s.items()},
@@ -118,7 +126,8 @@ def print_result(result: dict, phase: str, threads: int) -> None:
   best = [min(times) for times in zip(*(s[name] for name in torch_names))]
   ratio = lambda name, torch_times: common.summary(common.ratios(torch_times, s[name]))
   columns = ["contender", "parameters", "step s (median)", "examples/s",
-             f"torch eager{f' ({threads} threads)' if result['device'] == 'cpu' else ''} time / this"]
+             f"torch eager ({result['torch_layouts'][0]}"
+             f"{f', {threads} threads' if result['device'] == 'cpu' else ''}) time / this"]
   if "torch_compile" in s:
     columns.append("torch.compile time / this")
   columns += ["fastest torch setting's time / this", "load (1 min)"]
@@ -153,7 +162,10 @@ def main():
   parser.add_argument("--torch_compile_backend", default="inductor",
                       help="torch.compile backend ('aot_eager': capture and autograd only, a quick check)")
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the core count)")
-  parser.add_argument("--channels_last", action="store_true", help="torch channels_last layout")
+  parser.add_argument("--layouts", type=lambda text: text.split(","),
+                      default=["contiguous", "channels_last"],
+                      help="PyTorch memory layouts to time, comma-separated, each a contender: "
+                           f"{', '.join(LAYOUTS)} (the first is the reference 'torch')")
   parser.add_argument("--omp_wait_policy", default="passive", choices=["passive", "active", "default"],
                       help="OMP_WAIT_POLICY for PyTorch's threads, set before torch is imported "
                            "('default': leave the environment's)")
@@ -162,6 +174,9 @@ def main():
   parser.add_argument("--json", default=common.default_json("vs_pytorch"))
   args = parser.parse_args()
 
+  unknown = [layout for layout in args.layouts if layout not in LAYOUTS]
+  if unknown or not args.layouts:
+    parser.error(f"--layouts={','.join(args.layouts)}: expected a comma-separated list of {sorted(LAYOUTS)}")
   torch = common.import_torch(args.omp_wait_policy)
 
   from benchmarks import torch_unet
@@ -189,12 +204,14 @@ def main():
   library = setups.TrainStep(config)
   bare = BareJaxStep(library)
   alpha_bars = np.asarray(library.experiment.schedule.alpha_bars)
-  make_torch = lambda backend: torch_unet.TrainStep(
-      config, alpha_bars, channels_last=args.channels_last, device=args.device,
+  make_torch = lambda backend, layout=args.layouts[0]: torch_unet.TrainStep(
+      config, alpha_bars, channels_last=LAYOUTS[layout], device=args.device,
       autocast_bf16=args.autocast_bf16, compile_backend=backend)
-  torch_step = make_torch(None)
+  torch_steps = {"torch" if i == 0 else f"torch_{layout}": make_torch(None, layout)
+                 for i, layout in enumerate(args.layouts)}
+  torch_step = torch_steps["torch"]
   counts = {"jax_library": library.num_params, "jax_bare": bare.num_params,
-            "torch": torch_step.num_params}
+            **{name: step.num_params for name, step in torch_steps.items()}}
   compile_s = {"jax_library": library.compile_s, "jax_bare": bare.compile_s}
   print(f"parameters: {counts}; batch {library.batch_size}; compile s: library "
         f"{library.compile_s:.1f}, bare {bare.compile_s:.1f}", flush=True)
@@ -209,7 +226,8 @@ def main():
 
   on_cpu = args.device == "cpu"
   contenders = {"jax_library": library, "jax_bare": bare,
-                "torch": with_threads(threads, torch_step) if on_cpu else torch_step}
+                **{name: with_threads(threads, step) if on_cpu else step
+                   for name, step in torch_steps.items()}}
   if on_cpu and threads > 1 and not args.no_single_thread:
     contenders["torch_1thread"] = with_threads(1, torch_step)
     counts["torch_1thread"] = torch_step.num_params
