@@ -6,6 +6,8 @@ the matmul peak the train step could reach if everything but its convolutions we
   python3 -m benchmarks.conv_roofline --config=small --no_torch --json=/tmp/conv_roofline.json
   # the convolutions lowered as one patches x kernel matmul (im2col) beside XLA's own:
   python3 -m benchmarks.conv_roofline --config=small --no_torch --im2col
+  # XLA's forward, input gradient and kernel gradient each timed alone (which of the three is slow):
+  python3 -m benchmarks.conv_roofline --config=small --parts
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def conv_shapes(config) -> collections.Counter:
   return seen
 
 
+PARTS = ("jax_forward", "jax_input_grad", "jax_kernel_grad")  # --parts contenders
+
+
 def forward_flops(x_shape, k_shape, strides) -> float:
   b, h, w, _ = x_shape
   kh, kw, cin, cout = k_shape
@@ -63,6 +68,21 @@ def jax_conv(x_shape, k_shape, strides):
 
   grad = jax.jit(jax.grad(f, argnums=(0, 1)))
   return lambda: grad(x, k)
+
+
+def jax_conv_parts(x_shape, k_shape, strides) -> dict:
+  """{"forward", "input_grad", "kernel_grad"}: XLA's three convolutions of jax_conv, each its own
+  program (the gradients from the VJP of a fixed output cotangent)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, strides, "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  dy = jax.random.normal(jax.random.PRNGKey(2), jax.eval_shape(conv, x, k).shape)
+  forward = jax.jit(conv)
+  input_grad = jax.jit(lambda x, k, dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0])
+  kernel_grad = jax.jit(lambda x, k, dy: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0])
+  return {"forward": lambda: forward(x, k), "input_grad": lambda: input_grad(x, k, dy),
+          "kernel_grad": lambda: kernel_grad(x, k, dy)}
 
 
 def im2col_conv(x, k, strides):
@@ -107,6 +127,8 @@ def main():
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--no_torch", action="store_true")
   parser.add_argument("--im2col", action="store_true", help="also time im2col_conv")
+  parser.add_argument("--parts", action="store_true",
+                      help="also time XLA's forward, input gradient and kernel gradient alone")
   parser.add_argument("--torch_threads", type=int, default=0, help="0: the core count")
   parser.add_argument("--json", default=common.default_json("conv_roofline"))
   args = parser.parse_args()
@@ -130,6 +152,8 @@ def main():
       contenders["torch"] = torch_conv(x_shape, k_shape, strides, args.torch_threads)
     if args.im2col:
       contenders["im2col"] = jax_im2col(x_shape, k_shape, strides)
+    if args.parts:
+      contenders.update({f"jax_{part}": fn for part, fn in jax_conv_parts(x_shape, k_shape, strides).items()})
     timing = common.alternate(contenders, rounds=args.rounds, reps=args.reps)
     s = {k: statistics.median(v) for k, v in timing["seconds"].items()}
     peak_flops = peak.flops / s["matmul"]
@@ -140,26 +164,34 @@ def main():
     totals["jax"] += count * s["jax"]
     totals["torch"] += count * s.get("torch", 0.0)
     totals["im2col"] += count * s.get("im2col", 0.0)
+    for part in PARTS:
+      totals[part] += count * s.get(part, 0.0)
     totals["peak_weighted"] += count * s["jax"] * peak_flops
     rows.append([f"{x_shape} * {k_shape[:2]} {k_shape[2]}->{k_shape[3]} /{strides[0]}", count,
                  f"{count * flops / 1e9:.2f}", f"{1e3 * count * s['jax']:.1f}",
                  f"{flops / s['jax'] / 1e9:.0f}", f"{flops / s['jax'] / peak_flops:.0%}"]
                 + ([f"{1e3 * count * s['torch']:.1f}", f"{flops / s['torch'] / 1e9:.0f}"]
                    if "torch" in s else [])
-                + ([f"{1e3 * count * s['im2col']:.1f}"] if "im2col" in s else []))
+                + ([f"{1e3 * count * s['im2col']:.1f}"] if "im2col" in s else [])
+                + ([f"{1e3 * count * s[part]:.1f} ({flops / 3 / s[part] / 1e9:.0f})" for part in PARTS]
+                   if args.parts else []))
   mean_peak = totals["peak_weighted"] / totals["jax"]
   rows.append(["all convolutions", sum(shapes.values()), f"{totals['flops'] / 1e9:.2f}",
                f"{1e3 * totals['jax']:.1f}", f"{totals['flops'] / totals['jax'] / 1e9:.0f}",
                f"{totals['flops'] / totals['jax'] / mean_peak:.0%}"]
               + ([f"{1e3 * totals['torch']:.1f}", f"{totals['flops'] / totals['torch'] / 1e9:.0f}"]
                  if not args.no_torch else [])
-              + ([f"{1e3 * totals['im2col']:.1f}"] if args.im2col else []))
+              + ([f"{1e3 * totals['im2col']:.1f}"] if args.im2col else [])
+              + ([f"{1e3 * totals[part]:.1f} ({totals['flops'] / 3 / totals[part] / 1e9:.0f})"
+                  for part in PARTS] if args.parts else []))
   common.print_table(
       f"Convolutions of config {args.config} (batch {config.training.batch_size}), forward + both "
       f"gradients, each alone; matmul peak {mean_peak / 1e9:.0f} GFLOP/s (time-weighted)",
       ["conv (NHWC input * kernel)", "per step", "GFLOP/step", "JAX ms/step", "JAX GFLOP/s",
        "JAX of peak"] + ([] if args.no_torch else ["torch ms/step", "torch GFLOP/s"])
-      + (["im2col ms/step"] if args.im2col else []), rows)
+      + (["im2col ms/step"] if args.im2col else [])
+      + ([f"JAX {part[4:].replace('_', ' ')} alone ms/step (GFLOP/s)" for part in PARTS]
+         if args.parts else []), rows)
   common.write_json(args.json, {"machine": machine, "config": args.config, "convs": results,
                                 "total": dict(totals), "matmul_peak_flops_per_s": mean_peak,
                                 "load_at_end": common.load(), "args": vars(args)})
