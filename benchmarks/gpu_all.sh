@@ -5,7 +5,8 @@
 #   train_step  the default config (configs/imglabel.py, no variant) in bf16: step time, model FLOP/s and
 #               their fraction of the bf16 matmul peak (an 8192^3 jnp.dot timed in alternation);
 #   vs_pytorch  the same U-Net and train step (image-only default config) in PyTorch on the same GPU, eager
-#               and torch.compile, bf16 autocast, alternating with the JAX steps (bf16 activations);
+#               (contiguous and channels_last) and torch.compile, bf16 autocast, alternating with the JAX
+#               steps (bf16 activations);
 #   sampling    DDIM-50 images/s at batch 256: JAX's compiled loop, the PyTorch twin eager and compiled;
 #   max_batch   the largest batch of the default config (float32) whose train step fits, remat off / on.
 # Every step writes its JSON into $OUT (if set; else benchmarks/results/) as gpu_<step>*.json, and the
@@ -25,7 +26,7 @@
 # benchmarks/offline.py (the benchmarks never read a dataset). Run from anywhere: it cd's to the repository.
 set -u
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/p' "$0" | sed '$d; s/^# \{0,1\}//'; }  # the header comment
 SMOKE="${SMOKE:-0}"
 for arg in "$@"; do
   case "$arg" in

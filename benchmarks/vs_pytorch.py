@@ -183,9 +183,9 @@ def main():
   parser.add_argument("--json", default=common.default_json("vs_pytorch"))
   args = parser.parse_args()
 
-  unknown = [layout for layout in args.layouts if layout not in LAYOUTS]
-  if unknown or not args.layouts:
-    parser.error(f"--layouts={','.join(args.layouts)}: expected a comma-separated list of {sorted(LAYOUTS)}")
+  if any(layout not in LAYOUTS for layout in args.layouts) or len(set(args.layouts)) != len(args.layouts):
+    parser.error(f"--layouts={','.join(args.layouts)}: expected distinct names from {sorted(LAYOUTS)}, "
+                 "comma-separated")
   torch = common.import_torch(args.omp_wait_policy)
 
   from benchmarks import torch_unet
