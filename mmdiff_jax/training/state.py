@@ -91,15 +91,13 @@ def state_shardings(model: Model, tx, mesh: Mesh, *, fsdp: bool, seed: int = 0):
   return abstract, shardings
 
 
-# LLVM optimisation levels for XLA's CPU backend, per program (XLA's default is 3; other backends keep
-# theirs). Measured on the small config (BENCHMARKS.md):
-# - the initial state runs once, for milliseconds: level 0 compiles it in a quarter of the time
-#   (8.3 s -> 2.1 s). Its values are bitwise the same but for the class-mean label codes computed in
-#   the model's init (~2e-7 apart: summation order), which training replaces with codes from the host;
-# - the train step at level 2 compiles ~12% faster (median 10.2 s vs 11.5 s) and runs as fast (A/B
-#   1.013 and 1.012 in two sessions).
+# The initial state runs once, for milliseconds: on XLA's CPU backend, LLVM optimisation level 0
+# (XLA's default is 3) compiles it in a quarter of the time (small config: 8.3 s -> 2.1 s). Its values
+# are bitwise the same but for the class-mean label codes computed in the model's init (~2e-7 apart:
+# summation order), which training replaces with codes from the host. The train step keeps XLA's
+# level: level 2 compiled it 7-12% faster, but one of three A/Bs had it ~3% slower per step, which
+# would cost more than the compile saves after a few hundred steps (BENCHMARKS.md).
 INITIAL_STATE_CPU_OPT_LEVEL = 0
-TRAIN_STEP_CPU_OPT_LEVEL = 2
 
 
 def cpu_compiler_options(level: int) -> dict:
@@ -189,5 +187,4 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, e
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(step_fn, in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, replicated), donate_argnums=(0,),
-                 compiler_options=cpu_compiler_options(TRAIN_STEP_CPU_OPT_LEVEL))
+                 out_shardings=(shardings, replicated), donate_argnums=(0,))
