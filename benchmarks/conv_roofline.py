@@ -48,7 +48,8 @@ def conv_shapes(config) -> collections.Counter:
   return seen
 
 
-PARTS = ("jax_forward", "jax_input_grad", "jax_kernel_grad")  # --parts contenders
+# --parts contenders -> their column labels.
+PARTS = {"jax_forward": "forward", "jax_input_grad": "input gradient", "jax_kernel_grad": "kernel gradient"}
 
 
 def forward_flops(x_shape, k_shape, strides) -> float:
@@ -71,8 +72,8 @@ def jax_conv(x_shape, k_shape, strides):
 
 
 def jax_conv_parts(x_shape, k_shape, strides) -> dict:
-  """{"forward", "input_grad", "kernel_grad"}: XLA's three convolutions of jax_conv, each its own
-  program (the gradients from the VJP of a fixed output cotangent)."""
+  """{PARTS name: timed call}: XLA's three convolutions of jax_conv, each its own program (the
+  gradients from the VJP of a fixed output cotangent)."""
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   k = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
   conv = lambda x, k: jax.lax.conv_general_dilated(x, k, strides, "SAME",
@@ -81,8 +82,8 @@ def jax_conv_parts(x_shape, k_shape, strides) -> dict:
   forward = jax.jit(conv)
   input_grad = jax.jit(lambda x, k, dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0])
   kernel_grad = jax.jit(lambda x, k, dy: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0])
-  return {"forward": lambda: forward(x, k), "input_grad": lambda: input_grad(x, k, dy),
-          "kernel_grad": lambda: kernel_grad(x, k, dy)}
+  return {"jax_forward": lambda: forward(x, k), "jax_input_grad": lambda: input_grad(x, k, dy),
+          "jax_kernel_grad": lambda: kernel_grad(x, k, dy)}
 
 
 def im2col_conv(x, k, strides):
@@ -153,7 +154,7 @@ def main():
     if args.im2col:
       contenders["im2col"] = jax_im2col(x_shape, k_shape, strides)
     if args.parts:
-      contenders.update({f"jax_{part}": fn for part, fn in jax_conv_parts(x_shape, k_shape, strides).items()})
+      contenders.update(jax_conv_parts(x_shape, k_shape, strides))
     timing = common.alternate(contenders, rounds=args.rounds, reps=args.reps)
     s = {k: statistics.median(v) for k, v in timing["seconds"].items()}
     peak_flops = peak.flops / s["matmul"]
@@ -164,8 +165,8 @@ def main():
     totals["jax"] += count * s["jax"]
     totals["torch"] += count * s.get("torch", 0.0)
     totals["im2col"] += count * s.get("im2col", 0.0)
-    for part in PARTS:
-      totals[part] += count * s.get(part, 0.0)
+    for part in PARTS if args.parts else ():
+      totals[part] += count * s[part]
     totals["peak_weighted"] += count * s["jax"] * peak_flops
     rows.append([f"{x_shape} * {k_shape[:2]} {k_shape[2]}->{k_shape[3]} /{strides[0]}", count,
                  f"{count * flops / 1e9:.2f}", f"{1e3 * count * s['jax']:.1f}",
@@ -190,7 +191,7 @@ def main():
       ["conv (NHWC input * kernel)", "per step", "GFLOP/step", "JAX ms/step", "JAX GFLOP/s",
        "JAX of peak"] + ([] if args.no_torch else ["torch ms/step", "torch GFLOP/s"])
       + (["im2col ms/step"] if args.im2col else [])
-      + ([f"JAX {part[4:].replace('_', ' ')} alone ms/step (GFLOP/s)" for part in PARTS]
+      + ([f"JAX {label} alone ms/step (GFLOP/s)" for label in PARTS.values()]
          if args.parts else []), rows)
   common.write_json(args.json, {"machine": machine, "config": args.config, "convs": results,
                                 "total": dict(totals), "matmul_peak_flops_per_s": mean_peak,

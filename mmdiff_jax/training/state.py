@@ -91,22 +91,17 @@ def state_shardings(model: Model, tx, mesh: Mesh, *, fsdp: bool, seed: int = 0):
   return abstract, shardings
 
 
-# The initial state runs once, for milliseconds: on XLA's CPU backend, LLVM optimisation level 0
-# (XLA's default is 3) compiles it in a quarter of the time (small config: 8.3 s -> 2.1 s). Its values
-# are bitwise the same but for the class-mean label codes computed in the model's init (~2e-7 apart:
-# summation order), which training replaces with codes from the host. The train step keeps XLA's
-# level: level 2 compiled it 7-12% faster, but one of three A/Bs had it ~3% slower per step, which
-# would cost more than the compile saves after a few hundred steps (BENCHMARKS.md).
-INITIAL_STATE_CPU_OPT_LEVEL = 0
-
-
-def cpu_compiler_options(level: int) -> dict:
-  """jit's compiler_options that set XLA's LLVM optimisation level on the CPU backend; {} on other
-  backends, and where XLA_FLAGS names the level (a per-program option would override the user's
-  choice, e.g. the tests' level 0)."""
+def run_once_compiler_options() -> dict:
+  """jit's compiler_options for a program that runs once (the initial state): on XLA's CPU backend,
+  LLVM optimisation level 0 (XLA's default is 3), which compiles it in a quarter of the time (small
+  config: 8.3 s -> 2.1 s) for a program that then runs for milliseconds. Its values are bitwise the
+  same but for the class-mean label codes computed in the model's init (~2e-7 apart: summation
+  order), which training replaces with codes from the host. {} on other backends, and where XLA_FLAGS
+  names a level (a per-program option would override the user's choice). The train step keeps XLA's
+  level: level 2 compiled it 7-12% faster but ran ~3% slower in one of three A/Bs (BENCHMARKS.md)."""
   if jax.default_backend() != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
     return {}
-  return {"xla_backend_optimization_level": level}
+  return {"xla_backend_optimization_level": 0}
 
 
 def create_train_state(model: Model, tx, shardings, seed: int) -> TrainState:
@@ -115,7 +110,7 @@ def create_train_state(model: Model, tx, shardings, seed: int) -> TrainState:
     return nn.meta.unbox(_init_boxed(model, tx, seed))
 
   return jax.jit(initial_state, out_shardings=shardings,
-                 compiler_options=cpu_compiler_options(INITIAL_STATE_CPU_OPT_LEVEL))()
+                 compiler_options=run_once_compiler_options())()
 
 
 def micro_batches(batch: dict, num: int, mesh: Mesh) -> dict:
