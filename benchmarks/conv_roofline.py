@@ -8,6 +8,8 @@ the matmul peak the train step could reach if everything but its convolutions we
   python3 -m benchmarks.conv_roofline --config=small --no_torch --im2col
   # XLA's forward, input gradient and kernel gradient each timed alone (which of the three is slow):
   python3 -m benchmarks.conv_roofline --config=small --parts
+  # ... and the kernel gradient formulated as matmuls instead, beside XLA's own:
+  python3 -m benchmarks.conv_roofline --config=small --no_torch --parts --kernel_grad_variants
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def conv_shapes(config) -> collections.Counter:
 
 # --parts contenders -> their column labels.
 PARTS = {"jax_forward": "forward", "jax_input_grad": "input gradient", "jax_kernel_grad": "kernel gradient"}
+# --kernel_grad_variants contenders -> their column labels.
+KERNEL_GRAD_VARIANTS = {"kernel_grad_taps": "kernel gradient as one matmul per tap",
+                        "kernel_grad_im2col": "kernel gradient as one patches matmul"}
 
 
 def forward_flops(x_shape, k_shape, strides) -> float:
@@ -86,21 +91,65 @@ def jax_conv_parts(x_shape, k_shape, strides) -> dict:
           "jax_kernel_grad": lambda: kernel_grad(x, k, dy)}
 
 
+def shifted_inputs(x, kernel_hw, strides) -> list:
+  """The input each tap (i, j) of a SAME convolution sees, row-major over taps: kh * kw arrays
+  (B, H', W', Cin), padded as XLA pads SAME (for stride 2 on an even size: none before, one after)."""
+  (kh, kw), (sh, sw), (_, h, w, _) = kernel_hw, strides, x.shape
+  pads = jax.lax.padtype_to_pads((h, w), (kh, kw), strides, "SAME")
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  ho, wo = -(-h // sh), -(-w // sw)
+  return [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
+          for i in range(kh) for j in range(kw)]
+
+
+def check_same_as_xla(name, value, reference, x_shape, k_shape, strides):
+  """A contender that computes something else would time the wrong thing."""
+  error = float(jnp.max(jnp.abs(value - reference)) / jnp.max(jnp.abs(reference)))
+  if error > 1e-4:
+    raise AssertionError(f"{name} differs from XLA's result for input {x_shape}, kernel {k_shape}, "
+                         f"strides {strides}: max relative error {error:.1e}")
+
+
 def im2col_conv(x, k, strides):
   """A SAME convolution as one matmul: the kh * kw shifted copies of x side by side (B, H', W',
   kh * kw * Cin) times the kernel reshaped to (kh * kw * Cin, Cout)."""
   kh, kw, cin, cout = k.shape
-  xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-  (sh, sw), (_, h, w, _) = strides, x.shape
-  ho, wo = -(-h // sh), -(-w // sw)
-  patches = jnp.concatenate([xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
-                             for i in range(kh) for j in range(kw)], axis=-1)
+  patches = jnp.concatenate(shifted_inputs(x, (kh, kw), strides), axis=-1)
   return jnp.einsum("bhwc,cd->bhwd", patches, k.reshape(kh * kw * cin, cout))
+
+
+def kernel_grad_taps(x, dy, kernel_shape, strides):
+  """The kernel gradient (kh, kw, Cin, Cout) as one (Cin, N) x (N, Cout) matmul per tap, N = B H' W'."""
+  kh, kw, cin, cout = kernel_shape
+  taps = [jnp.einsum("bhwc,bhwd->cd", shifted, dy)
+          for shifted in shifted_inputs(x, (kh, kw), strides)]
+  return jnp.stack(taps).reshape(kernel_shape)
+
+
+def jax_kernel_grad_variants(x_shape, k_shape, strides) -> dict:
+  """{KERNEL_GRAD_VARIANTS name: timed call}, each checked against XLA's kernel gradient first."""
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, strides, "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  dy = jax.random.normal(jax.random.PRNGKey(2), jax.eval_shape(conv, x, k).shape)
+  variants = {
+      "kernel_grad_taps": jax.jit(lambda x, k, dy: kernel_grad_taps(x, dy, k.shape, strides)),
+      "kernel_grad_im2col": jax.jit(
+          lambda x, k, dy: jax.vjp(lambda k: im2col_conv(x, k, strides), k)[1](dy)[0])}
+  reference = jax.vjp(lambda k: conv(x, k), k)[1](dy)[0]
+  for name, variant in variants.items():
+    check_same_as_xla(name, variant(x, k, dy), reference, x_shape, k_shape, strides)
+  return {name: (lambda variant=variant: variant(x, k, dy)) for name, variant in variants.items()}
 
 
 def jax_im2col(x_shape, k_shape, strides):
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   k = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
+  check_same_as_xla("im2col_conv", im2col_conv(x, k, strides),
+                    jax.lax.conv_general_dilated(x, k, strides, "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                    x_shape, k_shape, strides)
   grad = jax.jit(jax.grad(lambda x, k: jnp.sum(im2col_conv(x, k, strides) ** 2), argnums=(0, 1)))
   return lambda: grad(x, k)
 
@@ -130,9 +179,13 @@ def main():
   parser.add_argument("--im2col", action="store_true", help="also time im2col_conv")
   parser.add_argument("--parts", action="store_true",
                       help="also time XLA's forward, input gradient and kernel gradient alone")
+  parser.add_argument("--kernel_grad_variants", action="store_true",
+                      help="also time the kernel gradient formulated as matmuls (checked against XLA's)")
   parser.add_argument("--torch_threads", type=int, default=0, help="0: the core count")
   parser.add_argument("--json", default=common.default_json("conv_roofline"))
   args = parser.parse_args()
+  timed_parts = {**(PARTS if args.parts else {}),
+                 **(KERNEL_GRAD_VARIANTS if args.kernel_grad_variants else {})}
 
   machine = common.machine()
   if not args.no_torch:
@@ -155,6 +208,8 @@ def main():
       contenders["im2col"] = jax_im2col(x_shape, k_shape, strides)
     if args.parts:
       contenders.update(jax_conv_parts(x_shape, k_shape, strides))
+    if args.kernel_grad_variants:
+      contenders.update(jax_kernel_grad_variants(x_shape, k_shape, strides))
     timing = common.alternate(contenders, rounds=args.rounds, reps=args.reps)
     s = {k: statistics.median(v) for k, v in timing["seconds"].items()}
     peak_flops = peak.flops / s["matmul"]
@@ -165,7 +220,7 @@ def main():
     totals["jax"] += count * s["jax"]
     totals["torch"] += count * s.get("torch", 0.0)
     totals["im2col"] += count * s.get("im2col", 0.0)
-    for part in PARTS if args.parts else ():
+    for part in timed_parts:
       totals[part] += count * s[part]
     totals["peak_weighted"] += count * s["jax"] * peak_flops
     rows.append([f"{x_shape} * {k_shape[:2]} {k_shape[2]}->{k_shape[3]} /{strides[0]}", count,
@@ -174,8 +229,8 @@ def main():
                 + ([f"{1e3 * count * s['torch']:.1f}", f"{flops / s['torch'] / 1e9:.0f}"]
                    if "torch" in s else [])
                 + ([f"{1e3 * count * s['im2col']:.1f}"] if "im2col" in s else [])
-                + ([f"{1e3 * count * s[part]:.1f} ({flops / 3 / s[part] / 1e9:.0f})" for part in PARTS]
-                   if args.parts else []))
+                + [f"{1e3 * count * s[part]:.1f} ({flops / 3 / s[part] / 1e9:.0f})"
+                   for part in timed_parts])
   mean_peak = totals["peak_weighted"] / totals["jax"]
   rows.append(["all convolutions", sum(shapes.values()), f"{totals['flops'] / 1e9:.2f}",
                f"{1e3 * totals['jax']:.1f}", f"{totals['flops'] / totals['jax'] / 1e9:.0f}",
@@ -183,16 +238,15 @@ def main():
               + ([f"{1e3 * totals['torch']:.1f}", f"{totals['flops'] / totals['torch'] / 1e9:.0f}"]
                  if not args.no_torch else [])
               + ([f"{1e3 * totals['im2col']:.1f}"] if args.im2col else [])
-              + ([f"{1e3 * totals[part]:.1f} ({totals['flops'] / 3 / totals[part] / 1e9:.0f})"
-                  for part in PARTS] if args.parts else []))
+              + [f"{1e3 * totals[part]:.1f} ({totals['flops'] / 3 / totals[part] / 1e9:.0f})"
+                 for part in timed_parts])
   common.print_table(
       f"Convolutions of config {args.config} (batch {config.training.batch_size}), forward + both "
       f"gradients, each alone; matmul peak {mean_peak / 1e9:.0f} GFLOP/s (time-weighted)",
       ["conv (NHWC input * kernel)", "per step", "GFLOP/step", "JAX ms/step", "JAX GFLOP/s",
        "JAX of peak"] + ([] if args.no_torch else ["torch ms/step", "torch GFLOP/s"])
       + (["im2col ms/step"] if args.im2col else [])
-      + ([f"JAX {label} alone ms/step (GFLOP/s)" for label in PARTS.values()]
-         if args.parts else []), rows)
+      + [f"JAX {label} alone ms/step (GFLOP/s)" for label in timed_parts.values()], rows)
   common.write_json(args.json, {"machine": machine, "config": args.config, "convs": results,
                                 "total": dict(totals), "matmul_peak_flops_per_s": mean_peak,
                                 "load_at_end": common.load(), "args": vars(args)})
