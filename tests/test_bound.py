@@ -314,3 +314,31 @@ def test_bound_bad_arguments():
       bound.diffusion_kl(sched, W, t=bad_t, z_t=z, z0=z, encodings=enc, z0_hat=z, encodings_hat=enc)
   with pytest.raises(ValueError, match=r"\bt\b"):
     bound.diffusion_kl(sched, W, t=np.array([1, 2], np.int32), z_t=z, z0=z, encodings=enc, z0_hat=z, encodings_hat=enc)
+
+
+# --------------------------------------------------------------------------- data term at t = 1
+
+
+@pytest.mark.parametrize("log_scale", [np.log(1e-2), np.log(0.3), 0.0])
+def test_discretized_gaussian_nll_vs_float64_bin_masses(log_scale):
+  """-log of each bin's mass under N(mean, scale^2), from scipy in float64 (edge bins open), at every
+  level, for a mean inside, at the edge of and outside [-1, 1]; the masses sum to 1."""
+  from scipy import stats
+  levels = np.linspace(-1.0, 1.0, 256)
+  half_bin = 1.0 / 255
+  scale = float(np.exp(log_scale))
+  for mean in [0.1234, -0.999, 1.3]:
+    upper = np.where(levels > 1 - half_bin, np.inf, levels + half_bin)
+    lower = np.where(levels < -1 + half_bin, -np.inf, levels - half_bin)
+    # the mass from the side with the smaller tail, where float64 keeps its precision
+    mass = np.where(lower > mean, stats.norm.sf(lower, mean, scale) - stats.norm.sf(upper, mean, scale),
+                    stats.norm.cdf(upper, mean, scale) - stats.norm.cdf(lower, mean, scale))
+    assert np.isclose(mass.sum(), 1.0, rtol=1e-12)
+    nll = np.asarray(bound.discretized_gaussian_nll(
+        jnp.asarray(levels, jnp.float32), jnp.full((256,), mean, jnp.float32), jnp.float32(log_scale)))
+    assert np.all(np.isfinite(nll))
+    np.testing.assert_allclose(np.exp(-nll.astype(np.float64)).sum(), 1.0, rtol=1e-4)
+    # where float32 can hold the bin's mass, -log of it to 1e-4 relative or 1e-4 nats
+    held = mass > 1e-30
+    np.testing.assert_allclose(nll[held], -np.log(mass[held]), rtol=1e-4, atol=1e-4,
+                               err_msg=f"mean {mean}, scale {scale}")

@@ -75,6 +75,8 @@ def test_sdedit_from_t0_zero_returns_its_input(uncond):
   assert np.abs(np.asarray(moved) - np.asarray(images)).mean() > 1e-3
   # T = 100, 5 DDIM steps over all of it: 2 over [0, 50] (the step count scaled by t0 / T).
   assert inpainting.sdedit_timesteps(sampler, 50).tolist() == [50, 1, 0]
+  # one step (5 * 10 / 100 rounds to 0, at least 1) still starts from t0
+  assert inpainting.sdedit_timesteps(sampler, 10).tolist() == [10, 0]
   assert inpainting.sdedit_timesteps(sampler, 0).tolist() == [0]
   with pytest.raises(ValueError, match="sdedit_t0_fraction"):
     inpainting.sdedit(sampler, params, jax.random.PRNGKey(0), images, t0_fraction=1.5)

@@ -36,6 +36,8 @@ def setup():
 def test_ddim_timesteps():
   np.testing.assert_array_equal(ddim_timesteps(100, 5), [100, 75, 50, 26, 1, 0])
   np.testing.assert_array_equal(ddim_timesteps(4, 4), [4, 3, 2, 1, 0])
+  # one step goes from T to the end, like any other count
+  np.testing.assert_array_equal(ddim_timesteps(1000, 1), [1000, 0])
   with pytest.raises(ValueError, match="sampling.sampler_steps"):
     ddim_timesteps(10, 11)
 

@@ -265,6 +265,18 @@ def posterior_mean_from_eps(schedule: Schedule, weights, *, t, z_t, eps, encodin
   return (z_t - injected - beta / sigma * eps) / jnp.sqrt(at_step(schedule.alphas, t, nd))
 
 
+def one_minus_ratio(*, abar_t, abar_s, one_minus_abar_t, one_minus_abar_s) -> jnp.ndarray:
+  """1 - abar_t / abar_s (s < t), the variance of q(y_t | y_s), to float32 precision at every step.
+
+  Both forms below are exact in real numbers. In float32 each table entry carries a relative error
+  of about epsilon, so 1 - abar_t / abar_s is off by ~2 epsilon abar_t / (abar_s - abar_t) relative
+  (~1e-3 near t = 1, where the ratio is ~1), and (abar_s - abar_t) / abar_s, from the
+  cancellation-free 1 - abar tables, by ~2 epsilon (1 - abar_t) / (abar_s - abar_t): the second is
+  the smaller exactly where 1 - abar_t < abar_t. Arrays broadcast together."""
+  from_differences = (one_minus_abar_t - one_minus_abar_s) / abar_s
+  return jnp.where(one_minus_abar_t < abar_t, from_differences, 1.0 - abar_t / abar_s)
+
+
 def ddim_step(schedule: Schedule, weights, *, t, s, z0, eps, encodings, eta, noise) -> jnp.ndarray:
   """DDIM (Song et al. 2021) from step t to an earlier step s, on the DDPM chain underneath:
 
@@ -289,7 +301,10 @@ def ddim_step(schedule: Schedule, weights, *, t, s, z0, eps, encodings, eta, noi
   abar_t, abar_s = at_step(schedule.alpha_bars, t, nd), at_step(schedule.alpha_bars, s_safe, nd)
   one_minus_abar_t = at_step(schedule.one_minus_alpha_bars, t, nd)
   one_minus_abar_s = at_step(schedule.one_minus_alpha_bars, s_safe, nd)
-  sigma = eta * jnp.sqrt(one_minus_abar_s / one_minus_abar_t * (1.0 - abar_t / abar_s))
+  sigma = eta * jnp.sqrt(one_minus_abar_s / one_minus_abar_t
+                         * one_minus_ratio(abar_t=abar_t, abar_s=abar_s,
+                                           one_minus_abar_t=one_minus_abar_t,
+                                           one_minus_abar_s=one_minus_abar_s))
   y_s = (jnp.sqrt(abar_s) * z0 + jnp.sqrt(jnp.maximum(one_minus_abar_s - sigma ** 2, 0.0)) * eps
          + sigma * noise)
   z_s = y_s + aggregated_encoding(schedule, weights, t=s_safe, encodings=encodings)

@@ -351,7 +351,8 @@ def label_agreement(experiment, params, config, classify=None) -> dict[str, floa
 
 
 def bound(experiment, params, config) -> dict[str, float]:
-  """The variational bound's terms on test batches (one uniform t per example), in bits/dim."""
+  """The variational bound's terms on test batches (one uniform t per example), as the objective
+  logs them: per example, and image_bits_per_dim in bits per dimension."""
   objective = jax.jit(lambda p, b, r: experiment.objective()(p, b, r, train=False)[1])
   rng, totals, count = random_streams.key(config.eval.seed, "bound"), {}, 0
   for i, (batch, n) in enumerate(test_batches(config, config.eval.bound_batches * config.eval.batch_size)):

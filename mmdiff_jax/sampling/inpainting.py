@@ -121,8 +121,11 @@ def known_region_replacement(sampler: Sampler, params, rng: jax.Array, images, m
     """A draw of q(z_t | z_s) (t > s >= 1), in the shifted coordinates y = z - sum lambda e."""
     s_vec, t_vec = (jnp.full((batch_size,), v, jnp.int32) for v in (s, t))
     y_s = process.shift(schedule, sampler.weights, t=s_vec, z_t=z_s, encodings=encodings)
-    ratio = schedule.alpha_bars[t - 1] / schedule.alpha_bars[s - 1]
-    y_t = jnp.sqrt(ratio) * y_s + jnp.sqrt(1.0 - ratio) * jax.random.normal(key, z_s.shape)
+    abar_t, abar_s = schedule.alpha_bars[t - 1], schedule.alpha_bars[s - 1]
+    variance = process.one_minus_ratio(abar_t=abar_t, abar_s=abar_s,
+                                       one_minus_abar_t=schedule.one_minus_alpha_bars[t - 1],
+                                       one_minus_abar_s=schedule.one_minus_alpha_bars[s - 1])
+    y_t = jnp.sqrt(abar_t / abar_s) * y_s + jnp.sqrt(variance) * jax.random.normal(key, z_s.shape)
     return y_t + process.aggregated_encoding(schedule, sampler.weights, t=t_vec,
                                              encodings=encodings)
 

@@ -51,7 +51,9 @@ def ddim_timesteps(num_timesteps: int, sampler_steps: int) -> np.ndarray:
   followed by 0 (the end): (K + 1,) int32."""
   if not 1 <= sampler_steps <= num_timesteps:
     raise ValueError(f"sampling.sampler_steps: got {sampler_steps}; expected 1..{num_timesteps}")
-  steps = np.unique(np.linspace(1, num_timesteps, sampler_steps).round().astype(np.int32))[::-1]
+  # One step starts from T, as every grid does (numpy's linspace of one point is its start, 1).
+  grid = np.linspace(1, num_timesteps, sampler_steps) if sampler_steps > 1 else [num_timesteps]
+  steps = np.unique(np.round(grid).astype(np.int32))[::-1]
   return np.concatenate([steps, [0]]).astype(np.int32)
 
 

@@ -4,9 +4,14 @@ Ours vs. the paper's four terms (named in the order docs/METHOD.md lists them; t
 is only known second-hand):
   L0  noise/marginal term      -> "bound/prior":     KL(q(z_T | z_0, X) || N(0, I))
   L1  posterior-matching term  -> "bound/diffusion": sum_{t>=2} KL(q(z_{t-1}|z_t,z_0,X) || p(z_{t-1}|z_t))
-  L2  modality recovery (new)  -> "bound/recovery":  sum_t sum_i E[-log p(x_i | z_t)]
+  L2  modality recovery (new)  -> "bound/recovery":  sum_t sum_i E[recovery loss of x_i at z_t]
   L3  reconstruction           -> "bound/data":      E[-log p(x_0 | z_1)] (discretized Gaussian)
 The sums over t are estimated from one uniformly drawn t per example (T times the term at t).
+"bound/recovery" is -log p(x_i | z_t) in nats only for a label. Each kind's recovery loss is the one
+trained: a segmentation map's is the mean over pixels of -log p (the map's -log p / its pixel count),
+a continuous modality's the mean squared error (a fixed-variance Gaussian's -log p up to scale and
+constant, with no variance to make it a likelihood), so the logged sum is comparable between runs
+of one configuration but is not a term of a bound on -log p(X) in nats.
 The loss that is minimised is the simplified one (DDPM): mean-squared error of the prediction in the
 configured parameterization ("denoise_mse") plus sum_i gamma_i * (recovery NLL of modality i at t).
 """
@@ -109,7 +114,8 @@ class Objective:
     return encodings
 
   def _bound_terms(self, variables, z0, encodings, z_t, t, outputs, recovery):
-    """Per-example bound terms in nats (no gradient flows through them)."""
+    """Per-example bound terms (no gradient flows through them); in nats but for "bound/recovery"
+    (the module docstring says what it is)."""
     sg = jax.lax.stop_gradient
     base = self.model.specs[0]
     num_timesteps, batch_size = self.schedule.num_timesteps, z0.shape[0]

@@ -37,8 +37,9 @@ class Kind:
       models/encoders.py), constructed with `z_shape` and, where the class has the field, `num_classes`.
     head: the decoder head class (models/heads.py), constructed with its output width.
     head_width: (spec, z_shape) -> that width (output channels of a map, features of a vector).
-    recovery_nll: (head output, target values, *, ignore_label) -> (B,) -log p(x_i | z_t), the
-      modality-recovery term; None for the base image (it has the denoising loss).
+    recovery_nll: (head output, target values, *, ignore_label) -> (B,) the modality-recovery loss
+      (-log p(x_i | z_t) in nats for a label, per-value means for maps and continuous values); None
+      for the base image (it has the denoising loss).
     decode: head output -> the generated value (identity, or the argmax class of logits).
     categorical: values are class ids 0..num_classes-1 and the head gives logits: the sampler's
       categorical_feedback applies, samples also carry "<name>_logits", the data checks test the range.
@@ -134,7 +135,8 @@ def per_example_sum(x: jnp.ndarray) -> jnp.ndarray:
 
 def mean_squared_error(output: jnp.ndarray, target: jnp.ndarray, *,
                        ignore_label: int | None = None) -> jnp.ndarray:
-  """(B, ...) predictions and targets -> (B,) mean squared errors (a Gaussian NLL up to constants)."""
+  """(B, ...) predictions and targets -> (B,) mean squared errors (a fixed-variance Gaussian's NLL up
+  to scale and constant)."""
   del ignore_label
   return per_example_mean(jnp.square(output - target))
 
