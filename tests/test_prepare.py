@@ -6,6 +6,7 @@ mmdiff_jax.main`; bad inputs; resize / crop / flip; resume with augmentation on.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import subprocess
@@ -266,6 +267,14 @@ def _bad_case(tmp_path, kind):
     (base / "m.json").write_text(json.dumps([{"image": "img/0.png", "label": "zebra"}]))
     return base / "m.json", {"classes": ["cat", "dog"]}, str(base / "m.json") + " row 1", \
         "'zebra' is not among the declared classes"
+  if kind == "manifest_missing_file":
+    _save(base / "img" / "0.png", _images(rng, 1, (6, 6, 3))[0])
+    (base / "m.csv").write_text("image,label\nimg/0.png,0\nimg/gone.png,1\n")
+    return base / "m.csv", {}, str(base / "m.csv") + " row 2", "image .*gone.png: no such file"
+  if kind == "negative_label":
+    _save(base / "img" / "0.png", _images(rng, 1, (6, 6, 3))[0])
+    (base / "m.csv").write_text("image,label\nimg/0.png,0\nimg/0.png,-1\nimg/0.png,2\n")
+    return base / "m.csv", {}, str(base / "m.csv"), "label '-1'; integer labels are class ids"
   if kind == "manifest_column":
     _save(base / "img" / "0.png", _images(rng, 1, (6, 6, 3))[0])
     (base / "m.csv").write_text("image,lable\nimg/0.png,1\n")
@@ -274,7 +283,8 @@ def _bad_case(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["unreadable", "mixed_channels", "mixed_sizes", "mask_size",
-                                  "missing_mask", "label_outside", "manifest_column"])
+                                  "missing_mask", "label_outside", "manifest_missing_file",
+                                  "negative_label", "manifest_column"])
 def test_bad_inputs_name_the_file_and_leave_prepared_data_alone(good, kind):
   tmp_path, data_dir = good
   before = _prepared_listing(data_dir)
@@ -325,8 +335,23 @@ def test_interrupted_preparation_leaves_nothing_to_read(good, monkeypatch):
   with pytest.raises(sources.DatasetNotPreparedError, match="other"):
     sources.load_source({"name": "other", "data_dir": data_dir}, "train")
   monkeypatch.setattr(prepare, "read_example", read_example)
+  # What a SIGKILL leaves (an exception lets TFDS remove its own): an unfinished version folder.
+  leftover = os.path.join(data_dir, "other", "incomplete.killed_1.0.0")
+  os.makedirs(leftover)
+  open(os.path.join(leftover, "part-00000"), "w").close()
   _, written = prepare.prepare(examples, name="other", data_dir=data_dir)  # a rerun completes it
   assert written and len(sources.load_source({"name": "other", "data_dir": data_dir}, "train")) == 3
+  assert not glob.glob(os.path.join(data_dir, "other", "incomplete.*"))
+
+
+def test_numbered_class_folders_in_numeric_order(tmp_path):
+  rng = np.random.default_rng(4)
+  for name in ("10", "2", "0", "1"):
+    _save(tmp_path / "numbered" / name / "a.png", _images(rng, 1, (6, 6, 3))[0])
+  examples, classes = prepare.list_folder(str(tmp_path / "numbered"))
+  assert classes == ["0", "1", "2", "10"]
+  assert {os.path.basename(os.path.dirname(e.image)): e.label for e in examples} == {
+      "0": 0, "1": 1, "2": 2, "10": 3}
 
 
 def test_cli_error_names_the_flag_and_exits_nonzero(tmp_path, env):
@@ -364,6 +389,28 @@ def test_flip_and_crop_move_image_and_mask_together():
   resized, resized_mask = pipeline.transform_example(
       image, mask[::2, ::2], geometry=pipeline.Geometry(3, resize="area"), rng=None)
   assert resized.shape == (3, 3, 1) and resized_mask.shape == (3, 3)
+
+
+def test_random_geometry_pads_images_stored_4_px_smaller_like_the_fixed_one():
+  """Stored S - 4 with image_size S: 2 px of background on each side, with or without a random
+  crop or flip (both take the per-example path), the mask padded with class 0."""
+  image = np.arange(1, 1 + 6 * 6, dtype=np.uint8).reshape(6, 6, 1)
+  mask = (image[..., 0] % 3 + 1).astype(np.int32)
+  fixed = pipeline.transform_example(image, mask, geometry=pipeline.Geometry(10), rng=None)
+  np.testing.assert_array_equal(fixed[0][2:8, 2:8], image)
+  for geometry in [pipeline.Geometry(10, crop="random"), pipeline.Geometry(10, random_flip=True)]:
+    flips = set()
+    for seed in range(8):
+      out_image, out_mask = pipeline.transform_example(image, mask, geometry=geometry,
+                                                       rng=np.random.default_rng(seed))
+      assert out_image.shape == (10, 10, 1) and out_mask.shape == (10, 10)
+      flipped = not np.array_equal(out_image, fixed[0])
+      flips.add(flipped)
+      expected = fixed[0][:, ::-1] if flipped else fixed[0]
+      np.testing.assert_array_equal(out_image, expected)
+      np.testing.assert_array_equal(out_mask, fixed[1][:, ::-1] if flipped else fixed[1])
+    assert out_mask[0].sum() == 0 and out_image[0].sum() == 0  # the border is background
+    assert flips == ({False, True} if geometry.random_flip else {False})
 
 
 def test_bad_geometry_names_the_key():

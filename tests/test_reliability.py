@@ -586,7 +586,7 @@ def test_stale_unfinished_saves_and_dataset_preparations_are_removed_with_a_note
   checkpointer.close()
   incomplete = tmp_path / "tfds" / fashion_mnist.NAME / "incomplete.0123abcd.1.0.0"
   incomplete.mkdir(parents=True)
-  sources._remove_incomplete(str(tmp_path / "tfds" / fashion_mnist.NAME))
+  sources.remove_incomplete(str(tmp_path / "tfds" / fashion_mnist.NAME))
   assert not incomplete.exists()
   assert "Removed 1 unfinished dataset preparation" in capsys.readouterr().out
 

@@ -176,6 +176,11 @@ def transform_example(image: np.ndarray, mask: np.ndarray | None, *, geometry: G
     image = _resize_image(image, (h, w), geometry.resize)
   if mask is not None and mask.shape != (h, w):
     mask = _resize_nearest(mask, (h, w))
+  if geometry.resize == "none" and _is_padded((h, w), size):
+    # As preprocess_images pads: 2 px of background (uint8 0 becomes -1), the mask's class 0.
+    image = np.pad(image, [(2, 2), (2, 2)] + [(0, 0)] * (image.ndim - 2))
+    mask = None if mask is None else np.pad(mask, 2)
+    h, w = size, size
   if geometry.crop == "random":
     top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
   else:

@@ -157,9 +157,13 @@ def _label_index(value, classes: Sequence[str], where: str) -> int:
                      f"{list(classes)} (names, or integers 0..{len(classes) - 1})")
 
 
-def _classes_from(labels: Sequence[str]) -> list[str]:
+def _classes_from(labels: Sequence[str], where: str) -> list[str]:
   """Classes implied by the labels seen: sorted names, or "0".."max" if they are all integers."""
-  if all(re.fullmatch(r"\d+", x) for x in labels):
+  if all(re.fullmatch(r"-?\d+", x) for x in labels):
+    negative = [x for x in labels if int(x) < 0]
+    if negative:
+      raise PrepareError(f"{where}: label {negative[0]!r}; integer labels are class ids 0, 1, ... "
+                         f"(to use such labels as class names, list them with --classes)")
     return [str(i) for i in range(max(int(x) for x in labels) + 1)]
   return sorted(set(labels))
 
@@ -185,7 +189,11 @@ def list_folder(folder: str, *, split_folders: bool = False, mask_suffix: str | 
                        f"the same layout in every split")
   if labelled == {False}:
     return [Example(split, image, None, mask) for split, image, _, mask in rows], None
-  classes = list(classes) if classes else sorted({name for _, _, name, _ in rows})
+  # Numbered folders in numeric order (2 before 10); each folder's label is its place in the order.
+  names = {name for _, _, name, _ in rows}
+  numbered = all(re.fullmatch(r"\d+", name) for name in names)
+  order = (lambda n: (int(n), n)) if numbered else None
+  classes = list(classes) if classes else sorted(names, key=order)
   examples = [Example(split, image, _label_index(name, classes, os.path.dirname(image)), mask)
               for split, image, name, mask in rows]
   return examples, classes
@@ -233,7 +241,7 @@ def list_manifest(path: str, *, classes: Sequence[str] | None = None
     raise PrepareError(f"{where(first)}: no 'label' while other rows have one; expected a label "
                        f"in every row or in none")
   if labels[0] is not None:
-    classes = list(classes) if classes else _classes_from(labels)
+    classes = list(classes) if classes else _classes_from(labels, f"--manifest={path}")
   else:
     classes = None
   resolve = lambda p: p if p is None else os.path.normpath(os.path.join(root, p))
@@ -246,6 +254,12 @@ def list_manifest(path: str, *, classes: Sequence[str] | None = None
     if any(given) and not all(given):
       raise PrepareError(f"{where(given.index(False))}: no {key!r} while other rows have one; "
                          f"expected one in every row or in none")
+  for i, e in enumerate(examples):
+    for key in ("image", "mask", "embedding"):
+      file = getattr(e, key)
+      if file is not None and not os.path.isfile(file):
+        raise PrepareError(f"{where(i)}: {key} {file}: no such file (paths are relative to the "
+                           f"manifest's folder)")
   return examples, classes
 
 
@@ -511,6 +525,7 @@ def prepare(examples: Sequence[Example], *, name: str, classes: Sequence[str] | 
   with sources.file_lock(os.path.join(data_dir, f".{name}.lock")):
     if _stored_fingerprint(version_dir) == digest:  # another process finished it meanwhile
       return version_dir, False
+    sources.remove_incomplete(os.path.join(data_dir, name))
     builder = _builder_class(name, version, description)(
         examples=list(examples), options=options, shapes=shapes,
         classes=list(classes) if classes else None, fingerprint_hex=digest, data_dir=data_dir)

@@ -112,7 +112,7 @@ def prepare_fashion_mnist(
     # Another process may have finished while we waited: re-open.
     builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)
     if not _is_prepared(builder):
-      _remove_incomplete(os.path.join(data_dir, name))
+      remove_incomplete(os.path.join(data_dir, name))
       print(f"Preparing {name} from {raw_dir} into {data_dir} (one time, about 10 s)", flush=True)
       with _tfds_output_kept_unless_failing():
         builder.download_and_prepare(
@@ -127,7 +127,7 @@ def prepare_fashion_mnist(
   return builder
 
 
-def _remove_incomplete(dataset_dir: str) -> None:
+def remove_incomplete(dataset_dir: str) -> None:
   """Deletes the ``incomplete.*`` directories a killed preparation left in ``dataset_dir`` (called
   under the preparation lock, so no other process is writing one)."""
   stale = sorted(glob.glob(os.path.join(dataset_dir, "incomplete.*")))
