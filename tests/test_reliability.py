@@ -33,7 +33,7 @@ from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
-from mmdiff_jax.training import restore, train, workdir_lock
+from mmdiff_jax.training import restore, run_files, train, workdir_lock
 from mmdiff_jax.training.checkpoint import (Checkpointer, ModelMismatchError,
                                             NonFiniteStateError)
 
@@ -435,26 +435,40 @@ def test_a_checkpoint_without_checksums_holding_nonfinite_values_is_damaged(tmp_
   checkpointer.close()
 
 
-def test_every_checkpoint_damaged_is_an_error_naming_them(tmp_path):
+def test_when_no_checkpoint_restores_all_are_kept_and_named(tmp_path):
+  """Damage on every checkpoint looks the same as a change of this run's own that no check
+  recognises, so none is moved: a rerun with the right config still finds them."""
   directory = str(tmp_path / "checkpoints")
   checkpointer = Checkpointer(directory, max_to_keep=3)
   checkpointer.save(1, _small_state(1), {})
+  checkpointer.save(2, _small_state(2), {})
   checkpointer.close()
-  _empty_step_dir(os.path.join(directory, "1"))
+  for step in ("1", "2"):
+    _empty_step_dir(os.path.join(directory, step))
   checkpointer = Checkpointer(directory, max_to_keep=3)
-  with pytest.raises(OSError, match=r"Every checkpoint in .* \(\[1\]\) is damaged \(moved to"):
+  notes = []
+  with pytest.raises(OSError, match=r"No checkpoint in .* \(\[1, 2\]\) restores intact; all were "
+                                    r"left in place"):
     checkpointer.restore_newest_intact(_abstract(_small_state(1)), move_damaged=True,
-                                       note=lambda _: None)
-  assert os.listdir(os.path.join(directory, "corrupt")) == ["1"]
+                                       note=notes.append)
+  assert [n.split(" (")[0] for n in notes] == ["Checkpoint 2 is damaged", "Checkpoint 1 is damaged"]
+  assert not os.path.exists(os.path.join(directory, "corrupt"))
+  assert _checkpoint_steps(str(tmp_path)) == [1, 2]
 
 
-def test_a_checkpoint_of_another_model_is_refused_and_not_moved(tmp_path):
+@pytest.mark.parametrize("change", ["shape", "array_added", "array_removed"])
+def test_a_checkpoint_of_another_model_is_refused_and_not_moved(tmp_path, change):
   directory = str(tmp_path / "checkpoints")
   checkpointer = Checkpointer(directory, max_to_keep=3)
   checkpointer.save(1, _small_state(1), {})
   checkpointer.close()
   other = _abstract(_small_state(1))
-  other["w"] = jax.ShapeDtypeStruct((200, 128), jnp.float32)
+  if change == "shape":
+    other["w"] = jax.ShapeDtypeStruct((200, 128), jnp.float32)
+  elif change == "array_added":  # e.g. one more block
+    other["w2"] = jax.ShapeDtypeStruct((3,), jnp.float32)
+  else:  # e.g. one block fewer
+    del other["b"]
   with pytest.raises(ModelMismatchError, match=r"Checkpoint 1 in .* holds another model"):
     Checkpointer(directory, max_to_keep=3).restore_newest_intact(other, move_damaged=True)
   assert not os.path.exists(os.path.join(directory, "corrupt"))
@@ -669,3 +683,20 @@ def test_a_damaged_raw_file_and_an_uncreatable_data_dir_are_named(tmp_path):
   with pytest.raises(OSError, match=r"data dir .*file/tfds \(config key data.data_dir.*\) cannot be "
                                     r"created"):
     sources.prepare_fashion_mnist(data_dir=str(blocker / "tfds"), raw_dir=str(raw))
+
+
+def test_metrics_rows_past_the_resumed_step_go_and_an_earlier_runs_rows_are_kept_aside(tmp_path):
+  writer = run_files.MetricsWriter(str(tmp_path))
+  for step in range(1, 6):
+    writer.write(step, {"loss": 1.0 / step})
+  with open(writer.path, "a") as f:
+    f.write('{"step": 6, "lo')  # cut short by a kill
+  assert "removed the rows past step 3" in writer.drop_after(3)
+  assert _trained_steps(str(tmp_path)) == [1, 2, 3]
+  assert writer.drop_after(3) is None
+  # From step 0 (no checkpoint left): none of them will be written again, so they are kept whole.
+  for expected in ("metrics.jsonl.earlier", "metrics.jsonl.earlier.1"):
+    before = open(writer.path).read()
+    assert writer.drop_after(0).endswith(expected)
+    assert not os.path.exists(writer.path) and open(tmp_path / expected).read() == before
+    writer.write(1, {"loss": 0.5})

@@ -90,8 +90,10 @@ def _is_model_mismatch(error: Exception) -> bool:
   """Whether orbax refused the restore because the requested tree differs from the stored one (a
   model change, not damage: the checkpoint stays where it is)."""
   message = str(error)
-  return isinstance(error, ValueError) and (
-      "Structure mismatch" in message or "is not compatible with the stored shape" in message)
+  return isinstance(error, ValueError) and any(words in message for words in (
+      "Structure mismatch",  # the requested tree has a leaf the stored one lacks
+      "tree structures do not match",  # the stored tree has a leaf the requested one lacks
+      "is not compatible with the stored shape"))
 
 
 class Checkpointer:
@@ -143,7 +145,9 @@ class Checkpointer:
     damaged), then deletes all but the newest `keep` steps and the newest intact one."""
     steps = self.all_steps()
     if steps and (self._intact is None or steps[-1] > self._intact):
-      self._first_intact(abstract, steps[-1:], move_damaged=True, note=print)
+      # This run's own last save: if it reads back damaged, the state in memory is intact.
+      _, damaged = self._first_intact(abstract, steps[-1:])
+      self._report_damaged(damaged, move=True, note=print)
       steps = self.all_steps()
     if self._intact is None:
       return  # nothing read back intact yet: nothing may go
@@ -163,33 +167,43 @@ class Checkpointer:
     there is no checkpoint.
 
     A damaged one is reported through `note` (one line) and, with `move_damaged`, moved to
-    `<directory>/corrupt/<step>`. Raises ModelMismatchError when a checkpoint holds another model
-    (nothing is moved), and OSError when every checkpoint is damaged. With several processes, every
-    process must call it.
+    `<directory>/corrupt/<step>` once an older one has restored intact. Raises ModelMismatchError
+    when a checkpoint holds another model (nothing is moved), and OSError when none restores (all
+    are left in place: what fails alike on every checkpoint may be this run's, not theirs). With
+    several processes, every process must call it.
     """
     steps = self.all_steps()
     if not steps:
       return None
-    found = self._first_intact(abstract_state, steps[::-1], move_damaged=move_damaged, note=note)
+    found, damaged = self._first_intact(abstract_state, steps[::-1])
     if found is None:
-      where = f"moved to {os.path.join(self.directory, CORRUPT_DIR)}" if move_damaged else "kept"
+      self._report_damaged(damaged, move=False, note=note)
       raise OSError(
-          f"Every checkpoint in {self.directory} ({steps}) is damaged ({where}); none can be resumed. "
-          f"Rerun to start from step 0, or put back intact copies of them.")
+          f"No checkpoint in {self.directory} ({steps}) restores intact; all were left in place. If "
+          f"this run's config differs from theirs, run with theirs (the workdir's config.json); if "
+          f"they are damaged, move them away (e.g. to {os.path.join(self.directory, CORRUPT_DIR)}) "
+          f"to start from step 0, or put back intact copies.")
+    self._report_damaged(damaged, move=move_damaged, note=note)
     return found
 
-  def _first_intact(self, abstract_state, steps, *, move_damaged, note):
+  def _first_intact(self, abstract_state, steps) -> tuple[tuple | None, list[tuple[int, str]]]:
+    """((step, state, data state) of the first of `steps` that restores intact, or None; the
+    [(step, problem)] of those before it that did not). Moves nothing."""
+    damaged = []
     for step in steps:
       problem, restored = self._check(step, abstract_state)
       if problem is None:
         self._intact = step
-        return (step, *restored)
-      if move_damaged:
-        target = self._move_aside(step)
-        note(f"Checkpoint {step} is damaged ({problem}): moved to {target}; trying the next older.")
+        return (step, *restored), damaged
+      damaged.append((step, problem))
+    return None, damaged
+
+  def _report_damaged(self, damaged, *, move: bool, note: Callable[[str], None]) -> None:
+    for step, problem in damaged:
+      if move:
+        note(f"Checkpoint {step} is damaged ({problem}): moved to {self._move_aside(step)}.")
       else:
-        note(f"Checkpoint {step} is damaged ({problem}); trying the next older.")
-    return None
+        note(f"Checkpoint {step} is damaged ({problem}).")
 
   def _check(self, step: int, abstract_state) -> tuple[str | None, tuple | None]:
     """(None, (state, data state)) when `step` restores and matches what was saved, else (the

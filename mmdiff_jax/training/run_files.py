@@ -46,19 +46,29 @@ class MetricsWriter:
         with open(self.path, "a") as f:
           f.write(line)
 
-  def drop_after(self, step: int) -> int:
+  def drop_after(self, step: int) -> str | None:
     """Removes the rows past `step` (written after the checkpoint a run resumes from, so about to be
-    written again) and any line a kill cut short; returns how many were removed."""
+    written again) and any line a kill cut short; says what it did (None: nothing).
+
+    At step 0 nothing of the earlier rows will be written again (their checkpoints are gone): the
+    file is moved aside whole, to metrics.jsonl.earlier (.1, .2, ... if taken)."""
     path = epath.Path(self.path)
     if not self.enabled or not path.exists():
-      return 0
+      return None
     lines = path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
-    if len(kept) < len(lines):
-      tmp = path.parent / (path.name + ".tmp")
-      tmp.write_text("".join(kept))
-      tmp.replace(path)
-    return len(lines) - len(kept)
+    if len(kept) == len(lines):
+      return None
+    if step == 0:
+      target, suffix = path.parent / (path.name + ".earlier"), 1
+      while target.exists():
+        target, suffix = path.parent / f"{path.name}.earlier.{suffix}", suffix + 1
+      path.rename(target)
+      return f"metrics.jsonl: an earlier run's rows (from no checkpoint left) moved to {target}"
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+    return f"metrics.jsonl: removed the rows past step {step} (they are trained again)"
 
 
 def _row_step(line: str) -> int | None:

@@ -249,8 +249,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   start = int(state.step)
   _write_config(config, workdir)  # only now: the checkpoint (if any) restored into this model
-  if writer.drop_after(start):
-    print(f"metrics.jsonl: removed the rows past step {start} (they are trained again)", flush=True)
+  dropped = writer.drop_after(start)
+  if dropped:
+    print(dropped, flush=True)
   print(f"{num_params / 1e6:.2f}M parameters; training steps {start} -> {t.num_steps}", flush=True)
   if jax.process_count() > 1 and start < t.num_steps:
     # Compile, then take the first step together: CPU (gloo) collectives fail when one process
