@@ -88,7 +88,8 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   for size in m.attention_resolutions:
     _require(size in sizes, "model.attention_resolutions", tuple(m.attention_resolutions),
              f"feature-map sizes the U-Net reaches with data.image_size = {config.data.image_size} "
-             f"and {len(m.channel_mults)} levels: {sizes} ({size} never occurs)")
+             f"and {len(m.channel_mults)} levels: {sizes} ({size} never occurs; e.g. "
+             f"--config.model.attention_resolutions='({sizes[-1]},)' at the lowest level)")
   attended = [m.base_channels * mult for size, mult in zip(sizes, m.channel_mults)
               if size in m.attention_resolutions] + [m.base_channels * m.channel_mults[-1]]
   for channels in attended:  # the bottleneck always attends

@@ -241,7 +241,8 @@ def test_an_input_error_at_start_still_closes_the_checkpoint_manager(data_dir, t
     ("model.num_res_blocks", 0, r"model.num_res_blocks: got 0; expected an integer >= 1"),
     ("model.attention_resolutions", (5,), r"model.attention_resolutions: got \(5,\); expected "
                                           r"feature-map sizes the U-Net reaches .*\[28, 14\] "
-                                          r"\(5 never occurs\)"),
+                                          r"\(5 never occurs; e.g. --config.model."
+                                          r"attention_resolutions='\(14,\)' at the lowest level\)"),
     ("data.channels", 0, r"data.channels: got 0; expected an integer >= 1"),
     ("modalities.label.loss_weight", -1.0, r"modalities.label.loss_weight: got -1.0; expected"),
     ("eval.mask_ratios", (1.5,), r"eval.mask_ratios: got 1.5; expected a finite number in "

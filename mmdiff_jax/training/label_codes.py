@@ -23,12 +23,14 @@ def with_class_mean_codes(state, experiment, config):
     old = params[name]["codes"]
     if table.shape != old.shape:
       raise ValueError(f"modalities.{spec.name}.encoder='class_mean': the training split's images "
-                       f"give codes of shape {table.shape}, the model's are {old.shape}")
+                       f"give codes of shape {table.shape}, the model's are {old.shape} (a code is "
+                       f"a class's mean image: check data.image_size={config.data.image_size} and "
+                       f"data.channels={config.data.channels} against the dataset's images)")
     # Two arrays, not one shared: the train step donates the state's buffers.
     place = lambda: jax.make_array_from_callback(old.shape, old.sharding,
                                                  lambda index: np.asarray(table, old.dtype)[index])
     params[name] = {**params[name], "codes": place()}
     ema[name] = {**ema[name], "codes": place()}
-    print(f"Label code of '{spec.name}': class means of {CLASS_MEAN_EXAMPLES} random examples of "
+    print(f"Label code of '{spec.name}': class means of up to {CLASS_MEAN_EXAMPLES} random examples of "
           f"{config.data.train_split} (frozen)", flush=True)
   return state.replace(params=params, ema_params=ema)
