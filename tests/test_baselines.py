@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -179,6 +180,22 @@ def test_classifier_must_be_a_label_predictor(data_dir, tmp_path, classifier_wor
     load_classifier(str(tmp_path), (28, 28, 1))
   with pytest.raises(ValueError, match=r"takes images of shape \(28, 28, 1\)"):
     load_classifier(classifier_workdir, (32, 32, 1))
+
+
+def test_a_run_with_a_classifier_workdir_that_cannot_serve_stops_before_training(data_dir, tmp_path,
+                                                                                 classifier_workdir):
+  config = _config("baseline_classcond", data_dir)
+  workdir = tmp_path / "run"
+  config.eval.classifier_workdir = str(tmp_path / "not_trained")
+  with pytest.raises(FileNotFoundError, match=r"classifier_workdir=.*not_trained: no config.json"):
+    train.train_and_evaluate(config, str(workdir))
+  no_checkpoint = tmp_path / "no_checkpoint"
+  no_checkpoint.mkdir()
+  shutil.copy(os.path.join(classifier_workdir, "config.json"), no_checkpoint / "config.json")
+  config.eval.classifier_workdir = str(no_checkpoint)
+  with pytest.raises(FileNotFoundError, match=r"no_checkpoint: no checkpoint in"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()  # nothing was started
 
 
 def test_embedding_consistency_needs_the_datasets_alexnet_embeddings():

@@ -157,21 +157,33 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str):
   return experiment, step, state
 
 
+def check_classifier(workdir: str, image_shape) -> ml_collections.ConfigDict:
+  """The config of the image -> label predictor in `workdir`, after checking (without loading it)
+  that it is one, for images of `image_shape`, with a checkpoint; errors name the config key."""
+  name = f"config.eval.classifier_workdir={workdir}"
+  hint = (f"train the classifier first: python -m mmdiff_jax.main "
+          f"--config=configs/classifier.py:small --workdir={workdir}")
+  config = run_config(workdir, name=name, hint=hint)
+  experiment = build_experiment(config)
+  model = experiment.model
+  if experiment.is_generative or model.spec(model.target).kind != "label":
+    raise ValueError(f"{name}: expected an image -> label predictor (task 'prediction', target of "
+                     f"kind 'label'), got task {experiment.task!r}")
+  if tuple(image_shape) != tuple(model.z_shape):
+    raise ValueError(f"{name}: the classifier takes images of shape {model.z_shape}, the evaluated "
+                     f"model makes {tuple(image_shape)}")
+  checkpoints = epath.Path(workdir) / "checkpoints"
+  if not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    raise FileNotFoundError(f"{name}: no checkpoint in {checkpoints}; {hint}")
+  return config
+
+
 def load_classifier(workdir: str, image_shape) -> Callable[[np.ndarray], np.ndarray]:
   """The image -> label predictor trained in `workdir` (configs/classifier.py; its config.json and
   newest checkpoint): returns images (B, H, W, C) -> predicted labels (B,)."""
-  config = run_config(workdir, name=f"config.eval.classifier_workdir={workdir}",
-                      hint=f"train the classifier first: python -m mmdiff_jax.main "
-                           f"--config=configs/classifier.py:small --workdir={workdir}")
+  config = check_classifier(workdir, image_shape)
   experiment, _, state = restore_latest(config, workdir)
   model = experiment.model
-  if experiment.is_generative or model.spec(model.target).kind != "label":
-    raise ValueError(f"config.eval.classifier_workdir={workdir}: expected an image -> label "
-                     f"predictor (task 'prediction', target of kind 'label'), got task "
-                     f"{experiment.task!r}")
-  if tuple(image_shape) != tuple(model.z_shape):
-    raise ValueError(f"config.eval.classifier_workdir={workdir}: the classifier takes images of "
-                     f"shape {model.z_shape}, the evaluated model makes {tuple(image_shape)}")
   predict = jax.jit(lambda p, x: experiment.sampler("ddim", 1).sample(
       p, None, x.shape[0], observed={model.input: x})[model.target])
   return lambda images: np.asarray(fetch(predict(state.ema_params, images)))

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any
 
 import jax
@@ -167,7 +168,8 @@ class RunRecord:
 
 def check_writable(workdir: str) -> None:
   """Fails early, naming the workdir, if checkpoints and metrics cannot be written there."""
-  probe = epath.Path(workdir) / f".write_probe_{jax.process_index()}"  # a local path or gs://
+  # A name of its own: two runs started together must each find their probe (the lock comes later).
+  probe = epath.Path(workdir) / f".write_probe_{jax.process_index()}_{os.getpid()}_{uuid.uuid4().hex}"
   try:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     probe.write_text("ok")

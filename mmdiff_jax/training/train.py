@@ -28,7 +28,8 @@ from mmdiff_jax.models import kinds
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import distributed, label_codes
-from mmdiff_jax.training.restore import check_same_model, classifier_for, restore_latest, run_config
+from mmdiff_jax.training.restore import (check_classifier, check_same_model, classifier_for,
+                                         restore_latest, run_config)
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
 from mmdiff_jax.training import transplant
@@ -197,6 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
      WORKDIR/metrics.jsonl)}; a stopped run has neither grids nor metrics.
   """
   validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  if config.eval.get("classifier_workdir"):  # used after training: fail now, not then
+    check_classifier(config.eval.classifier_workdir, build_experiment(config).model.z_shape)
   check_writable(workdir)
   with workdir_lock.hold(workdir):
     return _train_and_evaluate(config, workdir)
