@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -701,3 +702,21 @@ def test_metrics_rows_past_the_resumed_step_go_and_an_earlier_runs_rows_are_kept
     assert writer.drop_after(0).endswith(expected)
     assert not os.path.exists(writer.path) and open(tmp_path / expected).read() == before
     writer.write(1, {"loss": 0.5})
+
+
+@pytest.mark.parametrize("override, named", [
+    ("training.foo", r"config key 'training.foo' is unknown; allowed under training: \[.*'num_steps'"),
+    ("trainng.num_steps", r"config key 'trainng' is unknown; allowed under config: \[.*'training'"),
+    ("modalities.foo.kind", r"config key 'modalities.foo' is unknown; allowed under modalities: "
+                            r"\['image', 'label'\]"),
+])
+def test_an_override_of_an_unknown_config_key_is_named_in_full_without_a_traceback(tmp_path, override,
+                                                                                   named):
+  workdir = tmp_path / "run"
+  command = _main_command(str(tmp_path / "tfds"), str(workdir), **{override: 1})
+  result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+  assert result.returncode == 1
+  assert re.search(rf"FATAL Flags parsing error: --config.{override}=1: {named}", result.stderr), \
+      result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and not workdir.exists()
