@@ -22,7 +22,7 @@ from etils import epath
 import mmdiff_jax
 from mmdiff_jax.data import fashion_mnist as fm
 from mmdiff_jax.data import images as images_lib
-from mmdiff_jax.data import pipeline, sources
+from mmdiff_jax.data import derived, pipeline, sources
 
 RAW_DIR = fm.DEFAULT_RAW_DIR
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mmdiff_jax.__file__)))
@@ -489,3 +489,16 @@ def test_stored_features_pass_through_for_a_real_segmentation_dataset(tmp_path):
            ModalitySpec(name="segmentation", kind="segmentation", feature="mask",
                         encoder="pixel_categorical", num_classes=4)]
   check_batch(batch, specs, (8, 8, 1), where="tiny")
+
+
+def test_a_derived_feature_never_replaces_the_datasets_own():
+  """garment_segmentation on a dataset with masks of its own would train on other maps, silently."""
+  batch = {"image": np.full((2, 4, 4, 1), 0.5, np.float32), "label": np.array([1, 2], np.int32),
+           "segmentation": np.zeros((2, 4, 4), np.int32)}
+  with pytest.raises(ValueError, match=r"config.data.derived: 'garment_segmentation' makes "
+                                       r"\['segmentation'\], and the batch already has "
+                                       r"\['segmentation'\].*--config.data.derived='\(\)'"):
+    derived.derive(dict(batch), ("garment_segmentation",), seed=0, positions=[0, 1])
+  del batch["segmentation"]
+  made = derived.derive(dict(batch), ("garment_segmentation",), seed=0, positions=[0, 1])
+  np.testing.assert_array_equal(made["segmentation"][:, 0, 0], [2, 3])

@@ -720,3 +720,24 @@ def test_an_override_of_an_unknown_config_key_is_named_in_full_without_a_traceba
   assert re.search(rf"FATAL Flags parsing error: --config.{override}=1: {named}", result.stderr), \
       result.stderr[-2000:]
   assert "Traceback" not in result.stderr and not workdir.exists()
+
+
+def test_a_changed_input_position_is_damage(tmp_path):
+  """The input position is part of what a checkpoint promises: resuming from an edited one would
+  feed other batches than the run would have seen, silently."""
+  directory = str(tmp_path / "checkpoints")
+  checkpointer = Checkpointer(directory, max_to_keep=3)
+  checkpointer.save(1, _small_state(1), {"next_index": 48})
+  checkpointer.save(2, _small_state(2), {"next_index": 96})
+  checkpointer.close()
+  (data_file,) = glob.glob(os.path.join(directory, "2", "data", "*metadata*"))
+  with open(data_file) as f:
+    assert json.load(f) == {"next_index": 96}
+  with open(data_file, "w") as f:
+    json.dump({"next_index": 0}, f)
+  notes = []
+  step, _, data_state = Checkpointer(directory, max_to_keep=3).restore_newest_intact(
+      _abstract(_small_state(1)), move_damaged=True, note=notes.append)
+  assert (step, data_state) == (1, {"next_index": 48})
+  assert notes == [f"Checkpoint 2 is damaged (the input position differs from the one saved): moved "
+                   f"to {os.path.join(directory, 'corrupt', '2')}."]

@@ -111,7 +111,8 @@ TRAINING_ONLY = frozenset({"masked_image_augmentation"})
 
 def derive(batch, names, *, seed: int, positions: Sequence[int], mask_fill_value: float = 0.0,
            mask_fill_pattern: str = "constant"):
-  """Adds the named derived features to `batch` (a dict of numpy arrays of B examples).
+  """Adds the named derived features to `batch` (a dict of numpy arrays of B examples); only the
+  augmentations (TRAINING_ONLY) may replace a feature the batch has.
 
   positions: the B examples' positions in the global stream (what seeds their draws).
   mask_fill_value, mask_fill_pattern: what masked images' missing pixels hold (config.data.*).
@@ -129,5 +130,12 @@ def derive(batch, names, *, seed: int, positions: Sequence[int], mask_fill_value
     if feature is random_square_mask:  # the one with a data setting
       feature = functools.partial(random_square_mask, mask_fill_value=mask_fill_value,
                                   mask_fill_pattern=mask_fill_pattern)
-    batch.update(feature(batch, rngs))
+    made = feature(batch, rngs)
+    if name not in TRAINING_ONLY and set(made) & set(batch):  # augmentations replace by design
+      raise ValueError(
+          f"config.data.derived: {name!r} makes {sorted(made)}, and the batch already has "
+          f"{sorted(set(made) & set(batch))} (from the dataset or an earlier derived feature); "
+          f"expected it to make new features only. To use the dataset's own, leave {name!r} out "
+          f"(e.g. --config.data.derived='()')")
+    batch.update(made)
   return batch

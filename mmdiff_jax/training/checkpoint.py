@@ -4,10 +4,11 @@ Layout: WORKDIR/checkpoints/<step>/{state, data, integrity}. Orbax writes each s
 directory and renames it when complete, so an interrupted save is never listed or restored.
 
 Integrity: a state is saved only when every value in it is finite, with a checksum per array
-("integrity": the sum of its bits modulo 2**32, computed on the host from each process's shards). A
-restored state is checked against both; a checkpoint that fails (orbax cannot read it, or its values
-are not what was saved) is moved to WORKDIR/checkpoints/corrupt/<step>, never deleted, and the next
-older one is tried.
+("integrity": the sum of its bits modulo 2**32, computed on the host from each process's shards) and a
+digest of the input position. A restored checkpoint is checked against all three; one that fails
+(orbax cannot read it, or its values are not what was saved) is moved to
+WORKDIR/checkpoints/corrupt/<step>, never deleted, once an older one restores intact (if none does,
+all stay), and the next older one is tried.
 Rotation never deletes the newest checkpoint that was read back intact: each save first reads back the
 previous one, and only steps older than the newest intact one are rotated away.
 """
@@ -15,6 +16,8 @@ previous one, and only steps older than the newest intact one are rotated away.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from typing import Any, Callable
 
@@ -86,6 +89,11 @@ def integrity(tree) -> tuple[bool, dict[str, int]]:
   return finite, {_leaf_name(path): int(total) for (path, _), total in zip(leaves, sums)}
 
 
+def _json_digest(value: Any) -> str:
+  """sha256 of a JSON value, keys sorted (the data-iterator state, as saved and as read back)."""
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def _is_model_mismatch(error: Exception) -> bool:
   """Whether orbax refused the restore because the requested tree differs from the stored one (a
   model change, not damage: the checkpoint stays where it is)."""
@@ -138,7 +146,8 @@ class Checkpointer:
     with self._explain_failures():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {}),
-          integrity=ocp.args.JsonSave({"finite": True, "checksums": sums})))
+          integrity=ocp.args.JsonSave({"finite": True, "checksums": sums,
+                                       "data_digest": _json_digest(data_state or {})})))
 
   def _verify_and_rotate(self, abstract: Any, *, keep: int) -> None:
     """Reads back the newest step if it is newer than the newest intact one (moving it aside if
@@ -233,6 +242,8 @@ class Checkpointer:
       if differing or set(sums) != set(stored["checksums"]):
         return (f"checksums differ from those saved in {len(differing)} arrays, e.g. "
                 f"{differing[:2]}"), None
+      if "data_digest" in stored and _json_digest(restored[1]) != stored["data_digest"]:
+        return "the input position differs from the one saved", None
     return None, restored
 
   def _stored_integrity(self, step: int) -> dict | None:
