@@ -519,3 +519,27 @@ def test_sample_labels_spec():
   for bad in ("3", "cat", "-1"):
     with pytest.raises(ValueError, match=f"--sample_labels={bad!r}: expected 'balanced' or class"):
       export.sample_labels(bad, num_samples=3, num_classes=3)
+
+
+def test_a_resume_on_a_newer_prepared_version_is_refused_naming_the_saved_one(good):
+  tmp_path, data_dir = good
+  config = {"name": "good", "data_dir": data_dir, "image_size": 6}
+  kw = dict(split="train", global_batch_size=2, seed=0, training=True, read_threads=0)
+  it = pipeline.make_iterator(config, **kw)
+  next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  assert state["settings"]["dataset_version"] == "1.0.0"
+  _save(tmp_path / "good" / "x" / "9.png", np.zeros((6, 6, 3), np.uint8))  # the folder changed
+  examples, classes = prepare.list_folder(str(tmp_path / "good"))
+  prepare.prepare(examples, name="good", classes=classes, data_dir=data_dir, version="1.0.1")
+  newer = pipeline.make_iterator(config, **kw)  # the newest version, by default
+  with pytest.raises(ValueError, match=r"'dataset_version': \('1.0.0', '1.0.1'\).*name the saved "
+                                       r"one, --config.data.name=good:1.0.0"):
+    newer.set_state(state)
+  older = pipeline.make_iterator(dict(config, name="good:1.0.0"), **kw)
+  older.set_state(state)
+  expected = next(it)
+  np.testing.assert_array_equal(next(older)["image"], expected["image"])
+  # A state saved before the version was recorded still resumes.
+  del state["settings"]["dataset_version"]
+  pipeline.make_iterator(dict(config, name="good:1.0.0"), **kw).set_state(state)

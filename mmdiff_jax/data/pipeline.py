@@ -72,7 +72,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from mmdiff_jax.data.sources import OFFLINE_FASHION_MNIST, config_value, load_source
+from mmdiff_jax.data.sources import OFFLINE_FASHION_MNIST, config_value, get_builder, load_source
 from mmdiff_jax.data.images import preprocess_images
 from mmdiff_jax.data.derived import TRAINING_ONLY, derive
 
@@ -327,17 +327,31 @@ class DataIterator(grain.DatasetIterator):
     if state.get("version") != _STATE_VERSION:
       raise ValueError(f"Unsupported data iterator state version "
                        f"{state.get('version')!r}; expected {_STATE_VERSION}.")
-    saved = state["settings"]
+    saved = dict(state["settings"])
+    saved["name"] = _unversioned(saved["name"])  # states saved with "name:1.0.0" in their name
+    # Keys added since the state format began are compared only where saved.
     diff = {k: (saved.get(k), v) for k, v in self.settings.items()
-            if saved.get(k) != v}
+            if saved.get(k) != v and (k in saved or k not in _SETTINGS_ADDED_LATER)}
     if diff:
+      hint = ("; the dataset's prepared version changed (a newer one is read by default): name "
+              f"the saved one, --config.data.name={self.settings['name']}:{saved['dataset_version']}, "
+              "or use another --workdir" if "dataset_version" in diff else "")
       raise ValueError(
           "Data iterator state was saved with different settings "
-          f"(name: (saved, current)): {diff}")
+          f"(name: (saved, current)): {diff}{hint}")
     self._inner.set_state(state["grain"])
 
   def __str__(self) -> str:
     return f"DataIterator({self.settings})"
+
+
+def _unversioned(name) -> str:
+  """A TFDS name without its version: "name:1.0.0" -> "name" ("name/config" kept)."""
+  return str(name).split(":")[0]
+
+
+# Settings that states saved before them lack (those still resume).
+_SETTINGS_ADDED_LATER = frozenset({"dataset_version"})
 
 
 def make_iterator(
@@ -457,7 +471,7 @@ def make_iterator(
   inner = iter(batches.to_iter_dataset(read_options=read_options))
 
   settings = {
-      "name": str(name),
+      "name": _unversioned(name),  # the version is its own setting
       "split": str(split),
       "num_examples": int(n),
       "global_batch_size": int(global_batch_size),
@@ -467,6 +481,7 @@ def make_iterator(
       "drop_remainder": bool(drop_remainder),
       "image_size": int(geometry.image_size),
       "derived": list(derived_names),
+      "dataset_version": str(get_builder(data_config).version),
   }
   if geometry != Geometry(geometry.image_size):  # only then: states saved before it existed resume
     settings["geometry"] = dataclasses.asdict(geometry)
