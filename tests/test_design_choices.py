@@ -117,6 +117,9 @@ def test_class_mean_codes_known_answer():
   np.testing.assert_allclose(np.sqrt(np.mean(codes ** 2, axis=1)), 1.0, rtol=1e-6)
   with pytest.raises(ValueError, match=r"classes without examples in the training split: \[3\]"):
     class_mean_codes(images, labels, num_classes=4)
+  with pytest.raises(ValueError, match=r"has labels up to 2, but modalities.<label>.num_classes = 2 "
+                                       r"expects labels in \[0, 2\)"):
+    class_mean_codes(images, labels, num_classes=2)
   with pytest.raises(ValueError, match="mean image of the whole split"):
     class_mean_codes(np.ones((4, 2, 2, 1)), np.array([0, 1, 0, 1]), num_classes=2)
 

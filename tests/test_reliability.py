@@ -297,7 +297,9 @@ def test_bad_batches_name_the_feature():
       ({"label": np.array([0, 10], np.int32)}, r"ds: feature 'label' has values in \[0, 10\]; "
                                                r"expected 0..9 \(modalities.label.num_classes\)"),
       ({"label": np.array([0.0, 1.0])}, r"'label' has dtype float64; expected integers"),
-      ({"image": np.zeros((2, 32, 32, 1), np.float32)}, r"'image' has shape \(2, 32, 32, 1\)"),
+      ({"image": np.zeros((2, 28, 28, 3), np.float32)},
+       r"'image' has shape \(2, 28, 28, 3\); modality 'image' \(image\) expects \(2, 28, 28, 1\) "
+       r"\(data.image_size, data.image_size, data.channels\)"),
       ({"image": np.full((2, 28, 28, 1), np.nan, np.float32)}, r"'image' holds 1568 non-finite"),
   ]
   for change, message in cases:

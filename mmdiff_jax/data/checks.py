@@ -31,8 +31,9 @@ def check_batch(batch: Mapping[str, np.ndarray], specs: Sequence[ModalitySpec],
     b = x.shape[0] if x.ndim else 0
     expected = (b, *kind.value_shape(spec, tuple(z_shape)))
     if x.shape != expected:
+      sized_by = " (data.image_size, data.image_size, data.channels)" if spec.is_base else ""
       _fail(where, spec.feature, f"has shape {x.shape}; modality {spec.name!r} ({spec.kind}) "
-                                 f"expects {expected}")
+                                 f"expects {expected}{sized_by}")
     if np.issubdtype(kind.dtype, np.integer):
       if not np.issubdtype(x.dtype, np.integer):
         _fail(where, spec.feature, f"has dtype {x.dtype}; expected integers")

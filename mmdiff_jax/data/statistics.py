@@ -23,10 +23,14 @@ def class_mean_codes(images: np.ndarray, labels: np.ndarray, *, num_classes: int
   images = np.asarray(images, np.float64).reshape(len(images), -1)
   labels = np.asarray(labels)
   counts = np.bincount(labels, minlength=num_classes)
-  if len(counts) > num_classes or np.any(counts == 0):
+  if len(counts) > num_classes:
+    raise ValueError(f"class_mean label code: the training split has labels up to {len(counts) - 1}, "
+                     f"but modalities.<label>.num_classes = {num_classes} expects labels in "
+                     f"[0, {num_classes}): set it to the dataset's class count")
+  if np.any(counts == 0):
     raise ValueError(f"class_mean label code: classes without examples in the training split: "
-                     f"{np.flatnonzero(counts[:num_classes] == 0).tolist()}; labels must lie in "
-                     f"[0, {num_classes}) (modalities.<label>.num_classes) and every class occur")
+                     f"{np.flatnonzero(counts == 0).tolist()}; every class in [0, {num_classes}) "
+                     f"(modalities.<label>.num_classes) must occur")
   sums = np.zeros((num_classes, images.shape[1]))
   np.add.at(sums, labels, images)
   codes = sums / counts[:, None] - images.mean(axis=0)
