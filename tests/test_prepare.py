@@ -344,12 +344,14 @@ def test_interrupted_preparation_leaves_nothing_to_read(good, monkeypatch):
   assert not glob.glob(os.path.join(data_dir, "other", "incomplete.*"))
 
 
-def test_numbered_class_folders_in_numeric_order(tmp_path):
+def test_numbered_class_folders_in_numeric_order(tmp_path, capsys):
   rng = np.random.default_rng(4)
   for name in ("10", "2", "0", "1"):
     _save(tmp_path / "numbered" / name / "a.png", _images(rng, 1, (6, 6, 3))[0])
+  (tmp_path / "numbered" / "3").mkdir()
   examples, classes = prepare.list_folder(str(tmp_path / "numbered"))
   assert classes == ["0", "1", "2", "10"]
+  assert f"class folder {tmp_path / 'numbered' / '3'} holds no images" in capsys.readouterr().err
   assert {os.path.basename(os.path.dirname(e.image)): e.label for e in examples} == {
       "0": 0, "1": 1, "2": 2, "10": 3}
 

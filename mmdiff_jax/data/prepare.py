@@ -50,6 +50,7 @@ import inspect
 import json
 import os
 import re
+import shlex
 import sys
 from typing import Any, Iterator, Sequence
 
@@ -137,6 +138,9 @@ def _list_one_split(folder: str, split: str, mask_suffix: str | None):
     if nested:
       raise PrepareError(f"{os.path.join(folder, name)}: class folder holds sub-folders "
                          f"({nested[0]}, ...); expected only images")
+    if not class_images:
+      print(f"prepare: note: class folder {os.path.join(folder, name)} holds no images: no "
+            f"{split!r} examples of class {name!r}", file=sys.stderr, flush=True)
     rows += [(split, p, name, _mask_beside(p, mask_suffix)) for p in class_images]
   if not rows:
     raise PrepareError(f"{folder}: no images found (expected files ending in "
@@ -598,7 +602,8 @@ def run(argv: Sequence[str]) -> int:
   print(f"{FLAGS.name}: {state} in {folder}: {counts}"
         + (f", {len(classes)} classes" if classes else ", unlabelled")
         + f". Train with --config.data.name={FLAGS.name}"
-        + (f" --config.data.data_dir={FLAGS.data_dir}" if FLAGS.data_dir else ""), flush=True)
+        + (f" --config.data.data_dir={shlex.quote(FLAGS.data_dir)}" if FLAGS.data_dir else ""),
+        flush=True)
   return 0
 
 
