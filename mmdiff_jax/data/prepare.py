@@ -60,6 +60,7 @@ from absl import app, flags
 from etils import epath
 from PIL import Image
 
+from mmdiff_jax import console
 from mmdiff_jax.data import sources
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -533,8 +534,9 @@ def prepare(examples: Sequence[Example], *, name: str, classes: Sequence[str] | 
     builder = _builder_class(name, version, description)(
         examples=list(examples), options=options, shapes=shapes,
         classes=list(classes) if classes else None, fingerprint_hex=digest, data_dir=data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    with sources.tfds_output_kept_unless_failing():
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
   return version_dir, True
 
 
@@ -575,6 +577,7 @@ def run(argv: Sequence[str]) -> int:
   """The command (flags parsed); returns the exit status."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet_library_logs()
   try:
     if (FLAGS.from_folder is None) == (FLAGS.manifest is None):
       raise PrepareError("expected exactly one of --from_folder=DIR or --manifest=FILE")

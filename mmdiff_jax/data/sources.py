@@ -114,7 +114,7 @@ def prepare_fashion_mnist(
     if not _is_prepared(builder):
       remove_incomplete(os.path.join(data_dir, name))
       print(f"Preparing {name} from {raw_dir} into {data_dir} (one time, about 10 s)", flush=True)
-      with _tfds_output_kept_unless_failing():
+      with tfds_output_kept_unless_failing():
         builder.download_and_prepare(
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(
@@ -218,7 +218,7 @@ def choose_fashion_mnist(data_dir: str | None = None, raw_dir: str | None = None
 
 
 @contextlib.contextmanager
-def _tfds_output_kept_unless_failing():
+def tfds_output_kept_unless_failing():
   """Holds back what TFDS prints while preparing (its size banner, progress bars: a dozen lines of
   carriage returns in a log file) and writes it out only if the preparation fails."""
   out, err = io.StringIO(), io.StringIO()
