@@ -218,10 +218,9 @@ def main():
     results.append(r)
     totals["flops"] += count * flops
     totals["jax"] += count * s["jax"]
-    totals["torch"] += count * s.get("torch", 0.0)
-    totals["im2col"] += count * s.get("im2col", 0.0)
-    for part in timed_parts:
-      totals[part] += count * s[part]
+    for name in ("torch", "im2col", *timed_parts):  # those timed
+      if name in s:
+        totals[name] += count * s[name]
     totals["peak_weighted"] += count * s["jax"] * peak_flops
     rows.append([f"{x_shape} * {k_shape[:2]} {k_shape[2]}->{k_shape[3]} /{strides[0]}", count,
                  f"{count * flops / 1e9:.2f}", f"{1e3 * count * s['jax']:.1f}",
