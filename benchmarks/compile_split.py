@@ -25,5 +25,7 @@ def main(variant: str = "small") -> dict:
 
 
 if __name__ == "__main__":
+  if {"-h", "--help"} & set(sys.argv[1:]):
+    sys.exit(print(__doc__))
   tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
   print(json.dumps(main(*sys.argv[1:2])))

@@ -69,4 +69,6 @@ def main(variants):
 
 
 if __name__ == "__main__":
+  if {"-h", "--help"} & set(sys.argv[1:]):
+    sys.exit(print(__doc__))
   main(sys.argv[1:] or ["small", "default"])

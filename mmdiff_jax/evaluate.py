@@ -17,7 +17,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdiff_jax import console, installed_configs
+from mmdiff_jax import command_line, console, installed_configs
 from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, EVALUATOR_NAMES, EVALUATORS,
                                            run_evaluators, save_eval_metrics)
 from mmdiff_jax.experiment import build_experiment
@@ -78,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, argv=installed_configs.with_installed_configs(sys.argv))
+  app.run(main, argv=installed_configs.with_installed_configs(sys.argv),
+          flags_parser=command_line.parse_flags)

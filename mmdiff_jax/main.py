@@ -15,7 +15,6 @@ Any config key can be overridden: --config.training.num_steps=500.
 here (mmdiff_jax/installed_configs.py).
 """
 
-import importlib.util
 import os
 import sys
 
@@ -28,7 +27,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdiff_jax import console, installed_configs
+from mmdiff_jax import command_line, console, installed_configs
 from mmdiff_jax.sampling import sample_export
 from mmdiff_jax.training import distributed, train
 from mmdiff_jax.training import params_export
@@ -80,41 +79,6 @@ def main(argv):
     train.sample_from_checkpoint(FLAGS.config, FLAGS.workdir)
 
 
-def unknown_override(argv: list[str]) -> str | None:
-  """The first --config.KEY=VALUE of `argv` whose KEY the config (its --config=FILE[:variant]) does
-  not have, as a message naming the whole key and the keys allowed there; None if there is none."""
-  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if config_arg is None:
-    return None
-  path, _, variant = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("_config_for_overrides", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(variant) if variant else module.get_config()
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config."):].split("=", 1)[0]
-    node, parts = config, key.split(".")
-    for i, part in enumerate(parts):
-      if not hasattr(node, "keys") or part not in node:
-        where = ".".join(parts[:i]) or "config"
-        allowed = sorted(node.keys()) if hasattr(node, "keys") else f"none ({where} is a value)"
-        return (f"{arg}: config key {'.'.join(parts[:i + 1])!r} is unknown; allowed under {where}: "
-                f"{allowed}")
-      node = node[part]
-  return None
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, but an override of a key the config lacks is named in full, without a
-  traceback (ml_collections raises a KeyError or AttributeError naming only its last part)."""
-  try:
-    return FLAGS(argv)
-  except (KeyError, AttributeError) as error:
-    print(f"FATAL Flags parsing error: {unknown_override(argv) or error}", file=sys.stderr)
-    sys.exit(1)
-
-
 if __name__ == "__main__":
-  app.run(main, argv=installed_configs.with_installed_configs(sys.argv), flags_parser=parse_flags)
+  app.run(main, argv=installed_configs.with_installed_configs(sys.argv),
+          flags_parser=command_line.parse_flags)

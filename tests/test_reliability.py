@@ -711,6 +711,7 @@ def test_metrics_rows_past_the_resumed_step_go_and_an_earlier_runs_rows_are_kept
     ("trainng.num_steps", r"config key 'trainng' is unknown; allowed under config: \[.*'training'"),
     ("modalities.foo.kind", r"config key 'modalities.foo' is unknown; allowed under modalities: "
                             r"\['image', 'label'\]"),
+    ("sampling.num_steps", r"config key 'sampling.num_steps' is now 'sampling.sampler_steps' \(renamed"),
 ])
 def test_an_override_of_an_unknown_config_key_is_named_in_full_without_a_traceback(tmp_path, override,
                                                                                    named):
@@ -743,3 +744,12 @@ def test_a_changed_input_position_is_damage(tmp_path):
   assert (step, data_state) == (1, {"next_index": 48})
   assert notes == [f"Checkpoint 2 is damaged (the input position differs from the one saved): moved "
                    f"to {os.path.join(directory, 'corrupt', '2')}."]
+
+
+def test_evaluate_names_an_unknown_config_key_too(tmp_path):
+  command = [sys.executable, "-m", "mmdiff_jax.evaluate", "--config=configs/imglabel.py:smoke",
+             f"--workdir={tmp_path}", "--config.eval.num_steps=3"]
+  result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert "config key 'eval.num_steps' is now 'eval.sampler_steps'" in result.stderr, result.stderr[-2000:]

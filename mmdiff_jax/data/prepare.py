@@ -39,6 +39,8 @@ renamed into place when complete, so an interrupted run leaves nothing a later r
 dataset records a fingerprint of its inputs (paths, sizes, modification times, options): a re-run with
 the same inputs does nothing; a re-run with other inputs under the same name and version is refused
 (give another --version or --name) so a prepared dataset is never overwritten.
+
+--library_logs shows the INFO logs of TFDS and absl underneath (by default only this command's lines).
 """
 
 from __future__ import annotations
@@ -603,7 +605,7 @@ def run(argv: Sequence[str]) -> int:
   counts = {s: sum(e.split == s for e in examples) for s in sorted({e.split for e in examples})}
   state = "prepared" if written else "already prepared from the same inputs (nothing done)"
   print(f"{FLAGS.name}: {state} in {folder}: {counts}"
-        + (f", {len(classes)} classes" if classes else ", unlabelled")
+        + (f", {len(classes)} classes {list(classes)}" if classes else ", unlabelled")
         + f". Train with --config.data.name={FLAGS.name}"
         + (f" --config.data.data_dir={shlex.quote(FLAGS.data_dir)}" if FLAGS.data_dir else ""),
         flush=True)
