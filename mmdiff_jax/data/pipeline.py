@@ -72,7 +72,8 @@ import grain
 import numpy as np
 from PIL import Image
 
-from mmdiff_jax.data.sources import OFFLINE_FASHION_MNIST, config_value, get_builder, load_source
+from mmdiff_jax.data.sources import (OFFLINE_FASHION_MNIST, config_value, get_builder, load_source,
+                                     unversioned_name)
 from mmdiff_jax.data.images import preprocess_images
 from mmdiff_jax.data.derived import TRAINING_ONLY, derive
 
@@ -328,7 +329,7 @@ class DataIterator(grain.DatasetIterator):
       raise ValueError(f"Unsupported data iterator state version "
                        f"{state.get('version')!r}; expected {_STATE_VERSION}.")
     saved = dict(state["settings"])
-    saved["name"] = _unversioned(saved["name"])  # states saved with "name:1.0.0" in their name
+    saved["name"] = unversioned_name(saved["name"])  # states saved with "name:1.0.0" in their name
     # Keys added since the state format began are compared only where saved.
     diff = {k: (saved.get(k), v) for k, v in self.settings.items()
             if saved.get(k) != v and (k in saved or k not in _SETTINGS_ADDED_LATER)}
@@ -343,11 +344,6 @@ class DataIterator(grain.DatasetIterator):
 
   def __str__(self) -> str:
     return f"DataIterator({self.settings})"
-
-
-def _unversioned(name) -> str:
-  """A TFDS name without its version: "name:1.0.0" -> "name" ("name/config" kept)."""
-  return str(name).split(":")[0]
 
 
 # Settings that states saved before them lack (those still resume).
@@ -423,7 +419,8 @@ def make_iterator(
           "label": config_value(data_config, "label_key", "label"),
           "segmentation": config_value(data_config, "segmentation_key", "segmentation"),
           "embedding": config_value(data_config, "embedding_key", "embedding")}
-  source = load_source(data_config, split)
+  builder = get_builder(data_config)  # opened once: its source, and its version for the state
+  source = builder.as_data_source(split=split)
   n = len(source)
   if n == 0:
     raise ValueError(f"Split {split!r} of {name!r} is empty.")
@@ -471,7 +468,7 @@ def make_iterator(
   inner = iter(batches.to_iter_dataset(read_options=read_options))
 
   settings = {
-      "name": _unversioned(name),  # the version is its own setting
+      "name": unversioned_name(name),  # the version is its own setting
       "split": str(split),
       "num_examples": int(n),
       "global_batch_size": int(global_batch_size),
@@ -481,7 +478,7 @@ def make_iterator(
       "drop_remainder": bool(drop_remainder),
       "image_size": int(geometry.image_size),
       "derived": list(derived_names),
-      "dataset_version": str(get_builder(data_config).version),
+      "dataset_version": str(builder.version),
   }
   if geometry != Geometry(geometry.image_size):  # only then: states saved before it existed resume
     settings["geometry"] = dataclasses.asdict(geometry)

@@ -231,6 +231,11 @@ def tfds_output_kept_unless_failing():
     raise
 
 
+def unversioned_name(name) -> str:
+  """A TFDS dataset name without its version: "name:1.0.0" -> "name" ("name/config" kept)."""
+  return str(name).split(":")[0]
+
+
 def load_source(data_config, split: str):
   """Returns a random-access data source for one split.
 

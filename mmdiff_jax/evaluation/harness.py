@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from mmdiff_jax import random_streams
-from mmdiff_jax.data import derived, fashion_mnist, pipeline
+from mmdiff_jax.data import derived, fashion_mnist, pipeline, sources
 from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.evaluation import metrics
 from mmdiff_jax.models import alexnet_features as features
@@ -291,11 +291,6 @@ def segmentation_agreement(experiment, params, config) -> dict[str, float]:
           "bootstrap": {f"{seg.name}_{k}": v for k, v in replicates.items()}}
 
 
-def _dataset_name(config) -> str:
-  """config.data.name without its version or builder config ("name:1.0.0", "name/config")."""
-  return str(config.data.name).split(":")[0].split("/")[0]
-
-
 def embedding_consistency(experiment, params, config) -> dict[str, float]:
   """Joint samples: cosine similarity between the generated embedding and the embedding of the
   generated image (features.image_embedding, as precomputed in the dataset, on the image cropped back
@@ -406,7 +401,8 @@ EVALUATORS: dict[str, Evaluator] = {
                                    conditions=True, uses_classifier=True),
     "embedding_consistency": Evaluator(
         embedding_consistency, needs="embedding", generative=True,
-        unavailable=lambda config: None if _dataset_name(config) == fashion_mnist.EMBEDDING_NAME else
+        unavailable=lambda config:
+        None if sources.unversioned_name(config.data.name) == fashion_mnist.EMBEDDING_NAME else
         f"compares with the AlexNet features of {fashion_mnist.EMBEDDING_NAME}'s embeddings; "
         f"data.name={config.data.name!r} has embeddings of its own"),
     "generation": Evaluator(generation, generative=True),
