@@ -2,15 +2,14 @@
 
 Experiment configs (configs/*.py) start from `default_config()` and change what they need; a key that
 is not here is a typo, and `mmdiff_jax.config_validation.validate_config` says so. This module imports
-nothing from the package, so loading a config file is quick.
+nothing from the package but its error classes, so loading a config file is quick.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-
-
+from mmdiff_jax.errors import BadValueError
 
 # Keys renamed since earlier versions (old name -> new name): a run's config.json that has an old name
 # loads with the new one, and an old name given on the command line is an error that names the new.
@@ -198,5 +197,5 @@ def apply_size(config: ml_collections.ConfigDict, variant: str) -> ml_collection
     config.eval.update(num_examples=2000, num_generated=2000, sampler_steps=10, batch_size=500,
                        bound_batches=10)
   elif variant:
-    raise ValueError(f"config variant: unknown {variant!r}; expected 'smoke', 'small' or '' (default)")
+    raise BadValueError(f"config variant: unknown {variant!r}; expected 'smoke', 'small' or '' (default)")
   return config

@@ -16,6 +16,7 @@ from mmdiff_jax.data.pipeline import CROPS, RESIZES
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.diffusion.aggregation import final_coefficients
 from mmdiff_jax.diffusion.schedules import _BETA_FNS, get_schedule
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.models import kinds
 from mmdiff_jax.models.modalities import aggregated_specs, aggregation_weights, specs_from_config
 from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES
@@ -28,15 +29,15 @@ def _check_keys(config, reference, prefix: str) -> None:
   for key in config.keys():
     name = f"{prefix}{key}"
     if name in RENAMED_KEYS:
-      raise ValueError(f"config key {name!r} is now {RENAMED_KEYS[name]!r} (renamed; the same "
-                       f"meaning)")
+      raise BadValueError(f"config key {name!r} is now {RENAMED_KEYS[name]!r} (renamed; the same "
+                          f"meaning)")
     if key not in reference:
-      raise ValueError(f"config key {name!r} is unknown; allowed under "
-                       f"{prefix[:-1] or 'config'}: {sorted(reference.keys())}")
+      raise BadValueError(f"config key {name!r} is unknown; allowed under "
+                          f"{prefix[:-1] or 'config'}: {sorted(reference.keys())}")
     if key != "modalities" and isinstance(reference[key], ml_collections.ConfigDict):
       if not isinstance(config[key], (ml_collections.ConfigDict, dict)):
-        raise ValueError(f"config.{name}: expected a section with keys {sorted(reference[key])}, "
-                         f"got {config[key]!r}")
+        raise BadValueError(f"config.{name}: expected a section with keys {sorted(reference[key])}, "
+                            f"got {config[key]!r}")
       _check_keys(config[key], reference[key], name + ".")
     elif key != "modalities":
       _check_type(name, config[key], reference.get_type(key), optional=reference[key] is None)
@@ -126,7 +127,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
 
 def _require(condition: bool, key: str, value, allowed: str) -> None:
   if not condition:
-    raise ValueError(f"config.{key}: got {value!r}; expected {allowed}")
+    raise BadValueError(f"config.{key}: got {value!r}; expected {allowed}")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,

@@ -18,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmdiff_jax import command_line, console, installed_configs
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, EVALUATOR_NAMES, EVALUATORS,
                                            run_evaluators, save_eval_metrics)
 from mmdiff_jax.experiment import build_experiment
@@ -59,14 +60,14 @@ def _check_evaluators(names: tuple[str, ...], config) -> None:
   experiment (which would otherwise be left out without a word)."""
   unknown = set(names) - set(EVALUATOR_NAMES)
   if not names or unknown:
-    raise ValueError(f"--evaluators: got {list(names)}; expected names from {list(EVALUATOR_NAMES)}")
+    raise BadValueError(f"--evaluators: got {list(names)}; expected names from {list(EVALUATOR_NAMES)}")
   experiment = build_experiment(config)
   applicable = [name for name in EVALUATOR_NAMES if EVALUATORS[name].applies(experiment)]
   not_applicable = [name for name in names if name not in applicable]
   if not_applicable:
-    raise ValueError(f"--evaluators: {not_applicable} do not apply to this experiment (modalities "
-                     f"{sorted(config.modalities)}, task {config.task!r}); those that apply: "
-                     f"{applicable}")
+    raise BadValueError(f"--evaluators: {not_applicable} do not apply to this experiment (modalities "
+                        f"{sorted(config.modalities)}, task {config.task!r}); those that apply: "
+                        f"{applicable}")
 
 
 def main(argv):
@@ -78,5 +79,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, argv=installed_configs.with_installed_configs(sys.argv),
+  app.run(console.exit_on_user_error(main), argv=installed_configs.with_installed_configs(sys.argv),
           flags_parser=command_line.parse_flags)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+from mmdiff_jax.errors import MissingFileError
+
 _CONFIG_FLAG = re.compile(r"^(--config=)(?:.*/)?configs/(\w+\.py)(:.*)?$")
 
 
@@ -21,8 +23,8 @@ def installed_config_path(name: str) -> str:
   path = os.path.join(directory, name)
   if not os.path.isfile(path):
     available = sorted(f for f in os.listdir(directory) if f.endswith(".py") and f[0] != "_")
-    raise FileNotFoundError(f"--config: no config {name!r} here or among the installed ones "
-                            f"({directory}: {available})")
+    raise MissingFileError(f"--config: no config {name!r} here or among the installed ones "
+                           f"({directory}: {available})")
   return path
 
 

@@ -80,5 +80,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, argv=installed_configs.with_installed_configs(sys.argv),
+  app.run(console.exit_on_user_error(main), argv=installed_configs.with_installed_configs(sys.argv),
           flags_parser=command_line.parse_flags)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from configs import imglabel
-from mmdiff_jax import evaluate
+from mmdiff_jax import console, errors, evaluate
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import fashion_mnist, sources
 from mmdiff_jax.data.checks import check_batch
@@ -723,6 +723,43 @@ def test_an_override_of_an_unknown_config_key_is_named_in_full_without_a_traceba
   assert re.search(rf"FATAL Flags parsing error: --config.{override}=1: {named}", result.stderr), \
       result.stderr[-2000:]
   assert "Traceback" not in result.stderr and not workdir.exists()
+
+
+def test_a_bad_config_value_ends_the_run_with_one_line_naming_it(tmp_path):
+  workdir = tmp_path / "run"
+  command = _main_command(str(tmp_path / "tfds"), str(workdir), **{"optimizer.learning_rate": -1})
+  result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      "FATAL config.optimizer.learning_rate: got -1.0; expected a finite number > 0.0")
+  assert not workdir.exists()
+  # The traceback is there for whoever asks for it.
+  result = subprocess.run(command, cwd=ROOT, env=dict(_env(), MMDIFF_JAX_TRACEBACK="1"),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert result.returncode == 1 and "Traceback" in result.stderr
+  assert "mmdiff_jax.errors.BadValueError: config.optimizer.learning_rate" in result.stderr
+
+
+def test_only_user_errors_lose_their_traceback(monkeypatch, capsys):
+  def fails_with(error):
+    def main(argv):
+      raise error
+    return console.exit_on_user_error(main)
+
+  with pytest.raises(SystemExit) as exit_info:
+    fails_with(errors.MissingFileError("--workdir=x: no checkpoint"))(["main"])
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err == "FATAL --workdir=x: no checkpoint\n"
+  with pytest.raises(ValueError, match="a bug"):  # not the user's: the traceback stays
+    fails_with(ValueError("a bug"))(["main"])
+  monkeypatch.setenv(console.TRACEBACK_ENV, "1")
+  with pytest.raises(errors.BadValueError):
+    fails_with(errors.BadValueError("config.x: got 1"))(["main"])
+  # Each user error is also the builtin a caller would catch.
+  assert issubclass(ModelMismatchError, ValueError) and issubclass(ModelMismatchError, errors.UserError)
+  assert issubclass(sources.DatasetNotPreparedError, FileNotFoundError)
+  assert issubclass(workdir_lock.WorkdirBusyError, errors.UserError)
 
 
 def test_a_changed_input_position_is_damage(tmp_path):

@@ -6,12 +6,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.models import kinds
 from mmdiff_jax.models.modalities import ModalitySpec
 
 
 def _fail(where: str, feature: str, problem: str) -> None:
-  raise ValueError(f"{where}: feature {feature!r} {problem}")
+  raise BadValueError(f"{where}: feature {feature!r} {problem}")
 
 
 def check_batch(batch: Mapping[str, np.ndarray], specs: Sequence[ModalitySpec],

@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mmdiff_jax.errors import BadValueError
+
 # Pixels brighter than this (in [-1, 1]; 0.2 of full ink) belong to the garment.
 INK_THRESHOLD = -0.6
 MASK_RATIOS = (0.1, 0.7)
@@ -64,8 +66,8 @@ def hole_fill(shape, *, value: float, pattern: str) -> np.ndarray:
     h, w = shape[1], shape[2]
     board = np.where((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2 == 0, 1.0, -1.0)
     return np.broadcast_to(board[None, :, :, None], shape).astype(np.float32)
-  raise ValueError(f"config.data.mask_fill_pattern: got {pattern!r}; expected one of "
-                   f"{MASK_FILL_PATTERNS}")
+  raise BadValueError(f"config.data.mask_fill_pattern: got {pattern!r}; expected one of "
+                      f"{MASK_FILL_PATTERNS}")
 
 
 def mask_out(images: np.ndarray, mask: np.ndarray, *, fill_value: float,
@@ -93,8 +95,8 @@ def masked_image_augmentation(batch, rngs: Generators) -> dict[str, np.ndarray]:
   masked images alike as images to generate, without the masked image as a modality of its own (the
   control that separates the multitask structure from mere exposure to masked images)."""
   if "masked_image" not in batch:
-    raise ValueError("config.data.derived: 'masked_image_augmentation' needs 'random_square_mask' "
-                     "before it (it replaces images by their masked copies)")
+    raise BadValueError("config.data.derived: 'masked_image_augmentation' needs 'random_square_mask' "
+                        "before it (it replaces images by their masked copies)")
   replace = np.array([rng.random() < 0.5 for rng in rngs])
   return {"image": np.where(replace[:, None, None, None], batch["masked_image"],
                             batch["image"]).astype(np.float32)}
@@ -119,7 +121,7 @@ def derive(batch, names, *, seed: int, positions: Sequence[int], mask_fill_value
   """
   for name in names:
     if name not in DERIVED:
-      raise ValueError(f"config.data.derived: unknown {name!r}; expected names from {sorted(DERIVED)}")
+      raise BadValueError(f"config.data.derived: unknown {name!r}; expected names from {sorted(DERIVED)}")
   if not names:
     return batch
   rngs = [np.random.default_rng([seed, _DERIVED_STREAM, int(q)]) for q in positions]
@@ -132,7 +134,7 @@ def derive(batch, names, *, seed: int, positions: Sequence[int], mask_fill_value
                                   mask_fill_pattern=mask_fill_pattern)
     made = feature(batch, rngs)
     if name not in TRAINING_ONLY and set(made) & set(batch):  # augmentations replace by design
-      raise ValueError(
+      raise BadValueError(
           f"config.data.derived: {name!r} makes {sorted(made)}, and the batch already has "
           f"{sorted(set(made) & set(batch))} (from the dataset or an earlier derived feature); "
           f"expected it to make new features only. To use the dataset's own, leave {name!r} out "

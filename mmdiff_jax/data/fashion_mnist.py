@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmdiff_jax.data import images as images_lib
+from mmdiff_jax.errors import BadValueError, MissingFileError
 from mmdiff_jax.models import alexnet_features as features
 
 NAME = "fashion_mnist_offline"
@@ -75,11 +76,11 @@ RAW_FILES: Mapping[str, tuple[str, str]] = {
 _IDX_UBYTE_MAGIC = {1: 0x00000801, 3: 0x00000803}  # ndim -> magic (ubyte type)
 
 
-class RawDataNotFoundError(FileNotFoundError):
+class RawDataNotFoundError(MissingFileError):
   """A raw Fashion-MNIST file (or its directory) is missing."""
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(BadValueError):
   """A raw IDX file has an unexpected header, size or contents."""
 
 

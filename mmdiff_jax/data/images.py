@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmdiff_jax.errors import BadValueError
+
 
 def preprocess_images(images: np.ndarray, *, image_size: int) -> np.ndarray:
   """uint8 (B, H, W[, C]) -> float32 (B, S, S, C) in [-1, 1], S = image_size.
@@ -38,8 +40,8 @@ def native_images(images: np.ndarray, *, native_size: int) -> np.ndarray:
 def check_image_size(native_hw: tuple[int, int], image_size: int) -> None:
   h, w = native_hw
   if h != w:
-    raise ValueError(f"Only square images are supported, got {h}x{w}.")
+    raise BadValueError(f"Only square images are supported, got {h}x{w}.")
   if image_size not in (h, h + 4):
-    raise ValueError(
+    raise BadValueError(
         f"data.image_size={image_size} is not supported for {h}x{w} images: "
         f"use {h} (as is) or {h + 4} (pad 2 px of background on each side).")

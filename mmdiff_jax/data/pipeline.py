@@ -76,6 +76,7 @@ from mmdiff_jax.data.sources import (OFFLINE_FASHION_MNIST, config_value, get_bu
                                      unversioned_name)
 from mmdiff_jax.data.images import preprocess_images
 from mmdiff_jax.data.derived import TRAINING_ONLY, derive
+from mmdiff_jax.errors import BadValueError
 
 _STATE_VERSION = 1
 RESIZE_METHODS = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR}
@@ -114,9 +115,9 @@ def geometry_from_config(data_config, native_hw: tuple[int, int], *, training: b
   resize = config_value(data_config, "resize", "none")
   crop = config_value(data_config, "crop", "center")
   if resize not in RESIZES:
-    raise ValueError(f"data.resize={resize!r}: expected one of {RESIZES}")
+    raise BadValueError(f"data.resize={resize!r}: expected one of {RESIZES}")
   if crop not in CROPS:
-    raise ValueError(f"data.crop={crop!r}: expected one of {CROPS}")
+    raise BadValueError(f"data.crop={crop!r}: expected one of {CROPS}")
   geometry = Geometry(
       image_size=int(config_value(data_config, "image_size", min(native_hw))), resize=resize,
       crop=crop if training else "center",
@@ -129,9 +130,9 @@ def _check_geometry(native_hw: tuple[int, int], geometry: Geometry) -> None:
   h, w = native_hw
   size = geometry.image_size
   if size < 1:
-    raise ValueError(f"data.image_size={size}: expected a positive integer")
+    raise BadValueError(f"data.image_size={size}: expected a positive integer")
   if geometry.resize == "none" and min(h, w) < size and not _is_padded(native_hw, size):
-    raise ValueError(
+    raise BadValueError(
         f"data.image_size={size} is not supported for {h}x{w} images with data.resize='none': "
         f"use at most {min(h, w)} (as is, or cropped)"
         + (f", {h + 4} (pad 2 px of background on each side)" if h == w else "")
@@ -199,7 +200,7 @@ def _as_masks(masks: np.ndarray) -> np.ndarray:
   if masks.ndim == 4 and masks.shape[-1] == 1:
     return masks[..., 0]
   if masks.ndim != 3:
-    raise ValueError(f"segmentation masks of shape {masks.shape[1:]}; expected (H, W) or (H, W, 1)")
+    raise BadValueError(f"segmentation masks of shape {masks.shape[1:]}; expected (H, W) or (H, W, 1)")
   return masks
 
 
@@ -326,8 +327,8 @@ class DataIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict[str, Any]) -> None:
     if state.get("version") != _STATE_VERSION:
-      raise ValueError(f"Unsupported data iterator state version "
-                       f"{state.get('version')!r}; expected {_STATE_VERSION}.")
+      raise BadValueError(f"Unsupported data iterator state version "
+                          f"{state.get('version')!r}; expected {_STATE_VERSION}.")
     saved = dict(state["settings"])
     saved["name"] = unversioned_name(saved["name"])  # states saved with "name:1.0.0" in their name
     # Keys added since the state format began are compared only where saved.
@@ -337,7 +338,7 @@ class DataIterator(grain.DatasetIterator):
       hint = ("; the dataset's prepared version changed (a newer one is read by default): name "
               f"the saved one, --config.data.name={self.settings['name']}:{saved['dataset_version']}, "
               "or use another --workdir" if "dataset_version" in diff else "")
-      raise ValueError(
+      raise BadValueError(
           "Data iterator state was saved with different settings "
           f"(name: (saved, current)): {diff}{hint}")
     self._inner.set_state(state["grain"])
@@ -423,11 +424,11 @@ def make_iterator(
   source = builder.as_data_source(split=split)
   n = len(source)
   if n == 0:
-    raise ValueError(f"Split {split!r} of {name!r} is empty.")
+    raise BadValueError(f"Split {split!r} of {name!r} is empty.")
   first = source[0]
   if keys["image"] not in first:
-    raise ValueError(f"data.image_key={keys['image']!r}: dataset {name!r} (split {split!r}) has "
-                     f"no such feature; it has {sorted(first)}")
+    raise BadValueError(f"data.image_key={keys['image']!r}: dataset {name!r} (split {split!r}) has "
+                        f"no such feature; it has {sorted(first)}")
   native_hw = tuple(np.asarray(first[keys["image"]]).shape[:2])
   geometry = geometry_from_config(data_config, native_hw, training=training)
 
@@ -448,7 +449,7 @@ def make_iterator(
       n_local_batches = full + int(rest > process_index * local_batch_size)
     num_batches = n_local_batches
     if full == 0 and drop_remainder:
-      raise ValueError(
+      raise BadValueError(
           f"{n} examples x {num_epochs} epochs of split {split!r} do not fill "
           f"one global batch of {global_batch_size} (drop_remainder=True).")
 

@@ -64,6 +64,7 @@ from PIL import Image
 
 from mmdiff_jax import console
 from mmdiff_jax.data import sources
+from mmdiff_jax.errors import BadValueError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FITS = ("crop", "stretch")
@@ -75,7 +76,7 @@ FINGERPRINT_KEY = "mmdiff_prepare_fingerprint"
 _MODE_CHANNELS = {"1": 1, "L": 1, "I;16": 1, "I": 1, "RGB": 3, "P": 3, "CMYK": 3, "YCbCr": 3}
 
 
-class PrepareError(ValueError):
+class PrepareError(BadValueError):
   """Bad input to prepare: the message names the file, flag or value and what was expected."""
 
 
@@ -617,4 +618,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(console.exit_on_user_error(main))

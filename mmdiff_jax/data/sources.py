@@ -19,6 +19,7 @@ from typing import Any, Iterator, Mapping
 import tensorflow_datasets as tfds
 
 from mmdiff_jax.data import fashion_mnist
+from mmdiff_jax.errors import MissingFileError, StorageError
 
 OFFLINE_FASHION_MNIST = fashion_mnist.NAME
 # Datasets this package prepares itself from the raw files (never downloaded).
@@ -27,7 +28,7 @@ OFFLINE_BUILDERS = {
     fashion_mnist.EMBEDDING_NAME: fashion_mnist.FashionMnistOfflineAlexnet,
 }
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(MissingFileError):
   """A TFDS dataset is not prepared (in array_record format) in data_dir."""
 
 
@@ -105,9 +106,9 @@ def prepare_fashion_mnist(
   try:
     os.makedirs(data_dir, exist_ok=True)
   except OSError as e:
-    raise OSError(e.errno, f"The TFDS data dir {data_dir} (config key data.data_dir, or "
-                  f"$TFDS_DATA_DIR) cannot be created ({e.strerror}); set data.data_dir to a "
-                  f"writable directory.") from e
+    raise StorageError(e.errno, f"The TFDS data dir {data_dir} (config key data.data_dir, or "
+                       f"$TFDS_DATA_DIR) cannot be created ({e.strerror}); set data.data_dir to a "
+                       f"writable directory.") from e
   with file_lock(os.path.join(data_dir, f".{name}.lock")):
     # Another process may have finished while we waited: re-open.
     builder = builder_class(data_dir=data_dir, raw_dir=raw_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmdiff_jax.data import pipeline
+from mmdiff_jax.errors import BadValueError
 
 
 def class_mean_codes(images: np.ndarray, labels: np.ndarray, *, num_classes: int) -> np.ndarray:
@@ -24,20 +25,20 @@ def class_mean_codes(images: np.ndarray, labels: np.ndarray, *, num_classes: int
   labels = np.asarray(labels)
   counts = np.bincount(labels, minlength=num_classes)
   if len(counts) > num_classes:
-    raise ValueError(f"class_mean label code: the training split has labels up to {len(counts) - 1}, "
-                     f"but modalities.<label>.num_classes = {num_classes} expects labels in "
-                     f"[0, {num_classes}): set it to the dataset's class count")
+    raise BadValueError(f"class_mean label code: the training split has labels up to {len(counts) - 1}, "
+                        f"but modalities.<label>.num_classes = {num_classes} expects labels in "
+                        f"[0, {num_classes}): set it to the dataset's class count")
   if np.any(counts == 0):
-    raise ValueError(f"class_mean label code: classes without examples in the training split: "
-                     f"{np.flatnonzero(counts == 0).tolist()}; every class in [0, {num_classes}) "
+    raise BadValueError(f"class_mean label code: classes without examples in the training split: "
+                        f"{np.flatnonzero(counts == 0).tolist()}; every class in [0, {num_classes}) "
                      f"(modalities.<label>.num_classes) must occur")
   sums = np.zeros((num_classes, images.shape[1]))
   np.add.at(sums, labels, images)
   codes = sums / counts[:, None] - images.mean(axis=0)
   rms = np.sqrt(np.mean(np.square(codes), axis=1, keepdims=True))
   if np.any(rms < 1e-6):
-    raise ValueError(f"class_mean label code: classes {np.flatnonzero(rms[:, 0] < 1e-6).tolist()} "
-                     f"have the mean image of the whole split, so no code tells them apart")
+    raise BadValueError(f"class_mean label code: classes {np.flatnonzero(rms[:, 0] < 1e-6).tolist()} "
+                        f"have the mean image of the whole split, so no code tells them apart")
   return (codes / rms).astype(np.float32)
 
 

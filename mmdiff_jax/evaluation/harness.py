@@ -17,6 +17,7 @@ import numpy as np
 from mmdiff_jax import random_streams
 from mmdiff_jax.data import derived, fashion_mnist, pipeline, sources
 from mmdiff_jax.data import images as images_lib
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.evaluation import metrics
 from mmdiff_jax.models import alexnet_features as features
 from mmdiff_jax.multihost import fetch
@@ -322,9 +323,9 @@ def label_agreement(experiment, params, config, classify=None) -> dict[str, floa
   base = experiment.specs[0]
   label = _spec(experiment, "label", conditions=True)
   if classify is None:
-    raise ValueError("config.eval.classifier_workdir is not set: label agreement needs an "
-                     "independent classifier; train one with configs/classifier.py:small and pass "
-                     "--config.eval.classifier_workdir=DIR")
+    raise BadValueError("config.eval.classifier_workdir is not set: label agreement needs an "
+                        "independent classifier; train one with configs/classifier.py:small and pass "
+                        "--config.eval.classifier_workdir=DIR")
   predicted, generated = [], []
   for out in _generate(experiment, params, config, "label_agreement"):
     predicted.append(classify(np.asarray(out[base.name])))

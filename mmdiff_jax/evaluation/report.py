@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
+from mmdiff_jax import console
+from mmdiff_jax.errors import MissingFileError
 from mmdiff_jax.evaluation import metrics
 from mmdiff_jax.sampling import grids
 
@@ -849,7 +851,7 @@ _GRAIN_FIGURE = flags.DEFINE_string("grain_figure", "docs/images/background_grai
 
 def write_report(results_dir: str, out: str, *, grain_figure: str = "") -> None:
   if not os.path.isdir(results_dir):
-    raise FileNotFoundError(f"--results={results_dir}: no such folder")
+    raise MissingFileError(f"--results={results_dir}: no such folder")
   text = render(load_runs(results_dir), results_dir)
   with open(out + ".tmp", "w") as f:
     f.write(text)
@@ -866,4 +868,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(console.exit_on_user_error(main))

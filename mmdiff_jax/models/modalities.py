@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mmdiff_jax.diffusion.aggregation import STEP_WEIGHTS, step_weights
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.models import kinds
 
 BASE_KIND = "image"
@@ -83,38 +84,38 @@ def specs_from_config(modalities: Mapping[str, Mapping[str, Any]]) -> tuple[Moda
     raw = dict(raw)
     unknown = set(raw) - _FIELDS
     if unknown:
-      raise ValueError(f"config.modalities.{name}: unknown keys {sorted(unknown)}; "
-                       f"allowed: {sorted(_FIELDS)}")
+      raise BadValueError(f"config.modalities.{name}: unknown keys {sorted(unknown)}; "
+                          f"allowed: {sorted(_FIELDS)}")
     try:
       kind = kinds.get(raw.get("kind"))
     except ValueError:
-      raise ValueError(f"config.modalities.{name}.kind: got {raw.get('kind')!r}; expected one of "
-                       f"{kinds.names()} (a new kind: a file of mmdiff_jax/models/kinds/)") from None
+      raise BadValueError(f"config.modalities.{name}.kind: got {raw.get('kind')!r}; expected one of "
+                          f"{kinds.names()} (a new kind: a file of mmdiff_jax/models/kinds/)") from None
     raw.setdefault("encoder", next(iter(kind.encoders)))
     if raw["encoder"] not in kind.encoders:
-      raise ValueError(f"config.modalities.{name}.encoder: got {raw['encoder']!r}; for kind "
-                       f"{kind.name!r} expected one of {list(kind.encoders)}")
+      raise BadValueError(f"config.modalities.{name}.encoder: got {raw['encoder']!r}; for kind "
+                          f"{kind.name!r} expected one of {list(kind.encoders)}")
     raw.setdefault("feature", name)
     if raw.get("profile", "zero") not in PROFILES:
-      raise ValueError(f"config.modalities.{name}.profile: got {raw['profile']!r}; "
-                       f"expected one of {list(PROFILES)}")
+      raise BadValueError(f"config.modalities.{name}.profile: got {raw['profile']!r}; "
+                          f"expected one of {list(PROFILES)}")
     role = raw.get("role", "aggregated")
     if role not in ROLES:
-      raise ValueError(f"config.modalities.{name}.role: got {role!r}; expected one of {list(ROLES)}")
+      raise BadValueError(f"config.modalities.{name}.role: got {role!r}; expected one of {list(ROLES)}")
     if role == "condition" and not kind.can_condition:
-      raise ValueError(f"config.modalities.{name}.role: 'condition' is supported for kinds "
-                       f"{[k for k in kinds.names() if kinds.get(k).can_condition]}, got kind "
-                       f"{kind.name!r}")
+      raise BadValueError(f"config.modalities.{name}.role: 'condition' is supported for kinds "
+                          f"{[k for k in kinds.names() if kinds.get(k).can_condition]}, got kind "
+                          f"{kind.name!r}")
     if "num_classes" in kind.required and int(raw.get("num_classes", 0)) < 2:
-      raise ValueError(f"config.modalities.{name}.num_classes: got {raw.get('num_classes')!r}; "
-                       f"a {kind.name} modality needs num_classes >= 2")
+      raise BadValueError(f"config.modalities.{name}.num_classes: got {raw.get('num_classes')!r}; "
+                          f"a {kind.name} modality needs num_classes >= 2")
     if "dim" in kind.required and int(raw.get("dim", 0)) < 1:
-      raise ValueError(f"config.modalities.{name}.dim: got {raw.get('dim')!r}; expected >= 1")
+      raise BadValueError(f"config.modalities.{name}.dim: got {raw.get('dim')!r}; expected >= 1")
     specs.append(ModalitySpec(name=name, **raw))
   bases = [s for s in specs if s.is_base]
   if len(bases) != 1:
-    raise ValueError(f"config.modalities: expected exactly one modality of kind {BASE_KIND!r} "
-                     f"(the base, z_0), got {[s.name for s in bases]}")
+    raise BadValueError(f"config.modalities: expected exactly one modality of kind {BASE_KIND!r} "
+                        f"(the base, z_0), got {[s.name for s in bases]}")
   return (tuple(bases) + tuple(s for s in specs if s.is_aggregated)
           + tuple(s for s in specs if s.is_condition))
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.models.layers import (conv, dense, group_norm, timestep_embedding,
                                       upsample_nearest_2x)
 
@@ -99,8 +100,8 @@ class UNet(nn.Module):
     chex.assert_shape(t, (x.shape[0],))
     factor = 2 ** (len(self.channel_mults) - 1)
     if x.shape[1] % factor or x.shape[2] % factor:
-      raise ValueError(f"UNet input: H, W = {x.shape[1:3]} must be divisible by {factor} "
-                       f"(len(channel_mults) = {len(self.channel_mults)})")
+      raise BadValueError(f"UNet input: H, W = {x.shape[1:3]} must be divisible by {factor} "
+                          f"(len(channel_mults) = {len(self.channel_mults)})")
     # Named as Flax would name them without remat (nn.remat's class is "CheckpointResBlock"), so a
     # checkpoint loads either way.
     res_class = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdiff_jax.diffusion import process
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.sampling.samplers import Sampler, ddim_timesteps
 
 
@@ -67,7 +68,7 @@ def sdedit(sampler: Sampler, params, rng: jax.Array, images, *, t0_fraction: flo
     (B, H, W, C) images.
   """
   if not 0.0 <= t0_fraction <= 1.0:
-    raise ValueError(f"config.eval.sdedit_t0_fraction: got {t0_fraction!r}; expected a value in [0, 1]")
+    raise BadValueError(f"config.eval.sdedit_t0_fraction: got {t0_fraction!r}; expected a value in [0, 1]")
   chex.assert_shape(images, (None, *sampler.model.z_shape))
   batch_size = images.shape[0]
   _, observed_encodings, conditions = sampler.prepare_observed(params, dict(observed or {}))
@@ -99,7 +100,7 @@ def known_region_replacement(sampler: Sampler, params, rng: jax.Array, images, m
     (B, H, W, C) images whose observed pixels equal `images` exactly.
   """
   if int(resamples) < 1:
-    raise ValueError(f"config.eval.replacement_resamples: got {resamples!r}; expected an integer >= 1")
+    raise BadValueError(f"config.eval.replacement_resamples: got {resamples!r}; expected an integer >= 1")
   chex.assert_shape(images, (None, *sampler.model.z_shape))
   missing = jnp.broadcast_to(jnp.asarray(mask, images.dtype), images.shape)
   batch_size = images.shape[0]

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mmdiff_jax import random_streams
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training.restore import restore_latest
@@ -38,7 +39,7 @@ def sample_labels(spec: str, *, num_samples: int, num_classes: int) -> np.ndarra
   if not spec:
     return None
   if num_classes == 0:
-    raise ValueError(f"--sample_labels={spec!r}: this model has no label modality")
+    raise BadValueError(f"--sample_labels={spec!r}: this model has no label modality")
   if spec == "balanced":
     classes = np.arange(num_classes)
   else:
@@ -47,8 +48,8 @@ def sample_labels(spec: str, *, num_samples: int, num_classes: int) -> np.ndarra
     except ValueError:
       classes = None
     if classes is None or np.any((classes < 0) | (classes >= num_classes)):
-      raise ValueError(f"--sample_labels={spec!r}: expected 'balanced' or class ids in "
-                       f"0..{num_classes - 1} separated by commas")
+      raise BadValueError(f"--sample_labels={spec!r}: expected 'balanced' or class ids in "
+                          f"0..{num_classes - 1} separated by commas")
   return np.resize(classes, num_samples).astype(np.int32)
 
 
@@ -61,7 +62,7 @@ def generate(experiment, params, *, num_samples: int, batch_size: int, rng: jax.
   base = experiment.specs[0]
   label = next((s for s in experiment.specs if s.kind == "label"), None)
   if labels is None and experiment.model.conditions:
-    raise ValueError("this model is class-conditional: give --sample_labels (e.g. 'balanced')")
+    raise BadValueError("this model is class-conditional: give --sample_labels (e.g. 'balanced')")
   sample = jax.jit(lambda p, r, y, n: sampler.sample(
       p, r, n, observed=None if y is None else {label.name: y}), static_argnums=(3,))
   images, out_labels = [], []
@@ -115,12 +116,12 @@ def export_from_checkpoint(config, workdir: str, *, num_samples: int, formats: S
   out_dir defaults to WORKDIR/samples/export_step<step>.
   """
   if num_samples < 1:
-    raise ValueError(f"--num_samples={num_samples}: expected >= 1")
+    raise BadValueError(f"--num_samples={num_samples}: expected >= 1")
   if not formats or set(formats) - set(FORMATS):
-    raise ValueError(f"--sample_format={','.join(formats)}: expected names from {FORMATS}")
+    raise BadValueError(f"--sample_format={','.join(formats)}: expected names from {FORMATS}")
   experiment, step, state = restore_latest(config, workdir)
   if not experiment.is_generative:
-    raise ValueError(f"task {experiment.task!r}: a predictor baseline has no samples to export")
+    raise BadValueError(f"task {experiment.task!r}: a predictor baseline has no samples to export")
   label = next((s for s in experiment.specs if s.kind == "label"), None)
   given = sample_labels(labels, num_samples=num_samples,
                         num_classes=label.num_classes if label else 0)

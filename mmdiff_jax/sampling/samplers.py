@@ -18,6 +18,7 @@ import numpy as np
 
 from mmdiff_jax.diffusion import process
 from mmdiff_jax.diffusion.schedules import Schedule
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.models import kinds
 from mmdiff_jax.models.mtdiffusion import MTDiffusion
 from mmdiff_jax.models.predictor import Predictor
@@ -40,8 +41,8 @@ def feedback_logits(logits, *, mode: str, key: jax.Array | None = None) -> jnp.n
       raise ValueError("categorical_feedback='sampled' needs a PRNG key")
     logits = logits + jax.random.gumbel(key, logits.shape, logits.dtype)
   elif mode != "argmax":
-    raise ValueError(f"sampling.categorical_feedback: got {mode!r}; expected one of "
-                     f"{CATEGORICAL_FEEDBACK}")
+    raise BadValueError(f"sampling.categorical_feedback: got {mode!r}; expected one of "
+                        f"{CATEGORICAL_FEEDBACK}")
   hot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=bool)
   return jnp.where(hot, 0.0, -1e9).astype(logits.dtype)  # softmax: exactly one-hot
 
@@ -50,7 +51,7 @@ def ddim_timesteps(num_timesteps: int, sampler_steps: int) -> np.ndarray:
   """Decreasing steps T = t_1 > ... > t_K >= 1 (K = sampler_steps of the T = num_timesteps),
   followed by 0 (the end): (K + 1,) int32."""
   if not 1 <= sampler_steps <= num_timesteps:
-    raise ValueError(f"sampling.sampler_steps: got {sampler_steps}; expected 1..{num_timesteps}")
+    raise BadValueError(f"sampling.sampler_steps: got {sampler_steps}; expected 1..{num_timesteps}")
   # One step starts from T, as every grid does (numpy's linspace of one point is its start, 1).
   grid = np.linspace(1, num_timesteps, sampler_steps) if sampler_steps > 1 else [num_timesteps]
   steps = np.unique(np.round(grid).astype(np.int32))[::-1]
@@ -86,13 +87,13 @@ class Sampler:
 
   def __post_init__(self):
     if self.method not in SAMPLERS:
-      raise ValueError(f"sampling.sampler: got {self.method!r}; expected one of {SAMPLERS}")
+      raise BadValueError(f"sampling.sampler: got {self.method!r}; expected one of {SAMPLERS}")
     if self.categorical_feedback not in CATEGORICAL_FEEDBACK:
-      raise ValueError(f"sampling.categorical_feedback: got {self.categorical_feedback!r}; expected "
-                       f"one of {CATEGORICAL_FEEDBACK}")
+      raise BadValueError(f"sampling.categorical_feedback: got {self.categorical_feedback!r}; expected "
+                          f"one of {CATEGORICAL_FEEDBACK}")
     if not 0.0 <= self.hard_feedback_fraction <= 1.0:
-      raise ValueError(f"sampling.hard_feedback_fraction: got {self.hard_feedback_fraction!r}; "
-                       "expected a number in [0, 1]")
+      raise BadValueError(f"sampling.hard_feedback_fraction: got {self.hard_feedback_fraction!r}; "
+                          "expected a number in [0, 1]")
 
   def timesteps(self) -> np.ndarray:
     if self.method == "ancestral":

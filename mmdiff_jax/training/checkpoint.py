@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from mmdiff_jax.errors import BadValueError, StorageError
 from mmdiff_jax.training import distributed
 
 CORRUPT_DIR = "corrupt"
@@ -38,7 +39,7 @@ class NonFiniteStateError(FloatingPointError):
   """The state to be saved holds NaN or infinite values (it was not saved)."""
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(BadValueError):
   """A checkpoint holds arrays of other names or shapes than the model being restored."""
 
 
@@ -187,7 +188,7 @@ class Checkpointer:
     found, damaged = self._first_intact(abstract_state, steps[::-1])
     if found is None:
       self._report_damaged(damaged, move=False, note=note)
-      raise OSError(
+      raise StorageError(
           f"No checkpoint in {self.directory} ({steps}) restores intact; all were left in place. If "
           f"this run's config differs from theirs, run with theirs (the workdir's config.json); if "
           f"they are damaged, move them away (e.g. to {os.path.join(self.directory, CORRUPT_DIR)}) "
@@ -289,7 +290,7 @@ class Checkpointer:
         raise
       reason = ("No space left on device" if "No space left on device" in message
                 else message.splitlines()[-1][-300:])
-      raise OSError(
+      raise StorageError(
           f"Writing a checkpoint under {self.directory} failed ({reason}). "
           f"The complete checkpoints {self.all_steps()} are intact and the next run resumes from "
           f"the newest; free disk space or choose another --workdir.") from e

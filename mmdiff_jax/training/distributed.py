@@ -33,6 +33,8 @@ from typing import Any, Mapping
 
 import jax
 
+from mmdiff_jax.errors import BadValueError
+
 MODES = ("auto", "single", "cluster", "explicit")
 ENV_VARS = {
     "mode": "MMDIFF_DISTRIBUTED",
@@ -77,11 +79,11 @@ def _key(name: str) -> str:
 
 def _parse_int(name: str, value: Any, source: str) -> int:
   if isinstance(value, bool):
-    raise ValueError(f"{source}: expected an integer, got {value!r}")
+    raise BadValueError(f"{source}: expected an integer, got {value!r}")
   try:
     return int(str(value).strip()) if isinstance(value, str) else int(value)
   except (TypeError, ValueError):
-    raise ValueError(f"{source}: expected an integer, got {value!r}") from None
+    raise BadValueError(f"{source}: expected an integer, got {value!r}") from None
 
 
 def resolve_settings(distributed_config: Mapping[str, Any] | None,
@@ -99,8 +101,8 @@ def resolve_settings(distributed_config: Mapping[str, Any] | None,
   known = set(ENV_VARS) | {"initialization_timeout"}
   unknown = set(cfg) - known
   if unknown:
-    raise ValueError(f"config.distributed: unknown keys {sorted(unknown)}; expected "
-                     f"{sorted(known)}")
+    raise BadValueError(f"config.distributed: unknown keys {sorted(unknown)}; expected "
+                        f"{sorted(known)}")
   settings: dict[str, Any] = {}
   for name, env_name in ENV_VARS.items():
     from_config = cfg.get(name)
@@ -113,8 +115,8 @@ def resolve_settings(distributed_config: Mapping[str, Any] | None,
       if from_env is not None:
         from_env = _parse_int(name, from_env, f"${env_name}")
     if from_config is not None and from_env is not None and from_config != from_env:
-      raise ValueError(f"{_key(name)}={from_config!r} but ${env_name}={from_env!r}; set one of "
-                       f"them (or make them agree)")
+      raise BadValueError(f"{_key(name)}={from_config!r} but ${env_name}={from_env!r}; set one of "
+                          f"them (or make them agree)")
     settings[name] = from_config if from_config is not None else from_env
   settings["mode"] = settings["mode"] or "auto"
   timeout = cfg.get("initialization_timeout")
@@ -127,46 +129,46 @@ def resolve_settings(distributed_config: Mapping[str, Any] | None,
 
 def _validate(s: dict[str, Any]) -> None:
   if s["mode"] not in MODES:
-    raise ValueError(f"{_key('mode')} (${ENV_VARS['mode']}): got {s['mode']!r}; expected one of "
-                     f"{list(MODES)}")
+    raise BadValueError(f"{_key('mode')} (${ENV_VARS['mode']}): got {s['mode']!r}; expected one of "
+                        f"{list(MODES)}")
   given = [k for k in _EXPLICIT_KEYS if s[k] is not None]
   names = lambda keys: ", ".join(f"{_key(k)} (${ENV_VARS[k]})" for k in keys)
   if s["mode"] == "single":
     if s["num_processes"] not in (None, 1) or s["coordinator_address"] is not None:
-      raise ValueError(f"{_key('mode')}='single' runs one process, but {names(given)} "
-                       f"{'is' if len(given) == 1 else 'are'} set: use mode 'explicit' or 'auto', "
-                       f"or unset them")
+      raise BadValueError(f"{_key('mode')}='single' runs one process, but {names(given)} "
+                          f"{'is' if len(given) == 1 else 'are'} set: use mode 'explicit' or 'auto', "
+                          f"or unset them")
   if s["mode"] == "cluster" and given:
-    raise ValueError(f"{_key('mode')}='cluster' takes the coordinator and process ids from the "
-                     f"cluster environment, but {names(given)} {'is' if len(given) == 1 else 'are'}"
-                     f" set: use mode 'explicit', or unset them")
+    raise BadValueError(f"{_key('mode')}='cluster' takes the coordinator and process ids from the "
+                        f"cluster environment, but {names(given)} {'is' if len(given) == 1 else 'are'}"
+                        f" set: use mode 'explicit', or unset them")
   if s["mode"] == "explicit" or (s["mode"] == "auto" and given):
     missing = [k for k in _EXPLICIT_KEYS if s[k] is None]
     if missing:
       why = (f"{_key('mode')}='explicit'" if s["mode"] == "explicit"
              else f"{names(given)} {'is' if len(given) == 1 else 'are'} set")
-      raise ValueError(f"{why}, so {names(missing)} must be set too (all of coordinator_address, "
-                       f"num_processes and process_id, or none of them)")
+      raise BadValueError(f"{why}, so {names(missing)} must be set too (all of coordinator_address, "
+                          f"num_processes and process_id, or none of them)")
   if s["num_processes"] is not None and s["num_processes"] < 1:
-    raise ValueError(f"{_key('num_processes')}: got {s['num_processes']}; expected >= 1")
+    raise BadValueError(f"{_key('num_processes')}: got {s['num_processes']}; expected >= 1")
   if s["process_id"] is not None:
     n = s["num_processes"]
     if s["process_id"] < 0 or (n is not None and s["process_id"] >= n):
-      raise ValueError(f"{_key('process_id')}: got {s['process_id']}; expected 0 <= process_id < "
-                       f"{_key('num_processes')}={n}")
+      raise BadValueError(f"{_key('process_id')}: got {s['process_id']}; expected 0 <= process_id < "
+                          f"{_key('num_processes')}={n}")
   address = s["coordinator_address"]
   if address is not None and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}",
                                                str(address)):
-    raise ValueError(f"{_key('coordinator_address')} (${ENV_VARS['coordinator_address']}): got "
-                     f"{address!r}; expected 'host:port', e.g. '10.0.0.1:1234'")
+    raise BadValueError(f"{_key('coordinator_address')} (${ENV_VARS['coordinator_address']}): got "
+                        f"{address!r}; expected 'host:port', e.g. '10.0.0.1:1234'")
   if address is not None and not 0 < int(str(address).rsplit(":", 1)[1]) < 65536:
-    raise ValueError(f"{_key('coordinator_address')}: port out of range in {address!r}")
+    raise BadValueError(f"{_key('coordinator_address')}: port out of range in {address!r}")
   if s["local_device_count"] is not None and s["local_device_count"] < 1:
-    raise ValueError(f"{_key('local_device_count')}: got {s['local_device_count']}; "
-                     f"expected >= 1 (or None)")
+    raise BadValueError(f"{_key('local_device_count')}: got {s['local_device_count']}; "
+                        f"expected >= 1 (or None)")
   if s["initialization_timeout"] < 1:
-    raise ValueError(f"{_key('initialization_timeout')}: got {s['initialization_timeout']}; "
-                     f"expected >= 1 (seconds)")
+    raise BadValueError(f"{_key('initialization_timeout')}: got {s['initialization_timeout']}; "
+                        f"expected >= 1 (seconds)")
 
 
 def _on_cloud_tpu_vm() -> bool:
@@ -264,7 +266,7 @@ def initialize(distributed_config: Mapping[str, Any] | None = None) -> Distribut
     try:
       jax.distributed.initialize(initialization_timeout=timeout)
     except ValueError as e:
-      raise ValueError(
+      raise BadValueError(
           f"{_key('mode')}='cluster': JAX could not read the coordinator and process ids from the "
           f"environment ({e}). Launch under srun / mpirun / on a TPU VM, or use mode 'explicit' "
           f"with coordinator_address, num_processes and process_id") from e

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from mmdiff_jax.data.statistics import CLASS_MEAN_EXAMPLES, read_class_mean_codes
+from mmdiff_jax.errors import BadValueError
 
 
 def with_class_mean_codes(state, experiment, config):
@@ -22,10 +23,10 @@ def with_class_mean_codes(state, experiment, config):
                                   num_classes=spec.num_classes)
     old = params[name]["codes"]
     if table.shape != old.shape:
-      raise ValueError(f"modalities.{spec.name}.encoder='class_mean': the training split's images "
-                       f"give codes of shape {table.shape}, the model's are {old.shape} (a code is "
-                       f"a class's mean image: check data.image_size={config.data.image_size} and "
-                       f"data.channels={config.data.channels} against the dataset's images)")
+      raise BadValueError(f"modalities.{spec.name}.encoder='class_mean': the training split's images "
+                          f"give codes of shape {table.shape}, the model's are {old.shape} (a code is "
+                          f"a class's mean image: check data.image_size={config.data.image_size} and "
+                          f"data.channels={config.data.channels} against the dataset's images)")
     # Two arrays, not one shared: the train step donates the state's buffers.
     place = lambda: jax.make_array_from_callback(old.shape, old.sharding,
                                                  lambda index: np.asarray(table, old.dtype)[index])

@@ -17,6 +17,7 @@ from etils import epath
 from flax import serialization
 
 from mmdiff_jax.data import sources
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
@@ -63,9 +64,9 @@ machine's mesh as training would place them."""
   problems += [f"{k}: shape {tuple(np.shape(got[k]))}, the model's {want[k].shape}"
                for k in want if k in got and tuple(np.shape(got[k])) != want[k].shape]
   if problems:
-    raise ValueError(f"{path}: the parameters do not fit the model this config describes "
-                     f"({len(problems)} problems: {'; '.join(problems[:10])}). Use the config of "
-                     f"the run they were exported from (its config.json).")
+    raise BadValueError(f"{path}: the parameters do not fit the model this config describes "
+                        f"({len(problems)} problems: {'; '.join(problems[:10])}). Use the config of "
+                        f"the run they were exported from (its config.json).")
   place = lambda e, x: jax.make_array_from_callback(
       e.shape, e.sharding, lambda index: np.asarray(x, e.dtype)[index])
   return experiment, jax.tree.map(place, expected, params)

@@ -15,6 +15,7 @@ from etils import epath
 
 from mmdiff_jax.config import RENAMED_KEYS, default_config
 from mmdiff_jax.config_validation import validate_config
+from mmdiff_jax.errors import BadValueError, MissingFileError
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.training import sharding as sharding_lib
@@ -101,11 +102,11 @@ def run_config(workdir: str, *, name: str, hint: str = "expected a trained run's
   """
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
-    raise FileNotFoundError(f"{name}: no config.json there; {hint}")
+    raise MissingFileError(f"{name}: no config.json there; {hint}")
   try:
     config = ml_collections.ConfigDict(upgraded(json.loads(path.read_text())))
   except json.JSONDecodeError as e:
-    raise ValueError(f"{name}: {path} is not valid JSON ({e}; cut short?)") from e
+    raise BadValueError(f"{name}: {path} is not valid JSON ({e}; cut short?)") from e
   _fill_missing(config, default_config())
   return config
 
@@ -120,14 +121,14 @@ def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
   try:
     trained = json.loads(path.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(
+    raise BadValueError(
         f"{path} is not valid JSON ({e}; cut short?), so the model this workdir was trained with is "
         f"unknown. Put back a copy of it, or delete it: the checkpoint's array shapes are still "
         f"checked against the config on restore.") from e
   differences = model_differences(trained, config)
   if differences:
     listing = "; ".join(f"{k}: trained {a!r}, given {b!r}" for k, (a, b) in differences.items())
-    raise ValueError(
+    raise BadValueError(
         f"--workdir={workdir} holds a run trained with another model than this config describes "
         f"({listing}). Give the run's values (its config.json has them, e.g. --config.<key>=<trained "
         f"value>) or use another workdir.")
@@ -142,8 +143,8 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str):
   tx = state_lib.make_optimizer(config)
   directory = os.path.join(workdir, "checkpoints")
   if not epath.Path(directory).exists():  # checked first: the Checkpointer would create it
-    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {directory} (it does not "
-                            f"exist); train first (--mode=train)")
+    raise MissingFileError(f"--workdir={workdir}: no checkpoint in {directory} (it does not "
+                           f"exist); train first (--mode=train)")
   checkpointer = Checkpointer(directory, max_to_keep=config.training.keep_checkpoints)
   abstract, _ = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
                                           seed=config.seed)
@@ -151,8 +152,8 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str):
   found = checkpointer.restore_newest_intact(abstract, move_damaged=False)
   checkpointer.close()
   if found is None:
-    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {checkpointer.directory}; "
-                            f"train first (--mode=train)")
+    raise MissingFileError(f"--workdir={workdir}: no checkpoint in {checkpointer.directory}; "
+                           f"train first (--mode=train)")
   step, state, _ = found
   return experiment, step, state
 
@@ -167,14 +168,14 @@ def check_classifier(workdir: str, image_shape) -> ml_collections.ConfigDict:
   experiment = build_experiment(config)
   model = experiment.model
   if experiment.is_generative or model.spec(model.target).kind != "label":
-    raise ValueError(f"{name}: expected an image -> label predictor (task 'prediction', target of "
-                     f"kind 'label'), got task {experiment.task!r}")
+    raise BadValueError(f"{name}: expected an image -> label predictor (task 'prediction', target of "
+                        f"kind 'label'), got task {experiment.task!r}")
   if tuple(image_shape) != tuple(model.z_shape):
-    raise ValueError(f"{name}: the classifier takes images of shape {model.z_shape}, the evaluated "
-                     f"model makes {tuple(image_shape)}")
+    raise BadValueError(f"{name}: the classifier takes images of shape {model.z_shape}, the evaluated "
+                        f"model makes {tuple(image_shape)}")
   checkpoints = epath.Path(workdir) / "checkpoints"
   if not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
-    raise FileNotFoundError(f"{name}: no checkpoint in {checkpoints}; {hint}")
+    raise MissingFileError(f"{name}: no checkpoint in {checkpoints}; {hint}")
   return config
 
 

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmdiff_jax.errors import BadValueError
+
 MESH_AXES = ("data", "fsdp")
 BATCH_SPEC = P(MESH_AXES)
 # Logical names tried in order for the "fsdp" mesh axis.
@@ -30,20 +32,20 @@ def make_mesh(mesh_config: Mapping[str, int], devices=None) -> Mesh:
   devices = np.asarray(jax.devices() if devices is None else devices)
   unknown = set(mesh_config) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"config.mesh: unknown axes {sorted(unknown)}; expected {list(MESH_AXES)}")
+    raise BadValueError(f"config.mesh: unknown axes {sorted(unknown)}; expected {list(MESH_AXES)}")
   sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"config.mesh: got {dict(zip(MESH_AXES, sizes))}; expected positive sizes "
-                     f"with at most one -1")
+    raise BadValueError(f"config.mesh: got {dict(zip(MESH_AXES, sizes))}; expected positive sizes "
+                        f"with at most one -1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if devices.size % known:
-      raise ValueError(f"config.mesh: {dict(zip(MESH_AXES, sizes))} cannot fill {devices.size} "
-                       f"devices ({devices.size} is not divisible by {known})")
+      raise BadValueError(f"config.mesh: {dict(zip(MESH_AXES, sizes))} cannot fill {devices.size} "
+                          f"devices ({devices.size} is not divisible by {known})")
     sizes[sizes.index(-1)] = devices.size // known
   if math.prod(sizes) != devices.size:
-    raise ValueError(f"config.mesh: {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices, "
-                     f"but {devices.size} are available")
+    raise BadValueError(f"config.mesh: {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices, "
+                        f"but {devices.size} are available")
   return Mesh(devices.reshape(sizes), MESH_AXES)
 
 

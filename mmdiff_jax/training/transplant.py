@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.training.restore import flatten
 
 
@@ -31,9 +32,9 @@ def transplant(target: Mapping[str, Any], source: Mapping[str, Any], *,
                 for path, value in flatten(target, separator="/").items()
                 if path in source_flat and np.shape(value) != np.shape(source_flat[path])]
   if mismatched:
-    raise ValueError(f"{source_name}: parameters with the same path but another shape: "
-                     f"{'; '.join(mismatched)}. Use a run whose shared parts have this config's shapes "
-                     f"(e.g. the same config.model keys).")
+    raise BadValueError(f"{source_name}: parameters with the same path but another shape: "
+                        f"{'; '.join(mismatched)}. Use a run whose shared parts have this config's shapes "
+                        f"(e.g. the same config.model keys).")
   copied, kept = [], []
 
   def merge(tree, prefix):
@@ -52,8 +53,8 @@ def transplant(target: Mapping[str, Any], source: Mapping[str, Any], *,
 
   merged = merge(target, "")
   if not copied:
-    raise ValueError(f"{source_name}: no parameter of that run has a path of this model "
-                     f"(this model's top level: {sorted(target)}; that run's: {sorted(source)})")
+    raise BadValueError(f"{source_name}: no parameter of that run has a path of this model "
+                        f"(this model's top level: {sorted(target)}; that run's: {sorted(source)})")
   return merged, copied, kept
 
 

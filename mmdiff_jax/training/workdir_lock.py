@@ -25,10 +25,12 @@ from typing import Callable, Iterator
 
 import jax
 
+from mmdiff_jax.errors import BusyError
+
 LOCK_NAME = ".lock"
 
 
-class WorkdirBusyError(RuntimeError):
+class WorkdirBusyError(BusyError):
   """Another run holds the workdir."""
 
 

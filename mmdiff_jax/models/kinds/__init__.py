@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from mmdiff_jax.errors import BadValueError
+
 _REGISTERED: dict[str, "Kind"] = {}
 
 
@@ -115,8 +117,8 @@ def get(name: str) -> Kind:
     return _REGISTERED[name]
   kind = _from_file(name) if isinstance(name, str) else None
   if kind is None:
-    raise ValueError(f"unknown modality kind {name!r}; expected one of {names()} (a new kind is a "
-                     f"file mmdiff_jax/models/kinds/<kind>.py defining KIND, or kinds.register)")
+    raise BadValueError(f"unknown modality kind {name!r}; expected one of {names()} (a new kind is a "
+                        f"file mmdiff_jax/models/kinds/<kind>.py defining KIND, or kinds.register)")
   return kind
 
 
