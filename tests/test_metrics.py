@@ -124,7 +124,19 @@ def test_masked_psnr_hand_computed():
   np.testing.assert_allclose(metrics.masked_psnr(rgb_img, np.zeros_like(rgb_img), mask),
                              [10 * math.log10(4 / (2 * 1.25 / 6)), 10 * math.log10(4 / (2 * 0.81 / 3))],
                              rtol=1e-12)
-  assert metrics.masked_psnr(ref, ref, mask)[0] == np.inf
+  # An exact fill scores the PSNR of 8-bit quantization noise, not +inf (which no mean survives), on
+  # every data range; an error just above that noise scores just below it.
+  assert metrics.MAX_PSNR_DB == pytest.approx(10 * math.log10(255 ** 2 * 12))
+  np.testing.assert_allclose(metrics.masked_psnr(ref, ref, mask), metrics.MAX_PSNR_DB, rtol=1e-12)
+  np.testing.assert_allclose(metrics.masked_psnr((ref + 1) / 2, (ref + 1) / 2, mask, data_range=1.0),
+                             metrics.MAX_PSNR_DB, rtol=1e-12)
+  near = ref + 2.0 * 1.01 * (1 / 255) / math.sqrt(12)  # RMS error 1.01 x the noise's, range 2
+  assert metrics.MAX_PSNR_DB - 0.1 < metrics.masked_psnr(near, ref, mask)[0] < metrics.MAX_PSNR_DB
+  replicates = metrics.bootstrap_mean(metrics.masked_psnr(np.concatenate([img, ref]),
+                                                          np.concatenate([ref, ref]),
+                                                          np.concatenate([mask, mask])))
+  low, high = metrics.percentile_interval(replicates)
+  assert np.isfinite(low) and low < high
 
 
 def test_masked_lpips_scores_only_the_filled_region(fashion):

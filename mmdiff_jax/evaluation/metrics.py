@@ -165,6 +165,12 @@ def _broadcast_mask(masks, shape) -> np.ndarray:
   return m
 
 
+# The mean squared error of rounding to 8 bits (uniform over one level of 1/255 of the range), and the
+# PSNR it gives: the floor masked_psnr puts under an error.
+_QUANTIZATION_MSE = (1.0 / 255.0) ** 2 / 12.0
+MAX_PSNR_DB = 10.0 * np.log10(1.0 / _QUANTIZATION_MSE)
+
+
 def masked_psnr(images, references, masks, *, data_range: float = 2.0) -> np.ndarray:
   """PSNR per image over the masked (missing) region only.
 
@@ -177,7 +183,12 @@ def masked_psnr(images, references, masks, *, data_range: float = 2.0) -> np.nda
     data_range: max - min of the pixel range; 2.0 for images in [-1, 1] (gives the same PSNR as
       255 on uint8 or 1.0 on [0, 1] images of the same content).
   Returns:
-    (B,) float64 in dB; +inf where the masked region is reproduced exactly, nan where a mask is empty.
+    (B,) float64 in dB, at most MAX_PSNR_DB; nan where a mask is empty.
+
+  An error below 8-bit quantization noise (MSE (data_range / 255)^2 / 12) counts as that noise: a
+  fill exact to the stored pixels (e.g. a hole in a black background filled with clipped black) then
+  scores MAX_PSNR_DB = 58.9 dB instead of +inf, which would make the mean over images +inf and its
+  interval undefined.
   """
   x = np.asarray(images, np.float64)
   r = np.asarray(references, np.float64)
@@ -187,7 +198,7 @@ def masked_psnr(images, references, masks, *, data_range: float = 2.0) -> np.nda
   axes = tuple(range(1, x.ndim))
   with np.errstate(divide="ignore", invalid="ignore"):
     mse = np.sum(m * (x - r) ** 2, axis=axes) / np.sum(m, axis=axes)
-    return 10.0 * np.log10(data_range ** 2 / mse)
+    return 10.0 * np.log10(data_range ** 2 / np.maximum(mse, _QUANTIZATION_MSE * data_range ** 2))
 
 
 def composite(images, references, masks) -> np.ndarray:
