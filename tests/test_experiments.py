@@ -98,6 +98,11 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
   assert metrics["step"] == 4
   for key in expected:
     assert np.isfinite(metrics[key]), key
+  # Every metric with replicates says how many examples they resample (what pairs two runs).
+  with open(os.path.join(workdir, "eval_metrics.bootstrap.json")) as f:
+    replicated = [k for k, v in json.load(f).items() if isinstance(v, list)]
+  assert replicated and [k for k in replicated if f"{k}_examples" not in metrics] == []
+  assert metrics["eval/frechet_alexnet_distance_examples"] == [16, 16]
   if name == "imgseg":
     assert 0.0 <= metrics["eval/segmentation_miou"] <= 1.0
     assert [os.path.basename(p) for p in results["sample_grids"]] == [

@@ -207,4 +207,31 @@ def test_paired_differences_against_another_run_trained_with_the_same_seed(tmp_p
   assert _claim_line(section, "imgmask, v, seed 1 (named random streams)",
                      "imgmask_v_small_seed1").split(" | ")[-2] == "-"
   assert _claim_line(section, "imgmask, z0 (the default since; named random streams)",
-                     "imgmask_z0_small").split(" | ")[-2] == "-"
+                     "imgmask_z0_small").split(" | ")[-2] == "not paired (replicate counts differ: [7, 30])"
+
+
+def test_runs_evaluated_on_different_numbers_of_examples_are_not_paired(tmp_path):
+  """Replicate i of two runs resamples the same example indices only when both drew from as many
+  examples (metrics.bootstrap_indices seeds on n): as many replicates is not enough."""
+  draws = [29.0, 30.0, 31.0] * 10
+  _write_run(tmp_path, "classcond_v_small",
+             {report.LABEL_FRECHET: 30.0, report.LABEL_FRECHET + "_examples": [2000, 2000]}, _run())
+  _write_bootstrap(tmp_path, "classcond_v_small", {report.LABEL_FRECHET: draws})
+  # A file from before every metric recorded its examples: the run's generated_examples stand in.
+  _write_run(tmp_path, "uncond_v_small", {report.FRECHET: 40.0, "eval/generated_examples": 1000}, _run())
+  _write_bootstrap(tmp_path, "uncond_v_small", {report.FRECHET: [39.0, 40.0, 41.0] * 10})
+  lpips = "eval/inpainting/lpips@0.5"
+  for run, examples in (("imgmask_v_small_seed1", 2000), ("imgmask_z0_small_seed1", 1000),
+                        ("imgmask_v_small", None), ("imgmask_z0_small", 2000)):
+    known = {} if examples is None else {lpips + "_examples": examples}
+    _write_run(tmp_path, run, {lpips: 0.2, **known}, _run())
+    _write_bootstrap(tmp_path, run, {lpips: [0.19, 0.2, 0.21] * 10})
+  text = report.render(report.load_runs(str(tmp_path)), str(tmp_path))
+  assert ("| 0.75 | 30 vs 40 | not judged: not paired (examples differ: [2000, 2000] vs [1000, 1000]) |"
+          in _claim_line(text, "B", "Baselines"))
+  section = text[text.index("### Parameterization (`diffusion.parameterization`)"):]
+  assert _claim_line(section, "imgmask, z0, seed 1", "imgmask_z0_small_seed1").split(" | ")[-2] == \
+      "not paired (examples differ: 1000 vs 2000)"
+  # One side's count unknown (an older file): paired as before.
+  assert _claim_line(section, "imgmask, z0 (the default since; named random streams)",
+                     "imgmask_z0_small").split(" | ")[-2] == "+0 [+0, +0]"

@@ -104,9 +104,11 @@ def _conditional(experiment, params, config):
 
 
 def _with_bootstrap(name: str, values, **extra) -> dict[str, Any]:
-  """{name: mean of per-example values, "bootstrap": {name: replicates}, **extra}."""
+  """{name: mean of per-example values, name_examples: their number, "bootstrap": {name: replicates},
+  **extra}."""
   values = np.asarray(values, np.float64)
-  return {name: float(np.mean(values)), "bootstrap": {name: metrics.bootstrap_mean(values)}, **extra}
+  return {name: float(np.mean(values)), f"{name}_examples": len(values),
+          "bootstrap": {name: metrics.bootstrap_mean(values)}, **extra}
 
 
 def _merge(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -128,8 +130,7 @@ def label_accuracy(experiment, params, config) -> dict[str, float]:
     out = sample(jax.random.fold_in(rng, i), {base.name: batch[base.feature]})
     correct.append(np.asarray(out[label.name]) == batch[label.feature])
   correct = np.concatenate(correct)
-  return _with_bootstrap(f"{label.name}_accuracy", correct,
-                         **{f"{label.name}_accuracy_examples": len(correct)})
+  return _with_bootstrap(f"{label.name}_accuracy", correct)
 
 
 def segmentation_miou(experiment, params, config) -> dict[str, float]:
@@ -220,9 +221,9 @@ def _image_set_scores(experiment, config, generated: np.ndarray, prefix: str = "
       {distance: metrics.frechet_distance(real_features, fake_features),
        f"{prefix}precision": pr.precision, f"{prefix}recall": pr.recall,
        f"{prefix}generated_examples": len(fake_features),
+       f"{distance}_examples": [len(fake_features), len(real_features)],
        "bootstrap": {distance: metrics.bootstrap_frechet(real_features, fake_features)}},
-      *(_with_bootstrap(name, g, **{f"{name}_examples": len(g)}) for name, g in grains.items()
-        if len(g)))
+      *(_with_bootstrap(name, g) for name, g in grains.items() if len(g)))
 
 
 def generation(experiment, params, config) -> dict[str, Any]:
@@ -289,6 +290,7 @@ def segmentation_agreement(experiment, params, config) -> dict[str, float]:
   replicates = agreement.pop("bootstrap")
   return {**{f"{seg.name}_{k}": v for k, v in agreement.items()},
           f"{seg.name}_pair_examples": sum(len(o[seg.name]) for o in outs),
+          **{f"{seg.name}_{k}_examples": sum(len(o[seg.name]) for o in outs) for k in replicates},
           "bootstrap": {f"{seg.name}_{k}": v for k, v in replicates.items()}}
 
 
@@ -310,8 +312,7 @@ def embedding_consistency(experiment, params, config) -> dict[str, float]:
   # Chance level: each generated embedding vs the embedding of another generated image.
   shuffled = metrics.cosine_similarity(generated, np.roll(of_images, 1, axis=0))
   return _with_bootstrap(f"{emb.name}_cosine", cosines,
-                         **{f"{emb.name}_cosine_shuffled": float(np.mean(shuffled)),
-                            f"{emb.name}_cosine_examples": len(cosines)})
+                         **{f"{emb.name}_cosine_shuffled": float(np.mean(shuffled))})
 
 
 def label_agreement(experiment, params, config, classify=None) -> dict[str, float]:
@@ -341,12 +342,12 @@ def label_agreement(experiment, params, config, classify=None) -> dict[str, floa
   return _merge(
       _with_bootstrap(
           f"{label.name}_agreement", predicted == generated,
-          **{f"{label.name}_agreement_examples": len(generated),
-             "classifier_test_accuracy": metrics.label_agreement(np.concatenate(predicted_test),
+          **{"classifier_test_accuracy": metrics.label_agreement(np.concatenate(predicted_test),
                                                                  test_labels),
              "classifier_workdir": str(config.eval.classifier_workdir)}),
       {tv: metrics.class_frequency_distance(generated, **balance),
        tv_seen: metrics.class_frequency_distance(predicted, **balance),
+       **{f"{name}_examples": [len(generated), len(test_labels)] for name in (tv, tv_seen)},
        "bootstrap": {tv: metrics.bootstrap_class_frequency_distance(generated, **balance),
                      tv_seen: metrics.bootstrap_class_frequency_distance(predicted, **balance)}})
 
@@ -374,7 +375,9 @@ class Evaluator:
   whether it needs a model with no aggregated modality.
 
   `evaluate` returns {metric: value}, plus optionally "bootstrap": {metric: (R,) replicates} for the
-  metrics that have bootstrap intervals (see run_evaluators)."""
+  metrics that have bootstrap intervals (see run_evaluators), each with "<metric>_examples": the
+  number of examples its replicates resample (metrics.bootstrap_indices), [generated, reference]
+  for a two-sample metric; two runs' replicates pair only where these are equal."""
   evaluate: Callable[..., dict[str, Any]]
   needs: str | None = None
   generative: bool = False
@@ -481,6 +484,9 @@ def run_evaluators(experiment, params, config, names=EVALUATOR_NAMES, *,
     extra = {"classify": classify} if evaluator.uses_classifier else {}
     values = dict(evaluator.evaluate(experiment, params, config, **extra))
     for metric, draws in values.pop("bootstrap", {}).items():
+      if f"{metric}_examples" not in values:  # what the report checks before pairing two runs
+        raise AssertionError(f"evaluator {name!r}: {metric!r} has bootstrap replicates but no "
+                             f"{metric}_examples (the numbers of examples they resample)")
       replicates[f"eval/{metric}"] = [float(f"{x:.6g}") for x in np.asarray(draws)]
       results[f"eval/{metric}_ci95"] = list(metrics.percentile_interval(draws, point=values[metric]))
     results.update({f"eval/{k}": v for k, v in values.items()})

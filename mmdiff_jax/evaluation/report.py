@@ -222,6 +222,35 @@ TABLES = (
 # ------------------------------------------------------------------------------------ design choices
 
 
+def sample_size(values: dict[str, Any], key: str) -> Any:
+  """How many examples `key`'s bootstrap replicates resample ([generated, reference] for a two-sample
+  metric): its `<key>_examples`; in files written before every metric recorded one, the run's
+  count where it has one for that metric; None where unknown."""
+  if f"{key}_examples" in values:
+    return values[f"{key}_examples"]
+  if key.endswith("frechet_alexnet_distance"):
+    generated = values.get(key[:-len("frechet_alexnet_distance")] + "generated_examples")
+    return None if generated is None else [generated, generated]  # the first N test images
+  if key.endswith("_pair_miou"):
+    return values.get(key[:-len("_miou")] + "_examples")
+  return None
+
+
+def unpaired_because(sides: list[tuple[dict[str, Any], dict[str, Any], str]]) -> str | None:
+  """Why the bootstrap replicates in these (values, replicates, metric key) files cannot be paired
+  (replicate i of each resamples the same example indices only where they drew as many replicates
+  from as many examples), or None where they can."""
+  counts = {len(replicates[key]) if key in replicates else None for _, replicates, key in sides}
+  if None in counts:
+    return "no bootstrap replicates"
+  if len(counts) > 1:
+    return f"replicate counts differ: {sorted(counts)}"
+  sizes = [sample_size(values, key) for values, _, key in sides]
+  if len({str(s) for s in sizes if s is not None}) > 1:
+    return f"examples differ: {' vs '.join(str(s) for s in sizes)}"
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Ablation:
   """One open point of the paper: each choice's run (and metrics file), side by side."""
@@ -252,9 +281,9 @@ class Ablation:
     base_values, base_replicates = self._baseline(runs, name, stem)
     cells = []
     for _, key in self.paired_columns:
-      if (key not in replicates or key not in base_replicates
-          or len(replicates[key]) != len(base_replicates[key])):
-        cells.append("-")
+      why = unpaired_because([(values, replicates, key), (base_values, base_replicates, key)])
+      if why:
+        cells.append("-" if why == "no bootstrap replicates" else f"not paired ({why})")
         continue
       point = values[key] - base_values[key]
       low, high = metrics.percentile_interval(
@@ -654,8 +683,14 @@ class Comparison:
   def runs(self) -> list[str]:
     return [r for r, _ in (*self.numerator, *self.denominator)]
 
+  def unpaired_because(self, runs) -> str | None:
+    """Why the runs' replicates cannot be paired (see the function of that name), or None."""
+    return unpaired_because([(runs[r]["metrics"], runs[r]["bootstrap"], k)
+                             for r, k in (*self.numerator, *self.denominator)])
+
   def measure(self, runs) -> tuple[float, tuple[float, float] | None, str]:
-    """(point value, 95% interval or None without replicates, the runs' own values as text)."""
+    """(point value, 95% interval or None without paired replicates, the runs' own values as
+    text)."""
     def total(pairs, replicated):
       point = sum(runs[r]["metrics"][k] for r, k in pairs)
       draws = [runs[r]["bootstrap"].get(k) for r, k in pairs]
@@ -666,7 +701,7 @@ class Comparison:
     den, den_draws = total(self.denominator, True)
     value = num - den if self.difference else num / den
     interval = None
-    if num_draws is not None and den_draws is not None and len(num_draws) == len(den_draws):
+    if num_draws is not None and den_draws is not None and not self.unpaired_because(runs):
       draws = num_draws - den_draws if self.difference else num_draws / den_draws
       interval = metrics.percentile_interval(draws, point=value)
     text = " + ".join(_fmt(runs[r]["metrics"][k]) for r, k in self.numerator)
@@ -713,6 +748,9 @@ class Claim:
     shown = _fmt(value) + (f" [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "")
     judged = ("descriptive" if self.descriptive else
               verdict(interval, bound=self.bound, below=self.below))
+    unpaired = self.comparison.unpaired_because(runs)
+    if unpaired and unpaired != "no bootstrap replicates" and not self.descriptive:
+      judged = f"not judged: not paired ({unpaired})"
     if judged in ("holds", "does not hold"):
       judged = f"**{judged}**"
     return f"{head} {shown} | {text} | {judged} |"
