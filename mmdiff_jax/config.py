@@ -48,7 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
       train_split="train",  # TFDS split trained on, e.g. "train" or "train[:90%]"
       eval_split="test",  # TFDS split evaluated on (imagenet_resized has no "test": "validation")
       ignore_label=ml_collections.config_dict.placeholder(int),  # segmentation class id left out of
-                          # the recovery loss and of mIoU (e.g. 255 for Cityscapes' void); None: none
+                          # the recovery loss and of mIoU, and encoded as 0 (in training and in an
+                          # observed map) (e.g. 255 for Cityscapes' void); None: none
       resize="none",  # "none": stored size (image_size = stored side, stored + 4: padded, smaller:
                       # cropped); "area" or "bilinear": shorter side resized to image_size (masks
                       # nearest), then cropped to a square

@@ -35,7 +35,7 @@ class Experiment:
   weights: jnp.ndarray  # (T, N) aggregation weights of aggregated_specs(specs)
   parameterization: str
   task: str = "diffusion"
-  ignore_label: int | None = None  # config.data.ignore_label, honoured by the objective
+  ignore_label: int | None = None  # config.data.ignore_label, honoured by objective and sampler
 
   @property
   def is_generative(self) -> bool:
@@ -56,7 +56,7 @@ class Experiment:
     return Sampler(self.model, self.schedule, self.weights, self.parameterization, method=method,
                    sampler_steps=sampler_steps, eta=eta, clip_denoised=clip_denoised,
                    categorical_feedback=categorical_feedback,
-                   hard_feedback_fraction=hard_feedback_fraction)
+                   hard_feedback_fraction=hard_feedback_fraction, ignore_label=self.ignore_label)
 
   def prior_report(self) -> dict[str, float]:
     """lambda_T per aggregated modality, and the prior KL per dimension of a unit encoding (nats)."""

@@ -497,6 +497,39 @@ def test_ignore_label_is_left_out_of_the_segmentation_loss():
       recovery_nll(spec, jnp.asarray(logits), jnp.asarray(target), ignore_label=255), loss)
 
 
+def test_unlabelled_pixels_encode_as_zero_in_training_and_in_an_observed_map():
+  """Training puts no code at an unlabelled pixel; a map given to the sampler is encoded the same
+  way (before, its ignore value was looked up as a class id beyond the encoder's table)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from configs import imgseg  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.experiment import build_experiment  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.training import state as state_lib  # pylint: disable=import-outside-toplevel
+  config = imgseg.get_config("smoke")
+  config.data.ignore_label = 255
+  experiment = build_experiment(config)
+  model = experiment.model
+  batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in state_lib.example_batch(model, 2).items()}
+  params = model.init(jax.random.PRNGKey(0), batch, batch["image"], jnp.ones((2,), jnp.int32),
+                      method="initialize")["params"]
+  seg = next(s for s in model.aggregated if s.kind == "segmentation")
+  rng = np.random.default_rng(0)
+  maps = rng.integers(0, seg.num_classes, batch[seg.feature].shape).astype(np.int32)
+  maps[:, :5] = 255
+  batch = dict(batch, **{seg.feature: jnp.asarray(maps)})
+  index = model.aggregated.index(seg)
+  trained = experiment.objective()._encode({"params": params}, batch, 2)[index]
+  sampler = experiment.sampler("ddim", 2)
+  _, observed, _ = sampler.prepare_observed(params, {seg.name: jnp.asarray(maps)})
+  np.testing.assert_array_equal(observed[index], trained)
+  assert np.all(np.asarray(trained)[:, :5] == 0) and np.any(np.asarray(trained)[:, 5:] != 0)
+  labelled = np.where(maps == 255, 0, maps)  # elsewhere the encoding is the map's
+  np.testing.assert_array_equal(
+      np.asarray(trained)[:, 5:],
+      np.asarray(model.apply({"params": params}, seg.name, jnp.asarray(labelled),
+                             method=type(model).encode_value))[:, 5:])
+
+
 def test_ignore_label_must_be_outside_the_classes():
   from mmdiff_jax.config_validation import validate_config  # pylint: disable=import-outside-toplevel
   from configs import imgseg  # pylint: disable=import-outside-toplevel

@@ -82,10 +82,25 @@ class MTDiffusion(nn.Module):
       return jnp.zeros((0, batch_size, *self.z_shape), jnp.float32)
     return jnp.stack(per_modality, axis=0)
 
-  def encode(self, batch: dict[str, Any], batch_size: int) -> jnp.ndarray:
-    """E_i(x_i) of the aggregated modalities: (N, B, *z_shape), in spec order."""
-    return self._stack([self.encoders[s.name].encode(batch[s.feature]) for s in self.aggregated],
-                       batch_size)
+  def encode(self, batch: dict[str, Any], batch_size: int, *,
+             ignore_label: int | None = None) -> jnp.ndarray:
+    """E_i(x_i) of the aggregated modalities: (N, B, *z_shape), in spec order (`encode_value`)."""
+    return self._stack([self.encode_value(s.name, batch[s.feature], ignore_label=ignore_label)
+                        for s in self.aggregated], batch_size)
+
+  def encode_value(self, name: str, values, *, ignore_label: int | None = None) -> jnp.ndarray:
+    """E_i(x_i) of one aggregated modality's values (B, ...): (B, *z_shape).
+
+    For a kind with an ignore label (segmentation maps), values equal to `ignore_label` (unlabelled
+    pixels) encode as 0: they carry no information into z_t, in training and in an observed map.
+    """
+    encoder = self.encoders[name]
+    spec = next(s for s in self.aggregated if s.name == name)
+    if ignore_label is None or not kinds.get(spec.kind).has_ignore_label:
+      return encoder.encode(values)
+    valid = values != ignore_label
+    encoding = encoder.encode(jnp.where(valid, values, 0))
+    return encoding * valid.reshape(valid.shape + (1,) * (encoding.ndim - valid.ndim))
 
   def encode_predictions(self, outputs: dict[str, jnp.ndarray], batch_size: int) -> jnp.ndarray:
     """E_i(x-hat_i) from the heads' outputs: (N, B, *z_shape), in spec order."""

@@ -73,6 +73,8 @@ class Sampler:
     categorical_feedback: one of CATEGORICAL_FEEDBACK.
     hard_feedback_fraction: "argmax" / "sampled" feedback applies at steps t <= this fraction of T;
       above it the expected code is fed back (1.0: every step; 0.0: none).
+    ignore_label: an observed segmentation map's unlabelled value (config.data.ignore_label): those
+      pixels encode as 0, as in training; generated maps have a class everywhere.
   """
   model: MTDiffusion
   schedule: Schedule
@@ -84,6 +86,7 @@ class Sampler:
   clip_denoised: bool = True
   categorical_feedback: str = "expected"
   hard_feedback_fraction: float = 1.0
+  ignore_label: int | None = None
 
   def __post_init__(self):
     if self.method not in SAMPLERS:
@@ -102,8 +105,8 @@ class Sampler:
 
   def _observed_encodings(self, params, observed: Mapping[str, Any]):
     """{index in the encoding stack: true encoding} for the observed aggregated modalities."""
-    return {i: self.model.apply({"params": params}, observed[spec.name],
-                                method=lambda m, x, name=spec.name: m.encoders[name].encode(x))
+    return {i: self.model.apply({"params": params}, spec.name, observed[spec.name],
+                                ignore_label=self.ignore_label, method=MTDiffusion.encode_value)
             for i, spec in enumerate(self.model.aggregated) if spec.name in observed}
 
   def prepare_observed(self, params, observed: Mapping[str, Any]):

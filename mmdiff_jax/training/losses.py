@@ -99,19 +99,8 @@ class Objective:
 
   def _encode(self, variables, batch, batch_size: int) -> jnp.ndarray:
     """E_i(x_i) of the aggregated modalities, (N, B, *z_shape); ignored pixels encode as 0."""
-    segmentations = [i for i, s in enumerate(self.model.aggregated)
-                     if kinds.get(s.kind).has_ignore_label]
-    if self.ignore_label is None or not segmentations:
-      return self.model.apply(variables, batch, batch_size, method=MTDiffusion.encode)
-    valid = {i: batch[self.model.aggregated[i].feature] != self.ignore_label for i in segmentations}
-    labelled = dict(batch)
-    for i in segmentations:
-      feature = self.model.aggregated[i].feature
-      labelled[feature] = jnp.where(valid[i], batch[feature], 0)
-    encodings = self.model.apply(variables, labelled, batch_size, method=MTDiffusion.encode)
-    for i in segmentations:
-      encodings = encodings.at[i].multiply(valid[i][..., None].astype(encodings.dtype))
-    return encodings
+    return self.model.apply(variables, batch, batch_size, ignore_label=self.ignore_label,
+                            method=MTDiffusion.encode)
 
   def _bound_terms(self, variables, z0, encodings, z_t, t, outputs, recovery):
     """Per-example bound terms (no gradient flows through them); in nats but for "bound/recovery"
