@@ -137,7 +137,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   specs = specs_from_config(config.modalities)
   for spec in specs:
     _require_range(f"modalities.{spec.name}.loss_weight", spec.loss_weight, low=0.0)
-    _require_range(f"modalities.{spec.name}.profile_scale", spec.profile_scale)
+    _require_range(f"modalities.{spec.name}.profile_scale", spec.profile_scale, low=0.0)
+    injected = spec.profile != "zero" and spec.profile_scale > 0
+    _require(config.task != "diffusion" or not spec.is_aggregated or injected or spec.loss_weight > 0,
+             f"modalities.{spec.name}", dict(profile=spec.profile, profile_scale=spec.profile_scale,
+                                             loss_weight=spec.loss_weight),
+             "a modality in the forward process (a profile other than 'zero' with profile_scale > 0), "
+             "in the loss (loss_weight > 0), or both: with neither it does nothing")
   _check_numbers(config)
   # .get with the defaults: a run's config.json written before these keys existed still loads.
   data, data_defaults = config.data, default_config().data
@@ -171,9 +177,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   if config.task == "prediction":
     names = {s.name: s for s in specs}
     p = config.prediction
-    image_like = [k for k in kinds.names() if kinds.get(k).image_like]
-    _require(p.input in names and names[p.input].kind in image_like, "prediction.input", p.input,
-             f"a modality of an image-like kind {image_like} among {sorted(names)}")
+    image_like = sorted(s.name for s in specs if kinds.get(s.kind).image_like)
+    _require(p.input in image_like, "prediction.input", p.input,
+             f"a modality of an image-like kind (image, masked_image, ...): one of {image_like}")
     _require(p.target in names and p.target != p.input, "prediction.target", p.target,
              f"another modality among {sorted(names)}")
   for spec, value in zip(aggregated_specs(specs), final.tolist()):
@@ -216,7 +222,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   _require(s.sampler in SAMPLERS, "sampling.sampler", s.sampler, f"one of {SAMPLERS}")
   _require(1 <= s.sampler_steps <= d.num_timesteps, "sampling.sampler_steps", s.sampler_steps,
            f"1..{d.num_timesteps} (diffusion.num_timesteps)")
-  _require_range("sampling.eta", s.eta, low=0.0)
+  # Above 1, sigma^2 could exceed 1 - abar_s, leaving the DDIM direction term no variance to take.
+  _require_range("sampling.eta", s.eta, low=0.0, high=1.0)
   _require(s.categorical_feedback in CATEGORICAL_FEEDBACK, "sampling.categorical_feedback",
            s.categorical_feedback, f"one of {CATEGORICAL_FEEDBACK}")
   _require_range("sampling.hard_feedback_fraction", s.hard_feedback_fraction, low=0.0, high=1.0)

@@ -23,5 +23,9 @@ class StorageError(UserError, OSError):
   """Reading or writing the user's files failed in a way the message explains (disk full, damage)."""
 
 
+class DivergedError(UserError, FloatingPointError):
+  """Training stopped on non-finite values; the message names the settings to change."""
+
+
 class BusyError(UserError, RuntimeError):
   """Something the user started (another run on the same workdir) is in the way."""

@@ -62,13 +62,14 @@ def _blurred_depth(batch, rngs):
 
 
 def test_builtin_kinds_are_found_by_file_name():
-  assert kinds.builtin_names() == ["embedding", "image", "label", "masked_image", "segmentation"]
+  # (A kind file added to the folder joins them: the library's own are among them.)
+  assert set(kinds.builtin_names()) >= {"embedding", "image", "label", "masked_image", "segmentation"}
   for name in kinds.builtin_names():
     assert kinds.get(name).name == name
   assert kinds.get("label").categorical and kinds.get("label").can_condition
   with pytest.raises(ValueError, match=r"config.modalities.depth.kind: got 'dept'; expected one of "
                                        r"\['embedding', 'image', 'label', 'masked_image', "
-                                       r"'segmentation'\]"):
+                                       r"'segmentation'.*\]"):
     specs_from_config({"image": {"kind": "image"}, "depth": {"kind": "dept"}})
 
 
@@ -108,3 +109,90 @@ def test_a_kind_defined_here_trains_samples_and_evaluates(data_dir, tmp_path, mo
   sample = experiment.sampler("ddim", 2).sample(state.ema_params, jax.random.PRNGKey(0), 3)
   assert sample["depth"].shape == (3, 28, 28) and sample["depth"].dtype == jnp.float32
   assert "depth_logits" not in sample  # not categorical
+
+
+def _two_modalities(**depth):
+  return {"image": {"kind": "image"}, "depth": {"kind": "depth_map", **depth}}
+
+
+def test_modality_entries_of_the_wrong_type_or_name_are_named(monkeypatch):
+  monkeypatch.setitem(kinds._REGISTERED, DEPTH.name, DEPTH)
+  for modalities, message in (
+      ({"image": {"kind": "image"}, "seg/x": {"kind": "depth_map"}},
+       r"config.modalities: a modality named 'seg/x'; expected a name of letters, digits and _"),
+      ({"image": {"kind": "image"}, "depth": "depth_map"},
+       r"config.modalities.depth: got 'depth_map'; expected a dict of"),
+      (_two_modalities(kind=["depth_map"]), r"config.modalities.depth.kind: got \['depth_map'\]"),
+      ({"image": {"kind": "image"}, "label": {"kind": "label", "num_classes": 10.7}},
+       r"config.modalities.label.num_classes: got 10.7; expected an integer"),
+      ({"image": {"kind": "image"}, "label": {"kind": "label", "num_classes": "10"}},
+       r"config.modalities.label.num_classes: got '10'; expected an integer"),
+      (_two_modalities(feature=3), r"config.modalities.depth.feature: got 3; expected a string")):
+    with pytest.raises(ValueError, match=message):
+      specs_from_config(modalities)
+
+
+def test_a_mistake_in_a_kind_file_is_not_called_an_unknown_kind(monkeypatch):
+  monkeypatch.setitem(kinds._REGISTERED, DEPTH.name, DEPTH)
+  real_get = kinds.get
+
+  def broken(name):
+    if name == "depth_map":
+      raise ValueError("mmdiff_jax.models.kinds.depth_map.KIND is named 'depth'; expected 'depth_map'")
+    return real_get(name)
+
+  monkeypatch.setattr(kinds, "get", broken)
+  with pytest.raises(ValueError, match=r"KIND is named 'depth'; expected 'depth_map'"):
+    specs_from_config(_two_modalities())
+
+
+def test_a_kind_without_a_recovery_loss_cannot_be_generated(monkeypatch):
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(kinds._REGISTERED, DEPTH.name, dataclasses.replace(DEPTH, recovery_nll=None))
+  with pytest.raises(ValueError, match=r"config.modalities.depth.kind: kind 'depth_map' has no "
+                                       r"recovery loss"):
+    specs_from_config(_two_modalities())
+
+
+def test_an_encoder_of_the_wrong_shape_is_named():
+  import jax  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.models.mtdiffusion import MTDiffusion  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.models.unet import UNet  # pylint: disable=import-outside-toplevel
+
+  class OneChannel(DepthEncoder):  # (B, H, W, 1) where z_0 has 3 channels
+    @nn.compact
+    def encode(self, depth):
+      return depth[..., None]
+
+  kind = kinds.Kind(name="thin_depth", value_shape=DEPTH.value_shape, dtype=np.float32,
+                    encoders={"thin": OneChannel}, head=heads.ConvHead, head_width=lambda s, z: 1,
+                    recovery_nll=_depth_nll, decode=DEPTH.decode)
+  kinds.register(kind)
+  try:
+    specs = specs_from_config({"image": {"kind": "image"}, "depth": {"kind": "thin_depth"}})
+    model = MTDiffusion(specs=specs, z_shape=(8, 8, 3), backbone=UNet(
+        base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=()))
+    with pytest.raises(ValueError, match=r"modality 'depth': encoder 'thin' of kind 'thin_depth' "
+                                         r"returned shape \(2, 8, 8, 1\); expected .* \(2, 8, 8, 3\)"):
+      model.init(jax.random.PRNGKey(0), "depth", jnp.zeros((2, 8, 8)), method=MTDiffusion.encode_value)
+  finally:
+    kinds._REGISTERED.pop("thin_depth")
+
+
+def test_a_stored_map_that_would_not_follow_the_images_geometry_is_refused():
+  from mmdiff_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  def reader(**geometry):
+    return pipeline._ReadBatch(source=None, order=None, stream_len=0, global_batch_size=1,
+                               local_batch_size=1, process_index=0, keys={}, with_index=False,
+                               geometry=pipeline.Geometry(**geometry))
+
+  depth, embedding = np.zeros((2, 28, 28), np.float32), np.zeros((2, 256), np.float32)
+  reader(image_size=28)._check_unmoved("depth", depth, native_hw=(28, 28))  # stored size: as is
+  reader(image_size=32)._check_unmoved("embedding", embedding, native_hw=(28, 28))  # not per pixel
+  for geometry, named in ((dict(image_size=32), "data.image_size=32"),
+                          (dict(image_size=28, random_flip=True), "data.random_flip=True"),
+                          (dict(image_size=24, crop="random"), "data.crop='random'")):
+    with pytest.raises(ValueError, match=rf"stored feature 'depth' has the images' size \(28, 28\), "
+                                         rf"but only the image and the segmentation map .*{named}"):
+      reader(**geometry)._check_unmoved("depth", depth, native_hw=(28, 28))

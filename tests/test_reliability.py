@@ -168,7 +168,7 @@ def test_repeated_nonfinite_updates_stop_the_run_and_checkpoints_stay_finite(dat
   config.eval.after_training = ()
   config.sampling.num_samples = 0
   workdir = str(tmp_path / "wd")
-  with pytest.raises(FloatingPointError, match="max_nonfinite_steps=3"):
+  with pytest.raises(errors.DivergedError, match="max_nonfinite_steps=3"):
     train.train_and_evaluate(config, workdir)
   experiment = build_experiment(config)
   mesh = sharding_lib.make_mesh(config.mesh)
@@ -215,7 +215,7 @@ def test_an_input_error_at_start_still_closes_the_checkpoint_manager(data_dir, t
     ("training.batch_size", 12, r"training.batch_size: got 12; expected a multiple of 8"),
     ("sampling.sampler", "euler", r"sampling.sampler: got 'euler'; expected one of"),
     ("sampling.sampler_steps", 1000, r"sampling.sampler_steps: got 1000; expected 1..100"),
-    ("sampling.eta", -1.0, r"sampling.eta: got -1.0; expected a finite number >= 0"),
+    ("sampling.eta", -1.0, r"sampling.eta: got -1.0; expected a finite number in \[0.0, 1.0\]"),
     ("model.dtype", "float16", r"model.dtype: got 'float16'; expected one of"),
     ("data.image_size", 29, r"data.image_size: got 29; expected a multiple of 2"),
     ("data.mask_fill_value", 2.0, r"data.mask_fill_value: got 2.0; expected a finite number in "
@@ -251,6 +251,13 @@ def test_an_input_error_at_start_still_closes_the_checkpoint_manager(data_dir, t
     ("eval.num_examples", -1, r"eval.num_examples: got -1; expected an integer >= 1"),
     ("eval.num_generated", 0, r"eval.num_generated: got 0; expected an integer >= 4"),
     ("eval.batch_size", 0, r"eval.batch_size: got 0; expected an integer >= 1"),
+    ("sampling.eta", 5.0, r"sampling.eta: got 5.0; expected a finite number in \[0.0, 1.0\]"),
+    ("modalities.label.profile_scale", -2.0, r"modalities.label.profile_scale: got -2.0; expected a "
+                                             r"finite number >= 0"),
+    ("modalities.label.loss_weight", 0.0, r"modalities.label: got \{'profile': 'zero', "
+                                          r"'profile_scale': 0.0, 'loss_weight': 0.0\}; expected a "
+                                          r"modality in the forward process .* with neither it does "
+                                          r"nothing"),
 ])
 def test_config_errors_name_key_value_and_allowed(key, value, message):
   config = imglabel.get_config("smoke")
@@ -261,6 +268,8 @@ def test_config_errors_name_key_value_and_allowed(key, value, message):
   node[leaf] = value
   if leaf == "profile":
     node["profile_scale"] = 0.5
+  if key == "modalities.label.loss_weight" and value == 0.0:  # and out of the forward process
+    node.update(profile="zero", profile_scale=0.0)
   with pytest.raises(ValueError, match=message):
     validate_config(config, num_devices=8)
 

@@ -255,6 +255,20 @@ class _ReadBatch:
     images = preprocess_images(np.stack(out_images), image_size=g.image_size)
     return images, None if masks is None else np.stack(out_masks)
 
+  def _check_unmoved(self, key: str, values: np.ndarray, *, native_hw) -> None:
+    """Refuses a stored per-pixel feature (the images' height and width) other than the segmentation
+    map when the geometry moves the images' pixels: it would not follow their flip, crop, padding or
+    resize, and would silently no longer match its image."""
+    g = self._geometry
+    moved = g.resize != "none" or g.is_random or tuple(native_hw) != (g.image_size,) * 2
+    if moved and values.ndim >= 3 and tuple(values.shape[1:3]) == tuple(native_hw):
+      raise BadValueError(
+          f"stored feature {key!r} has the images' size {tuple(native_hw)}, but only the image and "
+          f"the segmentation map (data.segmentation_key) follow data.image_size={g.image_size}, "
+          f"data.resize={g.resize!r}, data.crop={g.crop!r} and data.random_flip={g.random_flip}: "
+          f"train at the stored size without resize, random crop or flip, or derive it after them "
+          f"(data.derived)")
+
   def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
     positions = self._positions(batch_index)
     keys = self.record_indices(batch_index)
@@ -276,6 +290,7 @@ class _ReadBatch:
     for key in records[0].keys() - set(present.values()):
       values = stack(key)
       if np.issubdtype(values.dtype, np.number):  # stored features pass through as they are
+        self._check_unmoved(key, values, native_hw=images.shape[1:3])
         batch[key] = values
     if "embedding" in present:
       batch["embedding"] = stack(present["embedding"])

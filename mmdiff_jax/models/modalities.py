@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any, Mapping
 
 import jax
@@ -81,16 +82,26 @@ def specs_from_config(modalities: Mapping[str, Mapping[str, Any]]) -> tuple[Moda
   """
   specs = []
   for name, raw in modalities.items():
+    if not (isinstance(name, str) and name.isidentifier()):
+      raise BadValueError(f"config.modalities: a modality named {name!r}; expected a name of letters, "
+                          f"digits and _ (it names parameters, metrics and sample files)")
+    if not hasattr(raw, "items"):  # a dict or a ConfigDict
+      raise BadValueError(f"config.modalities.{name}: got {raw!r}; expected a dict of {sorted(_FIELDS)}")
     raw = dict(raw)
     unknown = set(raw) - _FIELDS
     if unknown:
       raise BadValueError(f"config.modalities.{name}: unknown keys {sorted(unknown)}; "
                           f"allowed: {sorted(_FIELDS)}")
-    try:
-      kind = kinds.get(raw.get("kind"))
-    except ValueError:
+    if not (isinstance(raw.get("kind"), str) and raw["kind"] in kinds.names()):
       raise BadValueError(f"config.modalities.{name}.kind: got {raw.get('kind')!r}; expected one of "
-                          f"{kinds.names()} (a new kind: a file of mmdiff_jax/models/kinds/)") from None
+                          f"{kinds.names()} (a new kind: a file of mmdiff_jax/models/kinds/)")
+    kind = kinds.get(raw["kind"])  # a known name: a mistake in its file is reported as such
+    for key in ("feature", "encoder", "profile", "role"):
+      if key in raw and not isinstance(raw[key], str):
+        raise BadValueError(f"config.modalities.{name}.{key}: got {raw[key]!r}; expected a string")
+    for key in ("num_classes", "dim"):
+      if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], numbers.Integral)):
+        raise BadValueError(f"config.modalities.{name}.{key}: got {raw[key]!r}; expected an integer")
     raw.setdefault("encoder", next(iter(kind.encoders)))
     if raw["encoder"] not in kind.encoders:
       raise BadValueError(f"config.modalities.{name}.encoder: got {raw['encoder']!r}; for kind "
@@ -106,12 +117,17 @@ def specs_from_config(modalities: Mapping[str, Mapping[str, Any]]) -> tuple[Moda
       raise BadValueError(f"config.modalities.{name}.role: 'condition' is supported for kinds "
                           f"{[k for k in kinds.names() if kinds.get(k).can_condition]}, got kind "
                           f"{kind.name!r}")
-    if "num_classes" in kind.required and int(raw.get("num_classes", 0)) < 2:
+    if "num_classes" in kind.required and raw.get("num_classes", 0) < 2:
       raise BadValueError(f"config.modalities.{name}.num_classes: got {raw.get('num_classes')!r}; "
                           f"a {kind.name} modality needs num_classes >= 2")
-    if "dim" in kind.required and int(raw.get("dim", 0)) < 1:
+    if "dim" in kind.required and raw.get("dim", 0) < 1:
       raise BadValueError(f"config.modalities.{name}.dim: got {raw.get('dim')!r}; expected >= 1")
-    specs.append(ModalitySpec(name=name, **raw))
+    spec = ModalitySpec(name=name, **raw)
+    if spec.is_aggregated and kind.recovery_nll is None:
+      raise BadValueError(f"config.modalities.{name}.kind: kind {kind.name!r} has no recovery loss "
+                          f"(its KIND's recovery_nll), so a head cannot learn it: it can be the base "
+                          f"or a condition only")
+    specs.append(spec)
   bases = [s for s in specs if s.is_base]
   if len(bases) != 1:
     raise BadValueError(f"config.modalities: expected exactly one modality of kind {BASE_KIND!r} "

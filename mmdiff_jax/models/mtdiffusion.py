@@ -96,17 +96,26 @@ class MTDiffusion(nn.Module):
     """
     encoder = self.encoders[name]
     spec = next(s for s in self.aggregated if s.name == name)
+    batch_size = jnp.shape(values)[0]
     if ignore_label is None or not kinds.get(spec.kind).has_ignore_label:
-      return encoder.encode(values)
+      return self._checked(spec, encoder.encode(values), batch_size)
     valid = values != ignore_label
-    encoding = encoder.encode(jnp.where(valid, values, 0))
+    encoding = self._checked(spec, encoder.encode(jnp.where(valid, values, 0)), batch_size)
     return encoding * valid.reshape(valid.shape + (1,) * (encoding.ndim - valid.ndim))
 
   def encode_predictions(self, outputs: dict[str, jnp.ndarray], batch_size: int) -> jnp.ndarray:
     """E_i(x-hat_i) from the heads' outputs: (N, B, *z_shape), in spec order."""
     return self._stack(
-        [self.encoders[s.name].encode_prediction(outputs[s.name]) for s in self.aggregated],
-        batch_size)
+        [self._checked(s, self.encoders[s.name].encode_prediction(outputs[s.name]), batch_size)
+         for s in self.aggregated], batch_size)
+
+  def _checked(self, spec: ModalitySpec, encoding, batch_size: int):
+    """`encoding` if it is (B, *z_shape); else an error naming the modality's encoder."""
+    if tuple(encoding.shape) != (batch_size, *self.z_shape):
+      raise ValueError(f"modality {spec.name!r}: encoder {spec.encoder!r} of kind {spec.kind!r} "
+                       f"returned shape {tuple(encoding.shape)}; expected (B, *z_shape) = "
+                       f"{(batch_size, *self.z_shape)}")
+    return encoding
 
   def initialize(self, batch: dict[str, Any], z_t, t):
     """Touches every submodule (used only by init)."""

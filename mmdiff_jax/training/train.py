@@ -20,6 +20,7 @@ from mmdiff_jax import random_streams
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.data.checks import check_batch
+from mmdiff_jax.errors import DivergedError
 from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, conditions_of, masked_test_images,
                                            run_evaluators, save_eval_metrics, test_batches)
 from mmdiff_jax.evaluation.metrics import composite
@@ -302,7 +303,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
         if t.max_nonfinite_steps and means["nonfinite_streak"] >= t.max_nonfinite_steps:
           run_record.update(last_step=step, wall_s=time.perf_counter() - loop_start,
                             outcome="stopped: non-finite updates")
-          raise FloatingPointError(
+          raise DivergedError(
               f"{means['nonfinite_streak']} updates in a row had a non-finite loss or gradient norm "
               f"(by step {step}); they were skipped and no checkpoint holds them. Stopping: lower "
               f"config.optimizer.learning_rate or check the data (the limit is "
@@ -351,7 +352,7 @@ def _save(checkpointer: Checkpointer, step: int, state, train_iter) -> None:
     checkpointer.save(step, state, train_iter.get_state())
   except NonFiniteStateError as e:
     checkpointer.wait()
-    raise FloatingPointError(
+    raise DivergedError(
         f"Stopping: {e}. Updates that overflow leave no way back; lower "
         f"config.optimizer.learning_rate or config.optimizer.grad_clip_norm, or check the data, "
         f"then rerun to resume from the newest checkpoint.") from e
