@@ -183,6 +183,45 @@ def test_two_processes_equal_one_and_restore_into_another_topology(subprocess_en
                          got_k.params["backbone"]["Conv_0"]["kernel"])  # it did keep training
 
 
+def test_sigterm_to_one_process_saves_the_same_step_on_all_between_logged_steps(subprocess_env,
+                                                                               tmp_path):
+  """A preemption notice reaches one process of several (as a scheduler may send it): every process
+  saves the same step and exits, right after the step it arrived at, not at the next logged step
+  (which may come after the scheduler's SIGKILL)."""
+  workdir = tmp_path / "preempted"
+  flags = _main_flags(workdir, 100_000, {"data": 2, "fsdp": 1}, False)
+  flags += ["--config.training.log_every=100000", "--config.training.save_every=100000"]
+  log = tmp_path / "launcher.log"
+  with open(log, "w") as out:
+    launcher = subprocess.Popen(
+        ["bash", str(LAUNCHER), "--num_processes=2", "--devices_per_process=1",
+         f"--timeout={RUN_TIMEOUT_S - 30}", "--grace=60", "--", *flags],
+        cwd=ROOT, env=subprocess_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+  try:
+    deadline = time.monotonic() + RUN_TIMEOUT_S - 60
+    while log.read_text().count("training steps 0 -> 100000") < 2:
+      assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+      time.sleep(0.5)
+    time.sleep(5)  # some steps in
+    workers = [int(p) for p in subprocess.run(["pgrep", "-f", f"workdir={workdir} "],
+                                              capture_output=True, text=True).stdout.split()]
+    workers = [p for p in workers if p != launcher.pid]
+    assert len(workers) == 2, workers
+    os.kill(workers[1], signal.SIGTERM)
+    assert launcher.wait(timeout=120) == 0, log.read_text()[-3000:]
+  finally:
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, signal.SIGKILL)
+      launcher.wait()
+  text = log.read_text()
+  saved = {p: re.findall(rf"\[p{p}\] Received SIGTERM: saved a checkpoint at step (\d+)", text)
+           for p in (0, 1)}
+  assert len(saved[0]) == 1 and saved[0] == saved[1], text[-3000:]
+  step = int(saved[0][0])
+  assert 0 < step < 100_000
+  assert Checkpointer(str(workdir / "checkpoints"), max_to_keep=3).all_steps() == [step]
+
+
 def test_launcher_rejects_bad_flags():
   def launch(*args):
     return subprocess.run(["bash", str(LAUNCHER), *args], capture_output=True, text=True,

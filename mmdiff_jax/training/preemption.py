@@ -8,15 +8,16 @@ import signal
 import threading
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 
 
 class StopRequest:
   """Turns SIGTERM (a preemption notice) into a request that the loop honours after the current step.
 
-  With several processes, the request is agreed on by all of them (any process asked), so that every
-  process saves the same step.
+  One process: a SIGTERM handler sets the request, read after every step. Several: JAX's preemption
+  service (on by default with jax.distributed) catches SIGTERM on any process, tells the others, and
+  picks the first step that no process has passed yet; every process asks after every step, without
+  a collective, and all of them stop at that step, so they save the same one.
   """
 
   def __init__(self):
@@ -24,8 +25,10 @@ class StopRequest:
 
   @contextlib.contextmanager
   def on_sigterm(self):
-    if threading.current_thread() is not threading.main_thread():
-      yield self  # signal handlers can only be installed from the main thread
+    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+      # Several processes: JAX's preemption notifier holds SIGTERM, which a Python handler would
+      # replace. (Signal handlers can only be installed from the main thread.)
+      yield self
       return
     previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_asked", True))
     try:
@@ -33,10 +36,9 @@ class StopRequest:
     finally:
       signal.signal(signal.SIGTERM, previous)
 
-  def requested(self, *, synchronise: bool) -> bool:
-    """Single process: whether SIGTERM arrived. Several: only when `synchronise` (a collective)."""
+  def requested(self, *, step: int) -> bool:
+    """Whether to save at `step` and stop; ask after every step (several processes: with the same
+    steps on each)."""
     if jax.process_count() == 1:
       return self._asked
-    if not synchronise:
-      return False
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(self._asked))))
+    return multihost_utils.reached_preemption_sync_point(step)

@@ -310,7 +310,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
               f"config.training.max_nonfinite_steps={t.max_nonfinite_steps}).")
       if step % t.save_every == 0 or step == t.num_steps:
         _save(checkpointer, step, state, train_iter)
-      if stop.requested(synchronise=step % t.log_every == 0):
+      if stop.requested(step=step):
         if step % t.save_every and step != t.num_steps:
           _save(checkpointer, step, state, train_iter)
         checkpointer.close()  # the save is complete before the message says so
