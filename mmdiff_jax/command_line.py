@@ -40,9 +40,14 @@ def unknown_override(argv: list[str]) -> str | None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, but an override of a key the config lacks is named in full, without a
-  traceback (ml_collections raises a KeyError or AttributeError naming only its last part)."""
+  traceback (ml_collections raises a KeyError or AttributeError naming only its last part), and
+  absl's own errors are one line too."""
   try:
     return flags.FLAGS(argv)
   except (KeyError, AttributeError) as error:
     print(f"FATAL Flags parsing error: {unknown_override(argv) or error}", file=sys.stderr)
+    sys.exit(1)
+  except flags.Error as error:  # what absl's own parser prints (a bad --mode, a missing --workdir)
+    print(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.",
+          file=sys.stderr)
     sys.exit(1)

@@ -47,6 +47,14 @@ class Experiment:
     return Objective(self.model, self.schedule, self.weights, self.parameterization,
                      ignore_label=self.ignore_label)
 
+  def configured_sampler(self, sampling) -> Sampler | PredictionSampler:
+    """The sampler `sampling` (config.sampling) describes, every option of it: the one behind the
+    sample grids and the exported samples."""
+    return self.sampler(sampling.sampler, sampling.sampler_steps, eta=sampling.eta,
+                        clip_denoised=sampling.clip_denoised,
+                        categorical_feedback=sampling.categorical_feedback,
+                        hard_feedback_fraction=sampling.hard_feedback_fraction)
+
   def sampler(self, method: str, sampler_steps: int, *, eta: float = 0.0, clip_denoised: bool = True,
               categorical_feedback: str = "expected",
               hard_feedback_fraction: float = 1.0) -> Sampler | PredictionSampler:

@@ -49,6 +49,19 @@ flags.DEFINE_string("sample_dir", None, "With --num_samples: output folder (defa
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def check_sample_flags() -> None:
+  """A flag the chosen mode would ignore is an error, not a silent no-op."""
+  for_sample = ("params", "num_samples")
+  with_num_samples = ("sample_labels", "sample_dir", "sample_format")
+  given = [name for name in for_sample + with_num_samples if FLAGS[name].present]
+  if FLAGS.mode != "sample" and given:
+    raise app.UsageError(f"--{given[0]} is for --mode=sample (given --mode={FLAGS.mode})")
+  given = [name for name in with_num_samples if FLAGS[name].present]
+  if given and not FLAGS.num_samples:
+    raise app.UsageError(f"--{given[0]} is for --num_samples=N (the samples for external metrics); "
+                         f"without it --mode=sample writes grids")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -62,16 +75,15 @@ def main(argv):
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.join(os.path.expanduser("~"), ".cache", "mmdiff_jax", "xla"))
-  if FLAGS.params and FLAGS.mode != "sample":
-    raise app.UsageError(f"--params is for --mode=sample (given --mode={FLAGS.mode})")
+  check_sample_flags()
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == "export":
     print(f"Wrote {params_export.export_ema_params(FLAGS.config, FLAGS.workdir)}", flush=True)
   elif FLAGS.num_samples:
-    paths = sample_export.export_from_checkpoint(
+    paths = sample_export.export_samples(
         FLAGS.config, FLAGS.workdir, num_samples=FLAGS.num_samples, formats=FLAGS.sample_format,
-        labels=FLAGS.sample_labels, out_dir=FLAGS.sample_dir)
+        labels=FLAGS.sample_labels, out_dir=FLAGS.sample_dir, params_path=FLAGS.params)
     print(f"Wrote {paths}", flush=True)
   elif FLAGS.params:
     params_export.sample_from_exported(FLAGS.config, FLAGS.params, FLAGS.workdir)

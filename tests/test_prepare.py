@@ -153,6 +153,30 @@ def test_class_folders_prepare_train_sample_export(sets, data_dir, env, tmp_path
   assert pngs == [f"{i:06d}.png" for i in range(6)]
   np.testing.assert_array_equal(np.asarray(Image.open(export_dir / "png" / pngs[0])), first)
 
+  # The same samples from the exported parameter file (--params), into the default folder, whose
+  # name says the labels were given; a second, smaller export into the first folder leaves none of
+  # the first's PNGs behind.
+  data = {"data.name": "pets", "data.data_dir": data_dir, "data.channels": 3,
+          "modalities.label.num_classes": 2}
+  _main(env, "imglabel.py:smoke", workdir, "--mode=export", **data)
+  params = workdir / "export" / "ema_params_step2.msgpack"
+  _main(env, "imglabel.py:smoke", workdir, "--mode=sample", "--num_samples=6",
+        "--sample_labels=balanced", f"--params={params}", **data)
+  with np.load(workdir / "samples" / "export_step2_given_balanced" / "samples.npz") as npz:
+    np.testing.assert_array_equal(npz["arr_0"][0], first)
+  _main(env, "imglabel.py:smoke", workdir, "--mode=sample", "--num_samples=2",
+        f"--sample_dir={export_dir}", **data)
+  assert sorted(os.listdir(export_dir / "png")) == ["000000.png", "000001.png"]
+  # Joint samples follow sampling.categorical_feedback, as the grids do.
+  feedback = {}
+  for mode in ("expected", "argmax"):
+    _main(env, "imglabel.py:smoke", workdir, "--mode=sample", "--num_samples=4",
+          f"--sample_dir={tmp_path / mode}", "--sample_format=npz",
+          **data, **{"sampling.categorical_feedback": mode})
+    with np.load(tmp_path / mode / "samples.npz") as npz:
+      feedback[mode] = npz["arr_0"]
+  assert not np.array_equal(feedback["expected"], feedback["argmax"])
+
 
 def test_unlabelled_flat_folder_trains_without_label(sets, data_dir, env, tmp_path):
   _prepare_cli(env, f"--from_folder={sets / 'flat'}", "--split_folders", "--name=flat_gray",

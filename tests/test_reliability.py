@@ -771,6 +771,23 @@ def test_only_user_errors_lose_their_traceback(monkeypatch, capsys):
   assert issubclass(workdir_lock.WorkdirBusyError, errors.UserError)
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--mode=sampl"], "FATAL Flags parsing error: flag --mode=sampl: value should be one of "
+                       "<train|sample|export>"),
+    (["--num_samples=3"], "--num_samples is for --mode=sample (given --mode=train)"),
+    (["--mode=sample", "--sample_labels=3"], "--sample_labels is for --num_samples=N"),
+    (["--mode=sample", "--params=nowhere.msgpack", "--num_samples=2"],
+     "FATAL --params=nowhere.msgpack: no such file"),
+])
+def test_flags_a_mode_would_ignore_or_cannot_use_are_one_line_errors(tmp_path, extra, message):
+  command = [sys.executable, "-m", "mmdiff_jax.main", "--config=configs/imglabel.py:smoke",
+             f"--workdir={tmp_path / 'run'}", *extra]
+  result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert message in result.stderr, result.stderr[-2000:]
+
+
 def test_a_changed_input_position_is_damage(tmp_path):
   """The input position is part of what a checkpoint promises: resuming from an edited one would
   feed other batches than the run would have seen, silently."""

@@ -2,6 +2,11 @@
 
   python -m mmdiff_jax.main --config=... --workdir=DIR --mode=sample --num_samples=N
       [--sample_format=npz,png] [--sample_labels=balanced|3|0,1,2] [--sample_dir=...]
+      [--params=DIR/export/ema_params_step<N>.msgpack]
+
+Written to --sample_dir, by default DIR/samples/export_step<N> (joint samples) or
+export_step<N>_given_<labels> (given labels), with config.sampling's sampler (every option, as the
+sample grids).
 
 Layout, as common FID tools read it:
   samples.npz: "arr_0" uint8 (N, H, W, 3) (grayscale replicated to RGB: Inception networks take RGB;
@@ -14,6 +19,7 @@ Images are at the model's resolution (data.image_size).
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Sequence
 
 import jax
@@ -24,6 +30,7 @@ from mmdiff_jax import random_streams
 from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
+from mmdiff_jax.training import params_export
 from mmdiff_jax.training.restore import restore_latest
 
 FORMATS = ("npz", "png")
@@ -82,8 +89,9 @@ def generate(experiment, params, *, num_samples: int, batch_size: int, rng: jax.
 def write(samples: dict[str, np.ndarray], out_dir: str, formats: Sequence[str]) -> list[str]:
   """Writes `samples` (see generate) in `formats` under out_dir; returns the paths written.
 
-  Each file is written under a temporary name and renamed, so an interrupted export never leaves a
-  truncated file that a metric tool would read.
+  Each file is written under a temporary name and renamed, and the PNG folder is written whole
+  beside the old one and swapped in, so an interrupted export never leaves a truncated file, and a
+  second export into the same folder no PNG of the first, for a metric tool to read.
   """
   rgb = samples["images"]
   if rgb.shape[-1] == 1:
@@ -99,39 +107,56 @@ def write(samples: dict[str, np.ndarray], out_dir: str, formats: Sequence[str]) 
     paths.append(path)
   if "png" in formats:
     folder = os.path.join(out_dir, "png")
-    os.makedirs(folder, exist_ok=True)
+    partial, old = folder + ".partial", folder + ".old"
+    for leftover in (partial, old):  # of an interrupted export
+      shutil.rmtree(leftover, ignore_errors=True)
+    os.makedirs(partial)
     for i, image in enumerate(rgb):
-      path = os.path.join(folder, f"{i:06d}.png")
-      Image.fromarray(image).save(path + ".tmp", format="PNG")
-      os.replace(path + ".tmp", path)
+      Image.fromarray(image).save(os.path.join(partial, f"{i:06d}.png"), format="PNG")
+    if os.path.exists(folder):
+      os.rename(folder, old)
+    os.rename(partial, folder)
+    shutil.rmtree(old, ignore_errors=True)
     paths.append(folder)
   return paths
 
 
-def export_from_checkpoint(config, workdir: str, *, num_samples: int, formats: Sequence[str],
-                           labels: str = "", out_dir: str | None = None) -> list[str]:
-  """Samples num_samples from the newest checkpoint's EMA parameters (config.sampling's sampler,
-  random stream "sample_export" of config.seed, batches of config.eval.batch_size) and writes them; returns the paths.
+def default_out_dir(workdir: str, step: int, labels: str) -> str:
+  """WORKDIR/samples/export_step<step>, with _given_<labels> for samples given labels (so joint and
+  given-label exports of one step do not share a folder)."""
+  given = f"_given_{labels.replace(',', '-')}" if labels else ""
+  return os.path.join(workdir, "samples", f"export_step{step}{given}")
 
-  out_dir defaults to WORKDIR/samples/export_step<step>.
+
+def export_samples(config, workdir: str, *, num_samples: int, formats: Sequence[str],
+                   labels: str = "", out_dir: str | None = None,
+                   params_path: str | None = None) -> list[str]:
+  """Samples num_samples from the newest checkpoint's EMA parameters, or from an exported parameter
+  file (`params_path`, --params; its step read from its name), with config.sampling's sampler (every
+  option, as the grids), random stream "sample_export" of config.seed and batches of
+  config.eval.batch_size, and writes them; returns the paths.
+
+  out_dir defaults to `default_out_dir`.
   """
   if num_samples < 1:
     raise BadValueError(f"--num_samples={num_samples}: expected >= 1")
   if not formats or set(formats) - set(FORMATS):
     raise BadValueError(f"--sample_format={','.join(formats)}: expected names from {FORMATS}")
-  experiment, step, state = restore_latest(config, workdir)
+  if params_path is None:
+    experiment, step, state = restore_latest(config, workdir)
+    params = state.ema_params
+  else:
+    experiment, params = params_export.load_params(config, params_path, workdir=workdir)
+    step = params_export.step_of(params_path)
   if not experiment.is_generative:
     raise BadValueError(f"task {experiment.task!r}: a predictor baseline has no samples to export")
   label = next((s for s in experiment.specs if s.kind == "label"), None)
   given = sample_labels(labels, num_samples=num_samples,
                         num_classes=label.num_classes if label else 0)
-  s = config.sampling
-  sampler = experiment.sampler(s.sampler, s.sampler_steps, eta=s.eta, clip_denoised=s.clip_denoised)
-  samples = generate(experiment, state.ema_params, num_samples=num_samples,
+  samples = generate(experiment, params, num_samples=num_samples,
                      batch_size=config.eval.batch_size,
                      rng=random_streams.key(config.seed, "sample_export"), labels=given,
-                     sampler=sampler)
+                     sampler=experiment.configured_sampler(config.sampling))
   if jax.process_index() != 0:
     return []
-  out_dir = out_dir or os.path.join(workdir, "samples", f"export_step{step}")
-  return write(samples, out_dir, formats)
+  return write(samples, out_dir or default_out_dir(workdir, step, labels), formats)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import jax
-import numpy as np
 
 from mmdiff_jax.data.statistics import CLASS_MEAN_EXAMPLES, read_class_mean_codes
 from mmdiff_jax.errors import BadValueError
+from mmdiff_jax.multihost import place
 
 
 def with_class_mean_codes(state, experiment, config):
@@ -28,10 +27,8 @@ def with_class_mean_codes(state, experiment, config):
                           f"a class's mean image: check data.image_size={config.data.image_size} and "
                           f"data.channels={config.data.channels} against the dataset's images)")
     # Two arrays, not one shared: the train step donates the state's buffers.
-    place = lambda: jax.make_array_from_callback(old.shape, old.sharding,
-                                                 lambda index: np.asarray(table, old.dtype)[index])
-    params[name] = {**params[name], "codes": place()}
-    ema[name] = {**ema[name], "codes": place()}
+    params[name] = {**params[name], "codes": place(table, old)}
+    ema[name] = {**ema[name], "codes": place(table, old)}
     print(f"Label code of '{spec.name}': class means of up to {CLASS_MEAN_EXAMPLES} random examples of "
           f"{config.data.train_split} (frozen)", flush=True)
   return state.replace(params=params, ema_params=ema)

@@ -17,13 +17,14 @@ from etils import epath
 from flax import serialization
 
 from mmdiff_jax.data import sources
-from mmdiff_jax.errors import BadValueError
+from mmdiff_jax.config_validation import validate_config
+from mmdiff_jax.errors import BadValueError, MissingFileError
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training import state as state_lib
-from mmdiff_jax.multihost import fetch
-from mmdiff_jax.training.restore import restore_latest
-from mmdiff_jax.training.train import save_sample_grids
+from mmdiff_jax.multihost import fetch, place
+from mmdiff_jax.training.restore import check_same_model, restore_latest
+from mmdiff_jax.training.train import check_grids_wanted, save_sample_grids
 
 
 def exported_path(workdir: str, step: int) -> str:
@@ -48,10 +49,24 @@ def _flat(tree) -> dict[str, Any]:
   return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def load_params(config: ml_collections.ConfigDict, path: str) -> tuple[Experiment, Any]:
+def step_of(path: str) -> int:
+  """The training step in an exported file's name (ema_params_step<N>.msgpack), 0 if none."""
+  step = re.search(r"step(\d+)", os.path.basename(path))
+  return int(step[1]) if step else 0
+
+
+def load_params(config: ml_collections.ConfigDict, path: str, *,
+                workdir: str | None = None) -> tuple[Experiment, Any]:
   """(experiment, parameters) from an exported file, checked against the model `config` describes
-(ValueError naming every missing, unexpected or differently shaped parameter), placed on this
-machine's mesh as training would place them."""
+  (ValueError naming every missing, unexpected or differently shaped parameter; with `workdir`,
+  also against the model its run was trained with, which catches what shapes cannot, e.g. another
+  parameterization), placed on this machine's mesh as training would place them."""
+  if not epath.Path(path).is_file():
+    raise MissingFileError(f"--params={path}: no such file (an exported parameter file: "
+                           f"--mode=export writes WORKDIR/export/ema_params_step<N>.msgpack)")
+  validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  if workdir is not None:
+    check_same_model(config, workdir)
   experiment = build_experiment(config)
   abstract, _ = state_lib.state_shardings(
       experiment.model, state_lib.make_optimizer(config), sharding_lib.make_mesh(config.mesh),
@@ -67,17 +82,15 @@ machine's mesh as training would place them."""
     raise BadValueError(f"{path}: the parameters do not fit the model this config describes "
                         f"({len(problems)} problems: {'; '.join(problems[:10])}). Use the config of "
                         f"the run they were exported from (its config.json).")
-  place = lambda e, x: jax.make_array_from_callback(
-      e.shape, e.sharding, lambda index: np.asarray(x, e.dtype)[index])
-  return experiment, jax.tree.map(place, expected, params)
+  return experiment, place(params, expected)
 
 
 def sample_from_exported(config: ml_collections.ConfigDict, path: str, workdir: str) -> list[str]:
   """Writes sample grids (as --mode=sample does from a checkpoint) from an exported file into
   WORKDIR/samples, named with the step in the file's name (0 if it has none); returns the paths."""
-  experiment, params = load_params(config, path)
-  step = re.search(r"step(\d+)", os.path.basename(path))
-  paths = save_sample_grids(experiment, params, config, workdir, int(step[1]) if step else 0,
+  check_grids_wanted(config)
+  experiment, params = load_params(config, path, workdir=workdir)
+  paths = save_sample_grids(experiment, params, config, workdir, step_of(path),
                             class_names=sources.class_names(config.data))
   print(f"Wrote {paths}", flush=True)
   return paths

@@ -134,20 +134,28 @@ def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"value>) or use another workdir.")
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str):
-  """(experiment, step, state) of the newest checkpoint in `workdir`, on this machine's mesh."""
-  validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, another_run: bool = False):
+  """(experiment, step, state) of the newest checkpoint in `workdir`, on this machine's mesh.
+
+  another_run: `config` is that of another run read for its parameters (training.init_from,
+  eval.classifier_workdir): its batch sizes and mesh were for the machine it trained on, so they are
+  not checked against this one, and the state is replicated over all devices here.
+  """
+  if another_run:
+    validate_config(config)
+    mesh, fsdp = sharding_lib.make_mesh({"data": -1, "fsdp": 1}), False
+  else:
+    validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+    mesh, fsdp = sharding_lib.make_mesh(config.mesh), config.fsdp
   check_same_model(config, workdir)
   experiment = build_experiment(config)
-  mesh = sharding_lib.make_mesh(config.mesh)
   tx = state_lib.make_optimizer(config)
   directory = os.path.join(workdir, "checkpoints")
   if not epath.Path(directory).exists():  # checked first: the Checkpointer would create it
     raise MissingFileError(f"--workdir={workdir}: no checkpoint in {directory} (it does not "
                            f"exist); train first (--mode=train)")
   checkpointer = Checkpointer(directory, max_to_keep=config.training.keep_checkpoints)
-  abstract, _ = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=config.fsdp,
-                                          seed=config.seed)
+  abstract, _ = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=fsdp, seed=config.seed)
   # Damaged checkpoints are skipped, not moved: the training run owns the directory.
   found = checkpointer.restore_newest_intact(abstract, move_damaged=False)
   checkpointer.close()
@@ -183,7 +191,7 @@ def load_classifier(workdir: str, image_shape) -> Callable[[np.ndarray], np.ndar
   """The image -> label predictor trained in `workdir` (configs/classifier.py; its config.json and
   newest checkpoint): returns images (B, H, W, C) -> predicted labels (B,)."""
   config = check_classifier(workdir, image_shape)
-  experiment, _, state = restore_latest(config, workdir)
+  experiment, _, state = restore_latest(config, workdir, another_run=True)
   model = experiment.model
   predict = jax.jit(lambda p, x: experiment.sampler("ddim", 1).sample(
       p, None, x.shape[0], observed={model.input: x})[model.target])

@@ -20,13 +20,13 @@ from mmdiff_jax import random_streams
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.data.checks import check_batch
-from mmdiff_jax.errors import DivergedError
+from mmdiff_jax.errors import BadValueError, DivergedError
 from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, conditions_of, masked_test_images,
                                            run_evaluators, save_eval_metrics, test_batches)
 from mmdiff_jax.evaluation.metrics import composite
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.models import kinds
-from mmdiff_jax.multihost import fetch
+from mmdiff_jax.multihost import fetch, place
 from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import distributed, label_codes
 from mmdiff_jax.training.restore import (check_classifier, check_same_model, classifier_for,
@@ -93,9 +93,7 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   s = config.sampling
   if s.num_samples == 0 or not experiment.is_generative:  # predictor baselines have no samples
     return []
-  sampler = experiment.sampler(s.sampler, s.sampler_steps, eta=s.eta, clip_denoised=s.clip_denoised,
-                               categorical_feedback=s.categorical_feedback,
-                               hard_feedback_fraction=s.hard_feedback_fraction)
+  sampler = experiment.configured_sampler(s)
   sample = jax.jit(sampler.sample, static_argnums=(2,))
   base = experiment.specs[0]
   label_spec = next((x for x in experiment.specs if x.kind == "label"), None)
@@ -177,16 +175,13 @@ def _initialise_from(state, workdir: str):
   parameters) wherever paths and shapes match (transplant.transplant); the optimizer state stays fresh."""
   name = f"config.training.init_from={workdir}"
   source_config = run_config(workdir, name=name)
-  _, source_step, source_state = restore_latest(source_config, workdir)
-  source = jax.device_get(source_state.ema_params)
-  params, copied, kept = transplant.transplant(jax.device_get(state.params), source,
-                                               source_name=name)
-  put = lambda tree: jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, old.dtype),
-                                                                  old.sharding), tree, state.params)
+  _, source_step, source_state = restore_latest(source_config, workdir, another_run=True)
+  source = fetch(source_state.ema_params)
+  params, copied, kept = transplant.transplant(fetch(state.params), source, source_name=name)
   print(f"Initialised {len(copied)} parameter arrays ({', '.join(transplant.top_level(copied))}) from "
         f"{workdir} step {source_step}; fresh: {', '.join(transplant.top_level(kept)) or 'none'}",
         flush=True)
-  return state.replace(params=put(params), ema_params=put(params))
+  return state.replace(params=place(params, state.params), ema_params=place(params, state.params))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -367,8 +362,19 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     tmp.replace(epath.Path(workdir) / "config.json")
 
 
+def check_grids_wanted(config: ml_collections.ConfigDict) -> None:
+  """Raises, naming the key, where --mode=sample would write no grid."""
+  if config.task != "diffusion":
+    raise BadValueError(f"--mode=sample: config.task={config.task!r} is a predictor baseline, which "
+                        f"has no samples")
+  if not config.sampling.num_samples:
+    raise BadValueError("--mode=sample: config.sampling.num_samples=0 writes no grid; give >= 1 (or "
+                        "--num_samples=N for samples for external metrics)")
+
+
 def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Writes sample grids from the newest checkpoint's EMA parameters; returns the PNG paths."""
+  check_grids_wanted(config)
   experiment, step, state = restore_latest(config, workdir)
   paths = save_sample_grids(experiment, state.ema_params, config, workdir, step,
                             class_names=sources.class_names(config.data))
