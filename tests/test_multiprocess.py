@@ -182,6 +182,17 @@ def test_two_processes_equal_one_and_restore_into_another_topology(subprocess_en
   assert not np.allclose(got.params["backbone"]["Conv_0"]["kernel"],
                          got_k.params["backbone"]["Conv_0"]["kernel"])  # it did keep training
 
+  # 4. A two-process FSDP run starting from the single-process run's parameters (init_from): each
+  # process reads them whole and fills its own shards.
+  started = tmp_path / "started"
+  out = _run(["bash", str(LAUNCHER), "--num_processes=2", "--devices_per_process=4",
+              f"--timeout={RUN_TIMEOUT_S - 30}", "--grace=5", "--",
+              *_main_flags(started, 1, mesh_2x4, True), f"--config.training.init_from={single}"],
+             env, tmp_path / "started.log")
+  for p in (0, 1):
+    assert f"[p{p}] Initialised " in out and f"from {single} step {2 * K}" in out, out[-3000:]
+  assert Checkpointer(str(started / "checkpoints"), max_to_keep=3).all_steps() == [1]
+
 
 def test_sigterm_to_one_process_saves_the_same_step_on_all_between_logged_steps(subprocess_env,
                                                                                tmp_path):

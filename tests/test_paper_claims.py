@@ -173,6 +173,16 @@ def test_classifier_starts_from_a_diffusion_models_backbone(data_dir, tmp_path):
                jax.device_get(source.ema_params["backbone"]))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(started.params["head"]),
                jax.device_get(fresh.params["head"]))
+  # The source's batch size and mesh were for the machine it trained on: not checked against this
+  # one's 8 devices (a batch of 12 and a 3-device mesh could not run here).
+  source_config = tmp_path / "uncond" / "config.json"
+  trained_elsewhere = json.loads(source_config.read_text())
+  trained_elsewhere["training"]["batch_size"] = 12
+  trained_elsewhere["mesh"] = {"data": 3, "fsdp": 1}
+  source_config.write_text(json.dumps(trained_elsewhere))
+  again = train._initialise_from(fresh, str(tmp_path / "uncond"))  # pylint: disable=protected-access
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(again.params["backbone"]),
+               jax.device_get(source.ema_params["backbone"]))
   # Through the loop: trains from there.
   results = train.train_and_evaluate(classifier, str(tmp_path / "classifier"))
   assert results == {"step": classifier.training.num_steps, "stopped": False, "sample_grids": []}
