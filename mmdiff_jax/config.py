@@ -91,7 +91,8 @@ def default_config() -> ml_collections.ConfigDict:
       learning_rate=2e-4,  # AdamW learning rate after warmup
       warmup_steps=1000,  # linear warmup from 0 to learning_rate
       schedule="constant",  # after warmup: "constant", "cosine" or "linear" decay to
-                            # end_learning_rate at training.num_steps
+                            # end_learning_rate at training.num_steps (a resume with a larger
+                            # num_steps stretches the decay from the current step: the rate rises)
       end_learning_rate=0.0,  # the rate reached at training.num_steps by "cosine" and "linear"
       grad_clip_norm=1.0,  # clip gradients to this global norm
       b1=0.9,  # Adam beta1

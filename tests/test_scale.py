@@ -89,6 +89,13 @@ def test_learning_rate_schedules():
   cosine_quarter = float(state_lib.learning_rate_schedule(config)(35))  # a quarter into the decay
   np.testing.assert_allclose(cosine_quarter, 0.1 + 0.9 * (1 + np.cos(np.pi / 4)) / 2, atol=1e-6)
 
+  # Without warmup the first update has the full rate.
+  config.optimizer.update(warmup_steps=0, schedule="constant")
+  assert float(state_lib.learning_rate_schedule(config)(0)) == 1.0
+  config.optimizer.schedule = "linear"
+  np.testing.assert_allclose([float(state_lib.learning_rate_schedule(config)(s)) for s in (0, 55, 110)],
+                             [1.0, 0.55, 0.1], atol=1e-6)
+
   config.optimizer.schedule = "exponential"
   with pytest.raises(ValueError, match=r"config.optimizer.schedule: got 'exponential'; expected one"):
     validate_config(config)

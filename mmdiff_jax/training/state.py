@@ -41,15 +41,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warmup from 0 to optimizer.learning_rate over optimizer.warmup_steps, then constant or a
   cosine / linear decay to optimizer.end_learning_rate at training.num_steps (held after it)."""
   opt = config.optimizer
-  peak, warmup = float(opt.learning_rate), max(int(opt.warmup_steps), 1)
-  warm = optax.linear_schedule(0.0, peak, warmup)
+  peak, warmup = float(opt.learning_rate), int(opt.warmup_steps)
   decay_steps = max(int(config.training.num_steps) - warmup, 1)
   after = {"constant": lambda: optax.constant_schedule(peak),
            "cosine": lambda: optax.cosine_decay_schedule(
                peak, decay_steps, alpha=float(opt.end_learning_rate) / peak if peak else 0.0),
            "linear": lambda: optax.linear_schedule(peak, float(opt.end_learning_rate), decay_steps),
            }[opt.schedule]()
-  return optax.join_schedules([warm, after], boundaries=[warmup])
+  if warmup == 0:  # the first update at the full rate (a warmup from 0 would make it 0)
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], boundaries=[warmup])
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
