@@ -715,6 +715,18 @@ def test_metrics_rows_past_the_resumed_step_go_and_an_earlier_runs_rows_are_kept
     writer.write(1, {"loss": 0.5})
 
 
+def test_a_rerun_evaluation_replaces_the_earlier_one_of_its_step(tmp_path):
+  writer = run_files.MetricsWriter(str(tmp_path))
+  writer.write(2, {"loss": 0.5})
+  writer.write(2, {"eval/label_accuracy": 0.5, "eval/evaluated": ["label_accuracy"]})  # an earlier run
+  writer.write(4, {"loss": 0.4})
+  for accuracy in (0.7, 0.8):  # the run finished at 4, then the same command again
+    writer.write_evaluation(4, {"eval/label_accuracy": accuracy, "eval/evaluated": ["label_accuracy"]})
+  rows = [json.loads(line) for line in open(writer.path)]
+  assert [(r["step"], r.get("loss"), r.get("eval/label_accuracy")) for r in rows] == [
+      (2, 0.5, None), (2, None, 0.5), (4, 0.4, None), (4, None, 0.8)]
+
+
 @pytest.mark.parametrize("override, named", [
     ("training.foo", r"config key 'training.foo' is unknown; allowed under training: \[.*'num_steps'"),
     ("trainng.num_steps", r"config key 'trainng' is unknown; allowed under config: \[.*'training'"),

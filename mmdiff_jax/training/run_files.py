@@ -47,6 +47,20 @@ class MetricsWriter:
         with open(self.path, "a") as f:
           f.write(line)
 
+  def write_evaluation(self, step: int, metrics: dict[str, Any]) -> None:
+    """Writes the final evaluation's row of `step` in place of an earlier one of the same step (a
+    rerun of a finished run evaluates again; the file keeps one row per evaluation)."""
+    path = epath.Path(self.path)
+    if self.enabled and path.exists():
+      lines = path.read_text().splitlines(keepends=True)
+      kept = [line for line in lines if not _is_evaluation_row(line, step)]
+      if len(kept) != len(lines):
+        tmp = path.parent / (path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+    if metrics:
+      self.write(step, metrics)
+
   def drop_after(self, step: int) -> str | None:
     """Removes the rows past `step` (written after the checkpoint a run resumes from, so about to be
     written again) and any line a kill cut short; says what it did (None: nothing).
@@ -70,6 +84,15 @@ class MetricsWriter:
     tmp.write_text("".join(kept))
     tmp.replace(path)
     return f"metrics.jsonl: removed the rows past step {step} (they are trained again)"
+
+
+def _is_evaluation_row(line: str, step: int) -> bool:
+  """Whether `line` is a final evaluation's row (only "eval/..." values) of `step`."""
+  try:
+    row = json.loads(line)
+  except ValueError:
+    return False
+  return row.get("step") == step and all(k == "step" or k.startswith("eval/") for k in row)
 
 
 def _row_step(line: str) -> int | None:

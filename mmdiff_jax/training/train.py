@@ -331,7 +331,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   evaluated = run_evaluators(experiment, state.ema_params, config, names=config.eval.after_training,
                              classify=classifier_for(config, experiment))
   results: dict[str, Any] = {"sample_grids": grids, **evaluated}
-  writer.write(final_step, {k: v for k, v in evaluated.items() if k != BOOTSTRAP_KEY})
+  writer.write_evaluation(final_step, {k: v for k, v in evaluated.items() if k != BOOTSTRAP_KEY})
   if evaluated:
     save_eval_metrics(workdir, final_step, evaluated)
   if jax.process_index() == 0:
