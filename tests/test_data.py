@@ -438,8 +438,17 @@ def test_set_state_rejects_other_settings(prepared):
   kw = dict(split="test", global_batch_size=32)
   state = pipeline.make_iterator(cfg, seed=1, **kw).get_state()
   other = pipeline.make_iterator(cfg, seed=2, **kw)
-  with pytest.raises(ValueError, match="seed"):
+  with pytest.raises(ValueError, match=r"for other data settings \(seed: saved 1, now 2\); resume with "
+                                       r"the saved values"):
     other.set_state(state)
+  with pytest.raises(ValueError, match=r"training.batch_size: saved 32, now 16"):
+    pipeline.make_iterator(cfg, seed=1, split="test", global_batch_size=16).set_state(state)
+  # An augmentation saved but not asked for now is refused as much as the other way round.
+  flipped = pipeline.make_iterator(_config(prepared, random_flip=True), seed=1, training=True,
+                                   **kw).get_state()
+  for saved, resumed in ((flipped, cfg), (state, _config(prepared, random_flip=True))):
+    with pytest.raises(ValueError, match=r"data.resize / data.crop / data.random_flip: saved"):
+      pipeline.make_iterator(resumed, seed=1, training=True, **kw).set_state(saved)
 
 
 class _TinySegmentation(tfds.core.GeneratorBasedBuilder):

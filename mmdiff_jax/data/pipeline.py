@@ -344,18 +344,25 @@ class DataIterator(grain.DatasetIterator):
     if state.get("version") != _STATE_VERSION:
       raise BadValueError(f"Unsupported data iterator state version "
                           f"{state.get('version')!r}; expected {_STATE_VERSION}.")
-    saved = dict(state["settings"])
+    saved, current = dict(state["settings"]), dict(self.settings)
     saved["name"] = unversioned_name(saved["name"])  # states saved with "name:1.0.0" in their name
+    # The geometry is stored only where it is not the default (states saved before it resume).
+    default_geometry = dataclasses.asdict(Geometry(int(current["image_size"])))
+    for settings in (saved, current):
+      settings.setdefault("geometry", default_geometry)
     # Keys added since the state format began are compared only where saved.
-    diff = {k: (saved.get(k), v) for k, v in self.settings.items()
+    diff = {k: (saved.get(k), v) for k, v in current.items()
             if saved.get(k) != v and (k in saved or k not in _SETTINGS_ADDED_LATER)}
     if diff:
       hint = ("; the dataset's prepared version changed (a newer one is read by default): name "
-              f"the saved one, --config.data.name={self.settings['name']}:{saved['dataset_version']}, "
-              "or use another --workdir" if "dataset_version" in diff else "")
-      raise BadValueError(
-          "Data iterator state was saved with different settings "
-          f"(name: (saved, current)): {diff}{hint}")
+              f"the saved one, --config.data.name={current['name']}:{saved['dataset_version']}, "
+              "or use another --workdir" if "dataset_version" in diff else
+              "; resume with the saved values (the run's config.json has them) or use another "
+              "--workdir")
+      listing = "; ".join(f"{_SETTING_KEYS.get(k, k)}: saved {a!r}, now {b!r}"
+                          for k, (a, b) in diff.items())
+      raise BadValueError(f"the input position saved with the checkpoint is for other data settings "
+                          f"({listing}){hint}")
     self._inner.set_state(state["grain"])
 
   def __str__(self) -> str:
@@ -364,6 +371,12 @@ class DataIterator(grain.DatasetIterator):
 
 # Settings that states saved before them lack (those still resume).
 _SETTINGS_ADDED_LATER = frozenset({"dataset_version"})
+# The config keys behind the settings, for the message of a resume with other ones.
+_SETTING_KEYS = {"name": "data.name", "split": "data.train_split", "num_examples": "the split's size",
+                 "global_batch_size": "training.batch_size", "seed": "seed",
+                 "image_size": "data.image_size", "derived": "data.derived",
+                 "dataset_version": "dataset_version",
+                 "geometry": "data.resize / data.crop / data.random_flip"}
 
 
 def make_iterator(
