@@ -63,7 +63,8 @@ def _check_inpainting_grid(path: str, config) -> None:
   rows = grids.load_grid(path, image_size=size, captioned=False,
                          num_columns=train.INPAINTING_GRID_COLUMNS)
   observed, generated, composited, originals = np.split(rows, 4)
-  test_images = next(harness.test_batches(config, train.INPAINTING_GRID_COLUMNS))[0]["image"]
+  test_images = np.concatenate([b["image"] for b, _ in harness.test_batches(
+      config, train.INPAINTING_GRID_COLUMNS)])
   np.testing.assert_allclose(originals, test_images, atol=2 / 255)
   # Hidden cells of the 4x4 grid: those where the observed image differs from the original (a few
   # pixels of a hidden cell may equal the fill; a whole cell does not).
@@ -124,6 +125,11 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
     assert [os.path.basename(p) for p in results["sample_grids"]] == [
         "joint_step4.png", "inpainting_step4.png"]
     _check_inpainting_grid(results["sample_grids"][1], config)
+    # Evaluation batches smaller than the grid's row: the row is still whole.
+    small_batches = config.copy_and_resolve_references()
+    small_batches.eval.batch_size = 4
+    assert train.sample_from_checkpoint(small_batches, workdir) == results["sample_grids"]
+    _check_inpainting_grid(results["sample_grids"][1], small_batches)
   if name == "imgemb":
     assert {split: sources.num_examples(config.data, split) for split in EMBEDDING_SUBSET} == (
         EMBEDDING_SUBSET)

@@ -66,6 +66,28 @@ def test_unknown_sampler_and_modality(setup):
     experiment.sampler("ddim", 2).sample(params, jax.random.PRNGKey(0), B, observed={"text": 1})
 
 
+def test_observed_values_of_another_batch_size_are_named(setup):
+  experiment, params = setup
+  sampler = experiment.sampler("ddim", 2)
+  with pytest.raises(ValueError, match=r"observed\['label'\]: shape \(5,\); expected a leading batch "
+                                       r"size of 3"):
+    sampler.sample(params, jax.random.PRNGKey(0), B, observed={"label": jnp.zeros((5,), jnp.int32)})
+
+
+def test_the_inpainting_baselines_run_with_sampled_label_feedback(setup):
+  """SDEdit and known-region replacement on a model with a label, feeding back sampled labels
+  (which need a key at every step)."""
+  from mmdiff_jax.sampling import inpainting  # pylint: disable=import-outside-toplevel
+  experiment, params = setup
+  sampler = experiment.sampler("ddim", 2, categorical_feedback="sampled")
+  images = jax.random.uniform(jax.random.PRNGKey(2), (B, 28, 28, 1), minval=-1.0, maxval=1.0)
+  mask = jnp.zeros((B, 28, 28, 1)).at[:, 7:21, 7:21].set(1.0)
+  for out in (inpainting.sdedit(sampler, params, jax.random.PRNGKey(0), images, t0_fraction=0.5),
+              inpainting.known_region_replacement(sampler, params, jax.random.PRNGKey(0), images,
+                                                  mask)):
+    assert out.shape == images.shape and bool(jnp.all(jnp.isfinite(out)))
+
+
 def test_observed_label_uses_true_encoding(setup):
   experiment, params = setup
   sampler = experiment.sampler("ddim", 4)

@@ -71,7 +71,8 @@ def sdedit(sampler: Sampler, params, rng: jax.Array, images, *, t0_fraction: flo
     raise BadValueError(f"config.eval.sdedit_t0_fraction: got {t0_fraction!r}; expected a value in [0, 1]")
   chex.assert_shape(images, (None, *sampler.model.z_shape))
   batch_size = images.shape[0]
-  _, observed_encodings, conditions = sampler.prepare_observed(params, dict(observed or {}))
+  _, observed_encodings, conditions = sampler.prepare_observed(params, dict(observed or {}),
+                                                              batch_size=batch_size)
   encodings = _encodings(sampler, observed_encodings, batch_size)
   timesteps = jnp.asarray(sdedit_timesteps(sampler, int(round(t0_fraction * sampler.schedule.num_timesteps))))
   init_rng, loop_rng = jax.random.split(rng)
@@ -79,8 +80,10 @@ def sdedit(sampler: Sampler, params, rng: jax.Array, images, *, t0_fraction: flo
 
   def body(i, z):
     t, s = timesteps[i], timesteps[i + 1]
-    z0, eps, step_encodings, _ = sampler.predict(params, z, t, observed_encodings, None, conditions)
-    noise = jax.random.normal(jax.random.fold_in(loop_rng, i), z.shape)
+    step_key = jax.random.fold_in(loop_rng, i)
+    z0, eps, step_encodings, _ = sampler.predict(params, z, t, observed_encodings, None, conditions,
+                                                 key=jax.random.fold_in(step_key, 1))
+    noise = jax.random.normal(step_key, z.shape)
     return sampler.step(z0, eps, step_encodings, z, t, s, noise)
 
   return jax.lax.fori_loop(0, timesteps.shape[0] - 1, body, z)
@@ -104,7 +107,8 @@ def known_region_replacement(sampler: Sampler, params, rng: jax.Array, images, m
   chex.assert_shape(images, (None, *sampler.model.z_shape))
   missing = jnp.broadcast_to(jnp.asarray(mask, images.dtype), images.shape)
   batch_size = images.shape[0]
-  _, observed_encodings, conditions = sampler.prepare_observed(params, dict(observed or {}))
+  _, observed_encodings, conditions = sampler.prepare_observed(params, dict(observed or {}),
+                                                              batch_size=batch_size)
   known_encodings = _encodings(sampler, observed_encodings, batch_size)
   timesteps = jnp.asarray(sampler.timesteps())
   init_rng, loop_rng = jax.random.split(rng)
@@ -112,7 +116,8 @@ def known_region_replacement(sampler: Sampler, params, rng: jax.Array, images, m
   schedule = sampler.schedule
 
   def denoise(z, t, s, key):
-    z0, eps, step_encodings, _ = sampler.predict(params, z, t, observed_encodings, None, conditions)
+    z0, eps, step_encodings, _ = sampler.predict(params, z, t, observed_encodings, None, conditions,
+                                                 key=jax.random.fold_in(key, 1))
     step_key, known_key = jax.random.split(key)
     z_s = sampler.step(z0, eps, step_encodings, z, t, s, jax.random.normal(step_key, z.shape))
     known = _noised(sampler, images, s, known_encodings, jax.random.normal(known_key, z.shape))

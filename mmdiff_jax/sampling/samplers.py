@@ -109,14 +109,19 @@ class Sampler:
                                 ignore_label=self.ignore_label, method=MTDiffusion.encode_value)
             for i, spec in enumerate(self.model.aggregated) if spec.name in observed}
 
-  def prepare_observed(self, params, observed: Mapping[str, Any]):
+  def prepare_observed(self, params, observed: Mapping[str, Any], *, batch_size: int | None = None):
     """(observed z_0 or None, {stack index: true encoding}, {condition name: value}) of `observed`.
 
-    Raises ValueError for names that are not modalities of the model."""
+    Raises ValueError for names that are not modalities of the model, and for values whose leading
+    size is not `batch_size` (where given)."""
     unknown = set(observed) - {s.name for s in self.model.specs}
     if unknown:
       raise ValueError(f"observed: unknown modalities {sorted(unknown)}; "
                        f"expected names from {[s.name for s in self.model.specs]}")
+    for name, value in observed.items():
+      if batch_size is not None and (jnp.ndim(value) == 0 or jnp.shape(value)[0] != batch_size):
+        raise ValueError(f"observed[{name!r}]: shape {jnp.shape(value)}; expected a leading batch "
+                         f"size of {batch_size}")
     conditions = {s.name: observed[s.name] for s in self.model.conditions if s.name in observed}
     return (observed.get(self.model.specs[0].name), self._observed_encodings(params, observed),
             conditions)
@@ -178,7 +183,8 @@ class Sampler:
       Observed modalities are returned as given.
     """
     observed = dict(observed or {})
-    observed_z0, observed_encodings, conditions = self.prepare_observed(params, observed)
+    observed_z0, observed_encodings, conditions = self.prepare_observed(params, observed,
+                                                                        batch_size=batch_size)
     timesteps = jnp.asarray(self.timesteps())
     init_rng, loop_rng = jax.random.split(rng)
     z_shape = (batch_size, *self.model.z_shape)

@@ -144,8 +144,10 @@ def inpainting_grid(experiment: Experiment, sampler, params, config, rng, *,
   composites (the known pixels put back) and the originals.
   """
   base = experiment.specs[0]
-  batch, count = next(test_batches(config, INPAINTING_GRID_COLUMNS))
+  batches = [b for b, _ in test_batches(config, INPAINTING_GRID_COLUMNS)]  # eval.batch_size each
+  batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
   originals = batch[base.feature]
+  count = len(originals)
   observed, masks = masked_test_images(config, originals, ratio=INPAINTING_GRID_MASK_RATIO,
                                        rng=np.random.default_rng(config.eval.seed))
   generated = fetch(jax.jit(lambda p, r, obs: sampler.sample(p, r, count, observed=obs))(
