@@ -5,7 +5,7 @@ One model generates (image, label) pairs jointly, images for a given label, and 
 Variants (the part after ':'):
   smoke: tiny; the whole pipeline in under a minute on 2 CPU cores (tests, CI, quick checks):
     python -m mmdiff_jax.main --config=configs/imglabel.py:smoke --workdir=/tmp/mmdiff_smoke
-  small: a meaningful run on 2 CPU cores in about 15 minutes:
+  small: a meaningful run on 2 CPU cores in about 8 minutes (2026-12-06):
     python -m mmdiff_jax.main --config=configs/imglabel.py:small --workdir=workdirs/imglabel_small
   (default): sized for one accelerator:
     python -m mmdiff_jax.main --config=configs/imglabel.py --workdir=workdirs/imglabel

@@ -8,6 +8,7 @@ import sys
 from absl import flags
 
 from mmdiff_jax.config import RENAMED_KEYS
+from mmdiff_jax.errors import UserError
 
 
 def unknown_override(argv: list[str]) -> str | None:
@@ -48,6 +49,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     print(f"FATAL Flags parsing error: {unknown_override(argv) or error}", file=sys.stderr)
     sys.exit(1)
   except flags.Error as error:  # what absl's own parser prints (a bad --mode, a missing --workdir)
-    print(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.",
+    cause = _user_error_behind(error)  # e.g. an unknown config variant, raised inside the parser
+    print(f"FATAL {cause}" if cause else
+          f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.",
           file=sys.stderr)
     sys.exit(1)
+
+
+def _user_error_behind(error: BaseException | None) -> UserError | None:
+  """The first user error that `error` was raised while handling, if any (ml_collections wraps a
+  config file's error in one of the same type, with the traceback in its message)."""
+  found = None
+  while error is not None:
+    found = error if isinstance(error, UserError) else found
+    error = error.__cause__ or error.__context__
+  return found

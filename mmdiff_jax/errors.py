@@ -1,9 +1,9 @@
 """Errors in what a user gave: a config value, a flag, a file, a dataset, a workdir.
 
 Their messages name the offending key, value or file and what was expected, so the entry points
-print them as one line (`command_line.exit_on_user_error`), not as a traceback. Any other exception
-is a bug, and keeps its traceback. Each class is also the builtin a caller would catch (ValueError,
-FileNotFoundError, OSError, RuntimeError).
+print them as one line (`console.exit_on_user_error`), not as a traceback. Any other exception is a
+bug, and keeps its traceback. Each class is also the builtin a caller would catch (ValueError,
+FileNotFoundError, OSError, FloatingPointError, RuntimeError).
 """
 
 

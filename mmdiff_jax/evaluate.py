@@ -72,12 +72,13 @@ def _check_evaluators(names: tuple[str, ...], config) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise BadValueError(f"unexpected arguments {argv[1:]}: every argument is a --flag=value")
   console.quiet_library_logs()
   print(distributed.initialize(FLAGS.config.get("distributed")).describe(), flush=True)
   evaluate(FLAGS.config, FLAGS.workdir, FLAGS.evaluators, metrics_name=FLAGS.metrics_name)
 
 
 if __name__ == "__main__":
-  app.run(console.exit_on_user_error(main), argv=installed_configs.with_installed_configs(sys.argv),
+  app.run(console.exit_on_user_error(main),
+          argv=console.exit_on_user_error(installed_configs.with_installed_configs)(sys.argv),
           flags_parser=command_line.parse_flags)

@@ -18,7 +18,11 @@ _CONFIG_FLAG = re.compile(r"^(--config=)(?:.*/)?configs/(\w+\.py)(:.*)?$")
 def installed_config_path(name: str) -> str:
   """The installed file of configs/`name` (e.g. "imglabel.py"); FileNotFoundError naming the
   installed ones if there is no such config."""
-  import mmdiff_jax_configs  # pylint: disable=g-import-not-at-top
+  try:
+    import mmdiff_jax_configs  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise MissingFileError(f"--config: no config {name!r} here, and no installed configs (the "
+                           f"package is not installed)") from None
   directory = os.path.dirname(os.path.abspath(mmdiff_jax_configs.__file__))
   path = os.path.join(directory, name)
   if not os.path.isfile(path):
@@ -30,11 +34,16 @@ def installed_config_path(name: str) -> str:
 
 def with_installed_configs(argv: list[str]) -> list[str]:
   """argv with each --config=[...]configs/NAME.py[:variant] that is not a file here replaced by the
-  installed copy of configs/NAME.py (the variant kept)."""
+  installed copy of configs/NAME.py (the variant kept); any other --config file must exist."""
   def resolve(arg: str) -> str:
-    match = _CONFIG_FLAG.match(arg)
-    if not match or os.path.isfile(arg.split("=", 1)[1].split(":", 1)[0]):
+    if not arg.startswith("--config="):
       return arg
+    path = arg.split("=", 1)[1].split(":", 1)[0]
+    if os.path.isfile(path):
+      return arg
+    match = _CONFIG_FLAG.match(arg)
+    if not match:
+      raise MissingFileError(f"--config={path}: no such file")
     flag, name, variant = match.groups()
     return flag + installed_config_path(name) + (variant or "")
   return [resolve(arg) for arg in argv]

@@ -28,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmdiff_jax import command_line, console, installed_configs
+from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.sampling import sample_export
 from mmdiff_jax.training import distributed, train
 from mmdiff_jax.training import params_export
@@ -45,7 +46,7 @@ flags.DEFINE_list("sample_format", list(sample_export.FORMATS), "With --num_samp
 flags.DEFINE_string("sample_labels", "", "With --num_samples: '' joint samples; 'balanced' or "
                     "class ids '3' / '0,1,2' (cycled) to sample given labels.")
 flags.DEFINE_string("sample_dir", None, "With --num_samples: output folder (default "
-                    "WORKDIR/samples/export_step<step>).")
+                    "WORKDIR/samples/export_step<step>, or export_step<step>_given_<labels>).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -55,16 +56,16 @@ def check_sample_flags() -> None:
   with_num_samples = ("sample_labels", "sample_dir", "sample_format")
   given = [name for name in for_sample + with_num_samples if FLAGS[name].present]
   if FLAGS.mode != "sample" and given:
-    raise app.UsageError(f"--{given[0]} is for --mode=sample (given --mode={FLAGS.mode})")
+    raise BadValueError(f"--{given[0]} is for --mode=sample (given --mode={FLAGS.mode})")
   given = [name for name in with_num_samples if FLAGS[name].present]
   if given and not FLAGS.num_samples:
-    raise app.UsageError(f"--{given[0]} is for --num_samples=N (the samples for external metrics); "
-                         f"without it --mode=sample writes grids")
+    raise BadValueError(f"--{given[0]} is for --num_samples=N (the samples for external metrics); "
+                        f"without it --mode=sample writes grids")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise BadValueError(f"unexpected arguments {argv[1:]}: every argument is a --flag=value")
   console.quiet_library_logs()
   # First of all: with several processes (TPU pod, SLURM, launch/local_multiprocess.sh) the
   # distributed runtime must start before anything touches a JAX backend.
@@ -92,5 +93,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(console.exit_on_user_error(main), argv=installed_configs.with_installed_configs(sys.argv),
+  app.run(console.exit_on_user_error(main),
+          argv=console.exit_on_user_error(installed_configs.with_installed_configs)(sys.argv),
           flags_parser=command_line.parse_flags)

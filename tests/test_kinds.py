@@ -179,20 +179,23 @@ def test_an_encoder_of_the_wrong_shape_is_named():
     kinds._REGISTERED.pop("thin_depth")
 
 
-def test_a_stored_map_that_would_not_follow_the_images_geometry_is_refused():
+def test_a_stored_map_that_would_not_follow_the_images_geometry_is_refused_if_read():
   from mmdiff_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
-  def reader(**geometry):
+  def reader(read_features=("image", "depth"), **geometry):
     return pipeline._ReadBatch(source=None, order=None, stream_len=0, global_batch_size=1,
                                local_batch_size=1, process_index=0, keys={}, with_index=False,
-                               geometry=pipeline.Geometry(**geometry))
+                               geometry=pipeline.Geometry(**geometry), read_features=read_features)
 
   depth, embedding = np.zeros((2, 28, 28), np.float32), np.zeros((2, 256), np.float32)
-  reader(image_size=28)._check_unmoved("depth", depth, native_hw=(28, 28))  # stored size: as is
-  reader(image_size=32)._check_unmoved("embedding", embedding, native_hw=(28, 28))  # not per pixel
+  assert not reader(image_size=28)._unmoved("depth", depth, native_hw=(28, 28))  # stored size: kept
+  assert not reader(image_size=32)._unmoved("embedding", embedding, native_hw=(28, 28))  # not a map
   for geometry, named in ((dict(image_size=32), "data.image_size=32"),
                           (dict(image_size=28, random_flip=True), "data.random_flip=True"),
                           (dict(image_size=24, crop="random"), "data.crop='random'")):
     with pytest.raises(ValueError, match=rf"stored feature 'depth' has the images' size \(28, 28\), "
                                          rf"but only the image and the segmentation map .*{named}"):
-      reader(**geometry)._check_unmoved("depth", depth, native_hw=(28, 28))
+      reader(**geometry)._unmoved("depth", depth, native_hw=(28, 28))
+    # A map the model does not read is left out of the batch, not an error.
+    for unread in (("image",), None):
+      assert reader(read_features=unread, **geometry)._unmoved("depth", depth, native_hw=(28, 28))

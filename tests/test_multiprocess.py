@@ -194,32 +194,26 @@ def test_two_processes_equal_one_and_restore_into_another_topology(subprocess_en
   assert Checkpointer(str(started / "checkpoints"), max_to_keep=3).all_steps() == [1]
 
 
-def test_sigterm_to_one_process_saves_the_same_step_on_all_between_logged_steps(subprocess_env,
-                                                                               tmp_path):
-  """A preemption notice reaches one process of several (as a scheduler may send it): every process
-  saves the same step and exits, right after the step it arrived at, not at the next logged step
-  (which may come after the scheduler's SIGKILL)."""
-  workdir = tmp_path / "preempted"
-  flags = _main_flags(workdir, 100_000, {"data": 2, "fsdp": 1}, False)
-  flags += ["--config.training.log_every=100000", "--config.training.save_every=100000"]
-  log = tmp_path / "launcher.log"
+def _preempt_one_process(env, workdir, flags, log, *, when: str, after_s: float) -> int:
+  """Runs the launcher on 2 processes until both printed `when`, waits `after_s`, sends SIGTERM to
+  one of them; asserts both saved the same step and exited; returns that step."""
   with open(log, "w") as out:
     launcher = subprocess.Popen(
         ["bash", str(LAUNCHER), "--num_processes=2", "--devices_per_process=1",
          f"--timeout={RUN_TIMEOUT_S - 30}", "--grace=60", "--", *flags],
-        cwd=ROOT, env=subprocess_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
   try:
     deadline = time.monotonic() + RUN_TIMEOUT_S - 60
-    while log.read_text().count("training steps 0 -> 100000") < 2:
+    while log.read_text().count(when) < 2:
       assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-      time.sleep(0.5)
-    time.sleep(5)  # some steps in
+      time.sleep(0.2)
+    time.sleep(after_s)
     workers = [int(p) for p in subprocess.run(["pgrep", "-f", f"workdir={workdir} "],
                                               capture_output=True, text=True).stdout.split()]
     workers = [p for p in workers if p != launcher.pid]
     assert len(workers) == 2, workers
     os.kill(workers[1], signal.SIGTERM)
-    assert launcher.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert launcher.wait(timeout=180) == 0, log.read_text()[-3000:]
   finally:
     if launcher.poll() is None:
       os.killpg(launcher.pid, signal.SIGKILL)
@@ -228,9 +222,26 @@ def test_sigterm_to_one_process_saves_the_same_step_on_all_between_logged_steps(
   saved = {p: re.findall(rf"\[p{p}\] Received SIGTERM: saved a checkpoint at step (\d+)", text)
            for p in (0, 1)}
   assert len(saved[0]) == 1 and saved[0] == saved[1], text[-3000:]
-  step = int(saved[0][0])
+  return int(saved[0][0])
+
+
+def test_sigterm_to_one_process_saves_the_same_step_on_all_between_logged_steps(subprocess_env,
+                                                                               tmp_path):
+  """A preemption notice reaches one process of several (as a scheduler may send it): every process
+  saves the same step and exits, right after the step it arrived at, not at the next logged step
+  (which may come after the scheduler's SIGKILL); also when it arrives while a resumed run is still
+  restoring or compiling, before its first step."""
+  workdir = tmp_path / "preempted"
+  flags = _main_flags(workdir, 100_000, {"data": 2, "fsdp": 1}, False)
+  flags += ["--config.training.log_every=100000", "--config.training.save_every=100000"]
+  step = _preempt_one_process(subprocess_env, workdir, flags, tmp_path / "first.log",
+                              when="training steps 0 -> 100000", after_s=5)
   assert 0 < step < 100_000
   assert Checkpointer(str(workdir / "checkpoints"), max_to_keep=3).all_steps() == [step]
+  resumed = _preempt_one_process(subprocess_env, workdir, flags, tmp_path / "resumed.log",
+                                 when=f"Resuming from step {step}", after_s=0)
+  assert step < resumed < 100_000
+  assert Checkpointer(str(workdir / "checkpoints"), max_to_keep=3).all_steps() == [step, resumed]
 
 
 def test_launcher_rejects_bad_flags():

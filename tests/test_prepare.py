@@ -167,6 +167,9 @@ def test_class_folders_prepare_train_sample_export(sets, data_dir, env, tmp_path
   _main(env, "imglabel.py:smoke", workdir, "--mode=sample", "--num_samples=2",
         f"--sample_dir={export_dir}", **data)
   assert sorted(os.listdir(export_dir / "png")) == ["000000.png", "000001.png"]
+  _main(env, "imglabel.py:smoke", workdir, "--mode=sample", "--num_samples=2", "--sample_format=npz",
+        f"--sample_dir={export_dir}", **data)
+  assert sorted(os.listdir(export_dir)) == ["samples.npz"]  # not the PNGs of the export before
   # Joint samples follow sampling.categorical_feedback, as the grids do.
   feedback = {}
   for mode in ("expected", "argmax"):

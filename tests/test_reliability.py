@@ -727,6 +727,27 @@ def test_a_rerun_evaluation_replaces_the_earlier_one_of_its_step(tmp_path):
       (2, 0.5, None), (2, None, 0.5), (4, 0.4, None), (4, None, 0.8)]
 
 
+def test_the_final_row_of_metrics_jsonl_merges_every_evaluation_of_its_step(data_dir, tmp_path):
+  """A rerun of a finished run evaluating something else keeps the earlier values, in metrics.jsonl
+  as in eval_metrics.json."""
+  config = imglabel.get_config("smoke")
+  config.data.data_dir = data_dir
+  config.training.update(num_steps=2, log_every=1, save_every=2)
+  config.sampling.num_samples = 0
+  config.eval.update(num_examples=8, batch_size=8, bound_batches=1, after_training=("bound",))
+  workdir = str(tmp_path / "wd")
+  train.train_and_evaluate(config, workdir)
+  config.eval.after_training = ("label_accuracy",)
+  train.train_and_evaluate(config, workdir)  # finished: evaluates again
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  final = [r for r in rows if r["step"] == 2 and "loss" not in r]
+  assert len(final) == 1 and final[0]["eval/evaluated"] == ["bound", "label_accuracy"]
+  assert "eval/test_bound/image_bits_per_dim" in final[0] and "eval/label_accuracy" in final[0]
+  with open(os.path.join(workdir, "eval_metrics.json")) as f:
+    assert {k: v for k, v in json.load(f).items() if k != "step"} == {
+        k: v for k, v in final[0].items() if k != "step"}
+
+
 @pytest.mark.parametrize("override, named", [
     ("training.foo", r"config key 'training.foo' is unknown; allowed under training: \[.*'num_steps'"),
     ("trainng.num_steps", r"config key 'trainng' is unknown; allowed under config: \[.*'training'"),
@@ -790,6 +811,9 @@ def test_only_user_errors_lose_their_traceback(monkeypatch, capsys):
     (["--mode=sample", "--sample_labels=3"], "--sample_labels is for --num_samples=N"),
     (["--mode=sample", "--params=nowhere.msgpack", "--num_samples=2"],
      "FATAL --params=nowhere.msgpack: no such file"),
+    (["stray"], "FATAL unexpected arguments ['stray']"),
+    (["--config=configs/imglabel.py:smol"], "FATAL config variant: unknown 'smol'"),
+    (["--config=nowhere.py"], "FATAL --config=nowhere.py: no such file"),
 ])
 def test_flags_a_mode_would_ignore_or_cannot_use_are_one_line_errors(tmp_path, extra, message):
   command = [sys.executable, "-m", "mmdiff_jax.main", "--config=configs/imglabel.py:smoke",
@@ -797,7 +821,9 @@ def test_flags_a_mode_would_ignore_or_cannot_use_are_one_line_errors(tmp_path, e
   result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=TIMEOUT_S)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-  assert message in result.stderr, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines[0].startswith("FATAL ") and message in lines[0], result.stderr[-2000:]
+  assert lines[1:] in ([], ["Pass --helpshort or --helpfull to see help on flags."]), lines
 
 
 def test_a_changed_input_position_is_damage(tmp_path):

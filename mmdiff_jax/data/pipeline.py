@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
+from typing import Any, Collection
 
 import grain
 import numpy as np
@@ -213,7 +213,7 @@ class _ReadBatch:
 
   def __init__(self, *, source, order, stream_len, global_batch_size,
                local_batch_size, process_index, keys, geometry, with_index, derived=(), seed=0,
-               mask_fill_value=0.0, mask_fill_pattern="constant"):
+               mask_fill_value=0.0, mask_fill_pattern="constant", read_features=None):
     self._source = source
     self._order = order
     self._stream_len = stream_len
@@ -227,6 +227,7 @@ class _ReadBatch:
     self._seed = int(seed)
     self._mask_fill_value = float(mask_fill_value)
     self._mask_fill_pattern = str(mask_fill_pattern)
+    self._read_features = None if read_features is None else frozenset(read_features)
 
   def _positions(self, batch_index: int) -> range:
     start = batch_index * self._g + self._p * self._b
@@ -255,19 +256,23 @@ class _ReadBatch:
     images = preprocess_images(np.stack(out_images), image_size=g.image_size)
     return images, None if masks is None else np.stack(out_masks)
 
-  def _check_unmoved(self, key: str, values: np.ndarray, *, native_hw) -> None:
-    """Refuses a stored per-pixel feature (the images' height and width) other than the segmentation
-    map when the geometry moves the images' pixels: it would not follow their flip, crop, padding or
-    resize, and would silently no longer match its image."""
+  def _unmoved(self, key: str, values: np.ndarray, *, native_hw) -> bool:
+    """Whether `values` is a stored per-pixel feature (the images' height and width) other than the
+    segmentation map while the geometry moves the images' pixels: it would not follow their flip,
+    crop, padding or resize, and would silently no longer match its image. Such a feature is an
+    error if the model reads it (`read_features`), and is left out of the batch otherwise."""
     g = self._geometry
     moved = g.resize != "none" or g.is_random or tuple(native_hw) != (g.image_size,) * 2
-    if moved and values.ndim >= 3 and tuple(values.shape[1:3]) == tuple(native_hw):
+    if not (moved and values.ndim >= 3 and tuple(values.shape[1:3]) == tuple(native_hw)):
+      return False
+    if self._read_features is not None and key in self._read_features:
       raise BadValueError(
           f"stored feature {key!r} has the images' size {tuple(native_hw)}, but only the image and "
           f"the segmentation map (data.segmentation_key) follow data.image_size={g.image_size}, "
           f"data.resize={g.resize!r}, data.crop={g.crop!r} and data.random_flip={g.random_flip}: "
           f"train at the stored size without resize, random crop or flip, or derive it after them "
           f"(data.derived)")
+    return True
 
   def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
     positions = self._positions(batch_index)
@@ -289,8 +294,9 @@ class _ReadBatch:
       batch["label"] = np.asarray([r[present["label"]] for r in records], dtype=np.int32)
     for key in records[0].keys() - set(present.values()):
       values = stack(key)
-      if np.issubdtype(values.dtype, np.number):  # stored features pass through as they are
-        self._check_unmoved(key, values, native_hw=images.shape[1:3])
+      # Stored features pass through as they are (unless the images moved under them).
+      if np.issubdtype(values.dtype, np.number) and not self._unmoved(
+          key, values, native_hw=images.shape[1:3]):
         batch[key] = values
     if "embedding" in present:
       batch["embedding"] = stack(present["embedding"])
@@ -394,6 +400,7 @@ def make_iterator(
     prefetch_batches: int = 4,
     with_index: bool = False,
     training: bool = False,
+    read_features: Collection[str] | None = None,
 ) -> DataIterator:
   """Builds this process's checkpointable batch iterator.
 
@@ -417,6 +424,9 @@ def make_iterator(
       split (for debugging and tests).
     training: whether this is the training stream; derived features that are
       training-time augmentations (derived.TRAINING_ONLY) apply only then.
+    read_features: the batch keys the model reads (None: unknown). A stored map at the images' size
+      other than the segmentation map does not follow their padding, crop, flip or resize: where
+      they move, it is an error if the model reads it, and left out of the batch otherwise.
 
   Returns:
     A ``DataIterator`` yielding {"image": float32 (B, S, S, C) in [-1, 1],
@@ -489,7 +499,8 @@ def make_iterator(
       process_index=process_index, keys=keys, geometry=geometry, with_index=with_index,
       derived=derived_names, seed=int(seed),
       mask_fill_value=config_value(data_config, "mask_fill_value", 0.0),
-      mask_fill_pattern=config_value(data_config, "mask_fill_pattern", "constant"))
+      mask_fill_pattern=config_value(data_config, "mask_fill_pattern", "constant"),
+      read_features=read_features)
   batches = grain.MapDataset.range(n_local_batches).map(read_batch)
   read_options = grain.ReadOptions(
       num_threads=max(0, int(read_threads)),

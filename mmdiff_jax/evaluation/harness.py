@@ -20,6 +20,7 @@ from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.evaluation import metrics
 from mmdiff_jax.models import alexnet_features as features
+from mmdiff_jax.models.modalities import specs_from_config
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import inpainting as inpainting_lib
 
@@ -29,7 +30,9 @@ def test_batches(config, num_examples: int):
   e = config.eval
   iterator = pipeline.make_iterator(config.data, split=config.data.eval_split,
                                     global_batch_size=e.batch_size, seed=e.seed, shuffle=False,
-                                    num_epochs=1, drop_remainder=False, read_threads=0)
+                                    num_epochs=1, drop_remainder=False, read_threads=0,
+                                    read_features=[s.feature for s in specs_from_config(
+                                        config.modalities)])
   seen = 0
   for batch in iterator:
     if seen >= num_examples:

@@ -91,12 +91,17 @@ def write(samples: dict[str, np.ndarray], out_dir: str, formats: Sequence[str]) 
 
   Each file is written under a temporary name and renamed, and the PNG folder is written whole
   beside the old one and swapped in, so an interrupted export never leaves a truncated file, and a
-  second export into the same folder no PNG of the first, for a metric tool to read.
+  second export into the same folder nothing of the first (the format it does not write is removed),
+  for a metric tool to read.
   """
   rgb = samples["images"]
   if rgb.shape[-1] == 1:
     rgb = np.repeat(rgb, 3, axis=-1)
   os.makedirs(out_dir, exist_ok=True)
+  if "npz" not in formats and os.path.exists(os.path.join(out_dir, "samples.npz")):
+    os.remove(os.path.join(out_dir, "samples.npz"))
+  if "png" not in formats:
+    shutil.rmtree(os.path.join(out_dir, "png"), ignore_errors=True)
   paths = []
   if "npz" in formats:
     path = os.path.join(out_dir, "samples.npz")

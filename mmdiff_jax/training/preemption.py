@@ -20,8 +20,10 @@ class StopRequest:
   a collective, and all of them stop at that step, so they save the same one.
   """
 
-  def __init__(self):
+  def __init__(self, *, first_step: int = 0):
+    """first_step: the step the loop starts after (the resumed one; the same on every process)."""
     self._asked = False
+    self._first_step = int(first_step)
 
   @contextlib.contextmanager
   def on_sigterm(self):
@@ -41,4 +43,6 @@ class StopRequest:
     steps on each)."""
     if jax.process_count() == 1:
       return self._asked
-    return multihost_utils.reached_preemption_sync_point(step)
+    # JAX counts the steps of this run from 1: a notice before the first one (while a resumed run
+    # restores or compiles) makes step 1 the stop, which an absolute step would never equal.
+    return multihost_utils.reached_preemption_sync_point(step - self._first_step)

@@ -48,8 +48,9 @@ class MetricsWriter:
           f.write(line)
 
   def write_evaluation(self, step: int, metrics: dict[str, Any]) -> None:
-    """Writes the final evaluation's row of `step` in place of an earlier one of the same step (a
-    rerun of a finished run evaluates again; the file keeps one row per evaluation)."""
+    """Writes the final evaluation's row of `step` (all of eval_metrics.json's values, which merge
+    every evaluation of that step) in place of an earlier one of the same step: a rerun of a
+    finished run evaluates again, and the file keeps one such row."""
     path = epath.Path(self.path)
     if self.enabled and path.exists():
       lines = path.read_text().splitlines(keepends=True)
@@ -58,8 +59,7 @@ class MetricsWriter:
         tmp = path.parent / (path.name + ".tmp")
         tmp.write_text("".join(kept))
         tmp.replace(path)
-    if metrics:
-      self.write(step, metrics)
+    self.write(step, metrics)
 
   def drop_after(self, step: int) -> str | None:
     """Removes the rows past `step` (written after the checkpoint a run resumes from, so about to be

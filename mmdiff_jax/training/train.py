@@ -238,7 +238,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   train_iter = pipeline.make_iterator(
       config.data, split=config.data.train_split, global_batch_size=t.batch_size, seed=config.seed,
       shuffle=True,
-      process_index=jax.process_index(), process_count=jax.process_count(), training=True)
+      process_index=jax.process_index(), process_count=jax.process_count(), training=True,
+      read_features=[spec.feature for spec in experiment.specs])
 
   # ---------------------------------------------------------------- state: restore or init
   tx = state_lib.make_optimizer(config)
@@ -267,7 +268,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   run_record, loop_start = RunRecord(workdir, config), time.perf_counter()
   if start < t.num_steps:
     run_record.start(first_step=start)
-  stop = StopRequest()
+  stop = StopRequest(first_step=start)
   with stop.on_sigterm():
     for step in range(start + 1, t.num_steps + 1):
       local_batch = next(train_iter)
@@ -333,9 +334,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   evaluated = run_evaluators(experiment, state.ema_params, config, names=config.eval.after_training,
                              classify=classifier_for(config, experiment))
   results: dict[str, Any] = {"sample_grids": grids, **evaluated}
-  writer.write_evaluation(final_step, {k: v for k, v in evaluated.items() if k != BOOTSTRAP_KEY})
   if evaluated:
-    save_eval_metrics(workdir, final_step, evaluated)
+    merged = save_eval_metrics(workdir, final_step, evaluated)
+    writer.write_evaluation(final_step, {k: v for k, v in merged.items() if k != "step"})
   if jax.process_index() == 0:
     summary = json.dumps({k: v for k, v in results.items() if k != BOOTSTRAP_KEY})
     where = (f" (bootstrap replicates: {os.path.join(workdir, 'eval_metrics.bootstrap.json')})"
