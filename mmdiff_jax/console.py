@@ -26,9 +26,10 @@ def quiet_library_logs() -> None:
 
 
 def exit_on_user_error(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
-  """`main` for absl's `app.run`, but an error in the user's input (`mmdiff_jax.errors.UserError`,
-  whose message names what to change) ends the program with that message as one line on stderr and
-  exit status 1, not a traceback. Any other exception is a bug and keeps its traceback; so does a
+  """A function of the command line (an entry point's `main` for absl's `app.run`, or what rewrites
+  its arguments first), but an error in the user's input (`mmdiff_jax.errors.UserError`, whose
+  message names what to change) ends the program with that message as one line on stderr and exit
+  status 1, not a traceback. Any other exception is a bug and keeps its traceback; so does a
   user error when $MMDIFF_JAX_TRACEBACK=1."""
   @functools.wraps(main)
   def main_printing_user_errors(argv: list[str]) -> Any:

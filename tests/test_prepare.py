@@ -595,7 +595,7 @@ def test_a_resume_on_a_newer_prepared_version_is_refused_naming_the_saved_one(go
   examples, classes = prepare.list_folder(str(tmp_path / "good"))
   prepare.prepare(examples, name="good", classes=classes, data_dir=data_dir, version="1.0.1")
   newer = pipeline.make_iterator(config, **kw)  # the newest version, by default
-  with pytest.raises(ValueError, match=r"'dataset_version': \('1.0.0', '1.0.1'\).*name the saved "
+  with pytest.raises(ValueError, match=r"dataset_version: saved '1.0.0', now '1.0.1'\).*name the saved "
                                        r"one, --config.data.name=good:1.0.0"):
     newer.set_state(state)
   older = pipeline.make_iterator(dict(config, name="good:1.0.0"), **kw)
