@@ -386,8 +386,9 @@ def test_numbered_class_folders_in_numeric_order(tmp_path, capsys):
 def test_cli_error_names_the_flag_and_exits_nonzero(tmp_path, env):
   result = _run(["mmdiff_jax.data.prepare", f"--from_folder={tmp_path / 'nope'}", "--name=x",
                  f"--data_dir={tmp_path / 'tfds'}"], env)
-  assert result.returncode == 2
-  assert f"--from_folder={tmp_path / 'nope'}: not a directory" in result.stderr
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines() == [
+      f"FATAL --from_folder={tmp_path / 'nope'}: not a directory"], result.stderr
   assert not os.path.exists(tmp_path / "tfds")
 
 

@@ -576,33 +576,30 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
   return (h, int(match.group(2) or h))
 
 
-def run(argv: Sequence[str]) -> int:
-  """The command (flags parsed); returns the exit status."""
+def main(argv: Sequence[str]) -> None:
+  """The command (flags parsed). A bad input raises PrepareError, which the entry point prints as
+  one FATAL line (exit status 1), nothing written."""
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise PrepareError(f"unexpected arguments {list(argv[1:])}: every argument is a --flag=value")
   console.quiet_library_logs()
-  try:
-    if (FLAGS.from_folder is None) == (FLAGS.manifest is None):
-      raise PrepareError("expected exactly one of --from_folder=DIR or --manifest=FILE")
-    if FLAGS.name is None:
-      raise PrepareError("--name is required (the dataset name, then config.data.name)")
-    options = Options(size=parse_size(FLAGS.size), fit=FLAGS.fit, filter=FLAGS.filter,
-                      channels=int(FLAGS.channels) if FLAGS.channels else None)
-    if FLAGS.from_folder is not None:
-      source = FLAGS.from_folder
-      examples, classes = list_folder(source, split_folders=FLAGS.split_folders,
-                                      mask_suffix=FLAGS.mask_suffix, classes=FLAGS.classes)
-    else:
-      source = FLAGS.manifest
-      examples, classes = list_manifest(source, classes=FLAGS.classes)
-    if FLAGS.holdout is not None:
-      examples = holdout(examples, fraction=FLAGS.holdout, seed=FLAGS.seed)
-    folder, written = prepare(examples, name=FLAGS.name, classes=classes, options=options,
-                              data_dir=FLAGS.data_dir, version=FLAGS.version,
-                              source=os.path.abspath(source))
-  except PrepareError as e:
-    print(f"prepare: error: {e}", file=sys.stderr, flush=True)
-    return 2
+  if (FLAGS.from_folder is None) == (FLAGS.manifest is None):
+    raise PrepareError("expected exactly one of --from_folder=DIR or --manifest=FILE")
+  if FLAGS.name is None:
+    raise PrepareError("--name is required (the dataset name, then config.data.name)")
+  options = Options(size=parse_size(FLAGS.size), fit=FLAGS.fit, filter=FLAGS.filter,
+                    channels=int(FLAGS.channels) if FLAGS.channels else None)
+  if FLAGS.from_folder is not None:
+    source = FLAGS.from_folder
+    examples, classes = list_folder(source, split_folders=FLAGS.split_folders,
+                                    mask_suffix=FLAGS.mask_suffix, classes=FLAGS.classes)
+  else:
+    source = FLAGS.manifest
+    examples, classes = list_manifest(source, classes=FLAGS.classes)
+  if FLAGS.holdout is not None:
+    examples = holdout(examples, fraction=FLAGS.holdout, seed=FLAGS.seed)
+  folder, written = prepare(examples, name=FLAGS.name, classes=classes, options=options,
+                            data_dir=FLAGS.data_dir, version=FLAGS.version,
+                            source=os.path.abspath(source))
   counts = {s: sum(e.split == s for e in examples) for s in sorted({e.split for e in examples})}
   state = "prepared" if written else "already prepared from the same inputs (nothing done)"
   print(f"{FLAGS.name}: {state} in {folder}: {counts}"
@@ -610,11 +607,6 @@ def run(argv: Sequence[str]) -> int:
         + f". Train with --config.data.name={FLAGS.name}"
         + (f" --config.data.data_dir={shlex.quote(FLAGS.data_dir)}" if FLAGS.data_dir else ""),
         flush=True)
-  return 0
-
-
-def main(argv):
-  sys.exit(run(argv))
 
 
 if __name__ == "__main__":
