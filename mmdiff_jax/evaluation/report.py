@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from mmdiff_jax import console
-from mmdiff_jax.errors import MissingFileError
+from mmdiff_jax.errors import BadValueError, MissingFileError
 from mmdiff_jax.evaluation import metrics
 from mmdiff_jax.sampling import grids
 
@@ -901,7 +901,7 @@ def write_report(results_dir: str, out: str, *, grain_figure: str = "") -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise BadValueError(f"unexpected arguments {argv[1:]}: every argument is a --flag=value")
   write_report(_RESULTS.value, _OUT.value, grain_figure=_GRAIN_FIGURE.value)
 
 
