@@ -18,7 +18,7 @@ from mmdiff_jax.data import derived, fashion_mnist
 from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.evaluation import harness
-from mmdiff_jax.sampling import grids
+from mmdiff_jax.sampling import grids, sample_export
 from mmdiff_jax.training import train
 
 from test_data import _write_idx
@@ -104,6 +104,14 @@ def test_smoke_experiment_trains_samples_and_evaluates(name, expected, data_dir,
     replicated = [k for k, v in json.load(f).items() if isinstance(v, list)]
   assert replicated and [k for k in replicated if f"{k}_examples" not in metrics] == []
   assert metrics["eval/frechet_alexnet_distance_examples"] == [16, 16]
+  # Samples for external use hold every generated modality beside the images.
+  exported = sample_export.export_samples(config, workdir, num_samples=3, formats=("npz",),
+                                          out_dir=str(tmp_path / "export"))
+  with np.load(exported[0]) as npz:
+    generated = {k: npz[k].shape for k in npz.files}
+  assert generated == {"arr_0": (3, 28, 28, 3), **{
+      "imgseg": {"segmentation": (3, 28, 28)}, "imgmask": {"masked_image": (3, 28, 28, 1)},
+      "imgemb": {"embedding": (3, 256)}}[name]}, generated
   if name == "imgseg":
     assert 0.0 <= metrics["eval/segmentation_miou"] <= 1.0
     assert [os.path.basename(p) for p in results["sample_grids"]] == [

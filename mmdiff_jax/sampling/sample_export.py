@@ -11,7 +11,8 @@ sample grids).
 Layout, as common FID tools read it:
   samples.npz: "arr_0" uint8 (N, H, W, 3) (grayscale replicated to RGB: Inception networks take RGB;
     the layout of OpenAI's guided-diffusion evaluator), "labels" int32 (N,) where the model has a
-    label modality (generated for joint samples, as given otherwise);
+    label modality (generated for joint samples, as given otherwise), and each other generated
+    modality by its name (e.g. "segmentation" int32 (N, H, W), "embedding" float32 (N, D));
   png/000000.png ...: one RGB PNG per sample (pytorch-fid, torch-fidelity, clean-fid read a folder).
 Images are at the model's resolution (data.image_size).
 """
@@ -62,28 +63,33 @@ def sample_labels(spec: str, *, num_samples: int, num_classes: int) -> np.ndarra
 
 def generate(experiment, params, *, num_samples: int, batch_size: int, rng: jax.Array,
              labels: np.ndarray | None, sampler) -> dict[str, np.ndarray]:
-  """{"images": uint8 (N, H, W, C), "labels": int32 (N,) (where there is a label modality)}.
+  """{"images": uint8 (N, H, W, C), "labels": int32 (N,) (where there is a label modality), and each
+  other generated modality's values by its name (a segmentation map int32 (N, H, W), an embedding
+  float32 (N, D), ...)}.
 
   Every process must call it (the sampler runs over the whole mesh).
   """
   base = experiment.specs[0]
   label = next((s for s in experiment.specs if s.kind == "label"), None)
+  others = [s.name for s in experiment.specs if s.is_aggregated and s.kind != "label"]
+  taken = [name for name in others if name in ("images", "labels", "arr_0")]
+  if taken:
+    raise BadValueError(f"config.modalities.{taken[0]}: the name is the export's own key; rename it")
   if labels is None and experiment.model.conditions:
     raise BadValueError("this model is class-conditional: give --sample_labels (e.g. 'balanced')")
   sample = jax.jit(lambda p, r, y, n: sampler.sample(
       p, r, n, observed=None if y is None else {label.name: y}), static_argnums=(3,))
-  images, out_labels = [], []
+  parts = {name: [] for name in ["images", *(["labels"] if label else []), *others]}
   for i, start in enumerate(range(0, num_samples, batch_size)):
     count = min(batch_size, num_samples - start)
     given = None if labels is None else labels[start:start + count]
     out = fetch(sample(params, jax.random.fold_in(rng, i), given, count))
-    images.append(grids.to_uint8(out[base.name]))
+    parts["images"].append(grids.to_uint8(out[base.name]))
     if label is not None:
-      out_labels.append(np.asarray(out[label.name], np.int32))
-  result = {"images": np.concatenate(images)}
-  if label is not None:
-    result["labels"] = np.concatenate(out_labels)
-  return result
+      parts["labels"].append(np.asarray(out[label.name], np.int32))
+    for name in others:
+      parts[name].append(np.asarray(out[name]))
+  return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def write(samples: dict[str, np.ndarray], out_dir: str, formats: Sequence[str]) -> list[str]:
@@ -105,7 +111,7 @@ def write(samples: dict[str, np.ndarray], out_dir: str, formats: Sequence[str]) 
   paths = []
   if "npz" in formats:
     path = os.path.join(out_dir, "samples.npz")
-    arrays = {"arr_0": rgb, **({"labels": samples["labels"]} if "labels" in samples else {})}
+    arrays = {"arr_0": rgb, **{k: v for k, v in samples.items() if k != "images"}}
     with open(path + ".tmp", "wb") as f:
       np.savez(f, **arrays)
     os.replace(path + ".tmp", path)
