@@ -381,7 +381,6 @@ _SETTINGS_ADDED_LATER = frozenset({"dataset_version"})
 _SETTING_KEYS = {"name": "data.name", "split": "data.train_split", "num_examples": "the split's size",
                  "global_batch_size": "training.batch_size", "seed": "seed",
                  "image_size": "data.image_size", "derived": "data.derived",
-                 "dataset_version": "dataset_version",
                  "geometry": "data.resize / data.crop / data.random_flip"}
 
 

@@ -56,9 +56,7 @@ class MetricsWriter:
       lines = path.read_text().splitlines(keepends=True)
       kept = [line for line in lines if not _is_evaluation_row(line, step)]
       if len(kept) != len(lines):
-        tmp = path.parent / (path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
+        _replace_text(path, "".join(kept))
     self.write(step, metrics)
 
   def drop_after(self, step: int) -> str | None:
@@ -80,10 +78,16 @@ class MetricsWriter:
         target, suffix = path.parent / f"{path.name}.earlier.{suffix}", suffix + 1
       path.rename(target)
       return f"metrics.jsonl: an earlier run's rows (from no checkpoint left) moved to {target}"
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    _replace_text(path, "".join(kept))
     return f"metrics.jsonl: removed the rows past step {step} (they are trained again)"
+
+
+def _replace_text(path: epath.Path, text: str) -> None:
+  """Replaces the file's contents at once (written beside it, then renamed over it): a kill leaves
+  the old contents or the new, never a part."""
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
 
 
 def _is_evaluation_row(line: str, step: int) -> bool:
@@ -184,9 +188,7 @@ class RunRecord:
     self.record.update(train_wall_s=self.wall_before + wall_s, steps_done=last_step,
                        commit=self.commit)
     if self.enabled:
-      tmp = self.path.parent / (self.path.name + ".tmp")
-      tmp.write_text(json.dumps(self.record, indent=1))
-      tmp.replace(self.path)
+      _replace_text(self.path, json.dumps(self.record, indent=1))
 
 
 def check_writable(workdir: str) -> None:
