@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import sys
-import types
-
 import tempfile
+import types
 
 # One BLAS thread per process, set before numpy loads (subprocesses inherit it): the suite runs two
 # workers on two cores, and OpenBLAS's threads, oversubscribed, made each small eigendecomposition of
@@ -35,16 +35,24 @@ import pytest
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 import mmdiff_jax  # noqa: E402,F401  (its XLA defaults join the flags before any backend starts)
-# The command-line runs that tests start as subprocesses share the same cache (through the environment
-# they inherit), and so do the parallel workers of one test run (pytest-xdist gives them one run id):
-# the smoke config's programs compile once per test run, not once per test. JAX writes cache entries
-# atomically, so concurrent writers are safe.
-_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-if _RUN_ID:
-  _XLA_CACHE = os.path.join(tempfile.gettempdir(), f"mmdiff_jax_xla_cache_{_RUN_ID}")
-  os.makedirs(_XLA_CACHE, exist_ok=True)
-else:
-  _XLA_CACHE = tempfile.mkdtemp(prefix="mmdiff_jax_xla_cache_")
+# Everything a test run writes outside its tests' tmp_path lives in one directory of its own, which the
+# run removes when it passes: the persistent compilation cache (about 45 MB a run), pytest's base
+# temporary directory, and the empty directory TFDS's builder makes (and never removes) each time it
+# opens a dataset that is not prepared yet, about five per test run. Before, every run left these in
+# the system's temporary directory. The parallel workers and the command-line runs that tests start as
+# subprocesses find the directory through the environment they inherit, so they share one cache: the
+# smoke config's programs compile once per test run, not once per test (JAX writes cache entries
+# atomically, so concurrent writers are safe).
+_RUN_DIR_VARIABLE = "MMDIFF_JAX_TEST_RUN_DIR"
+_RUN_DIR = os.environ.get(_RUN_DIR_VARIABLE)
+_OWNS_RUN_DIR = not _RUN_DIR  # the first process of the run: pytest's controller, or the only one
+if _OWNS_RUN_DIR:
+  _RUN_DIR = tempfile.mkdtemp(prefix="mmdiff_jax_tests_")
+  os.environ[_RUN_DIR_VARIABLE] = _RUN_DIR
+os.environ["TMPDIR"] = _RUN_DIR
+tempfile.tempdir = _RUN_DIR
+_XLA_CACHE = os.path.join(_RUN_DIR, "xla_cache")
+os.makedirs(_XLA_CACHE, exist_ok=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 jax.config.update("jax_num_cpu_devices", 8)
@@ -229,3 +237,18 @@ def data_dir(tmp_path_factory):
   config.data.data_dir = path
   sources.load_source(config.data, "train")
   return path
+
+
+# --------------------------------------------------------------------------- the run's directory
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Removes the run's directory (see the top of this file) after a passing run; a failing run keeps
+  it, so that the failed tests' files can be looked at (the summary says where)."""
+  if _OWNS_RUN_DIR and exitstatus == pytest.ExitCode.OK:
+    shutil.rmtree(_RUN_DIR, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus):
+  if _OWNS_RUN_DIR and exitstatus != pytest.ExitCode.OK:
+    terminalreporter.write_line(f"This run's temporary files are kept in {_RUN_DIR}")
