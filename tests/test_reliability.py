@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from configs import imglabel
-from mmdiff_jax import console, errors, evaluate
+from mmdiff_jax import atomic_files, console, errors, evaluate
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import fashion_mnist, sources
 from mmdiff_jax.data.checks import check_batch
@@ -713,6 +713,18 @@ def test_metrics_rows_past_the_resumed_step_go_and_an_earlier_runs_rows_are_kept
     assert writer.drop_after(0).endswith(expected)
     assert not os.path.exists(writer.path) and open(tmp_path / expected).read() == before
     writer.write(1, {"loss": 0.5})
+
+
+def test_a_file_written_whole_is_the_old_or_the_new_never_a_part(tmp_path):
+  path = tmp_path / "config.json"
+  atomic_files.replace_file(path, "old")
+  with pytest.raises(RuntimeError, match="killed"):
+    with atomic_files.replacing(path, "wb") as f:
+      f.write(b"half of the ne")
+      raise RuntimeError("killed while writing")
+  assert path.read_text() == "old" and os.listdir(tmp_path) == ["config.json"]
+  atomic_files.replace_file(path, b"new")
+  assert path.read_text() == "new" and os.listdir(tmp_path) == ["config.json"]
 
 
 def test_a_rerun_evaluation_replaces_the_earlier_one_of_its_step(tmp_path):

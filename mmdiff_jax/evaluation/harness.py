@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from mmdiff_jax import random_streams
+from mmdiff_jax.atomic_files import replace_file
 from mmdiff_jax.data import derived, fashion_mnist, pipeline, sources
 from mmdiff_jax.data import images as images_lib
 from mmdiff_jax.errors import BadValueError
@@ -430,11 +431,9 @@ BOOTSTRAP_KEY = "eval/bootstrap"
 
 
 def _write_json(path, value) -> None:
-  """Replaces the file at `path` (an epath.Path) atomically with `value` as JSON (process 0 only)."""
+  """Replaces the file at `path` atomically with `value` as JSON (process 0 only)."""
   if jax.process_index() == 0:
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
+    replace_file(path, json.dumps(value, indent=1))
 
 
 def save_eval_metrics(workdir: str, step: int, results: dict[str, Any], *,

@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from mmdiff_jax import console
+from mmdiff_jax.atomic_files import replace_file
 from mmdiff_jax.errors import BadValueError, MissingFileError
 from mmdiff_jax.evaluation import metrics
 from mmdiff_jax.sampling import grids
@@ -891,9 +892,7 @@ def write_report(results_dir: str, out: str, *, grain_figure: str = "") -> None:
   if not os.path.isdir(results_dir):
     raise MissingFileError(f"--results={results_dir}: no such folder")
   text = render(load_runs(results_dir), results_dir)
-  with open(out + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(out + ".tmp", out)
+  replace_file(out, text)
   print(f"Wrote {out}")
   if grain_figure and write_grain_figure(results_dir, grain_figure):
     print(f"Wrote {grain_figure}")

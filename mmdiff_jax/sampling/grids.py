@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import os
 from typing import Sequence
 
 import numpy as np
 from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
+from mmdiff_jax.atomic_files import replacing
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
   """(B, H, W, C) in [-1, 1] -> uint8 (B, H, W, C)."""
@@ -46,16 +45,9 @@ def save_grid(path: str, images: np.ndarray, *, captions: Sequence[str] | None =
     if captions is not None:
       draw.text((x, y + height * scale), str(captions[i])[: max(3, width * scale // 6)],
                 fill="black", font=font)
-  if "://" in path:  # gs://...: one object write, atomic by itself
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    epath.Path(path).write_bytes(buffer.getvalue())
-    return path
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  canvas.save(tmp)
-  os.replace(tmp, path)
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  with replacing(path, "wb") as f:
+    canvas.save(f, format="PNG")
   return path
 
 

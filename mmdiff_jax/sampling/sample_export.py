@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from mmdiff_jax import random_streams
+from mmdiff_jax.atomic_files import replacing
 from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
@@ -112,9 +113,8 @@ def write(samples: dict[str, np.ndarray], out_dir: str, formats: Sequence[str]) 
   if "npz" in formats:
     path = os.path.join(out_dir, "samples.npz")
     arrays = {"arr_0": rgb, **{k: v for k, v in samples.items() if k != "images"}}
-    with open(path + ".tmp", "wb") as f:
+    with replacing(path, "wb") as f:
       np.savez(f, **arrays)
-    os.replace(path + ".tmp", path)
     paths.append(path)
   if "png" in formats:
     folder = os.path.join(out_dir, "png")

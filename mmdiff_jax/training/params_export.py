@@ -16,6 +16,7 @@ import numpy as np
 from etils import epath
 from flax import serialization
 
+from mmdiff_jax.atomic_files import replace_file
 from mmdiff_jax.data import sources
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.errors import BadValueError, MissingFileError
@@ -39,9 +40,7 @@ def export_ema_params(config: ml_collections.ConfigDict, workdir: str) -> str:
   path = exported_path(workdir, step)
   if jax.process_index() == 0:
     epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = epath.Path(path + ".tmp")
-    tmp.write_bytes(serialization.to_bytes(params))
-    tmp.replace(path)
+    replace_file(path, serialization.to_bytes(params))
   return path
 
 

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from mmdiff_jax.atomic_files import replace_file
 from mmdiff_jax.training.dashboard import Dashboard
 
 
@@ -56,7 +57,7 @@ class MetricsWriter:
       lines = path.read_text().splitlines(keepends=True)
       kept = [line for line in lines if not _is_evaluation_row(line, step)]
       if len(kept) != len(lines):
-        _replace_text(path, "".join(kept))
+        replace_file(path, "".join(kept))
     self.write(step, metrics)
 
   def drop_after(self, step: int) -> str | None:
@@ -78,16 +79,8 @@ class MetricsWriter:
         target, suffix = path.parent / f"{path.name}.earlier.{suffix}", suffix + 1
       path.rename(target)
       return f"metrics.jsonl: an earlier run's rows (from no checkpoint left) moved to {target}"
-    _replace_text(path, "".join(kept))
+    replace_file(path, "".join(kept))
     return f"metrics.jsonl: removed the rows past step {step} (they are trained again)"
-
-
-def _replace_text(path: epath.Path, text: str) -> None:
-  """Replaces the file's contents at once (written beside it, then renamed over it): a kill leaves
-  the old contents or the new, never a part."""
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
 
 
 def _is_evaluation_row(line: str, step: int) -> bool:
@@ -188,7 +181,7 @@ class RunRecord:
     self.record.update(train_wall_s=self.wall_before + wall_s, steps_done=last_step,
                        commit=self.commit)
     if self.enabled:
-      _replace_text(self.path, json.dumps(self.record, indent=1))
+      replace_file(self.path, json.dumps(self.record, indent=1))
 
 
 def check_writable(workdir: str) -> None:

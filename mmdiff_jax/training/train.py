@@ -17,6 +17,7 @@ import numpy as np
 from etils import epath
 
 from mmdiff_jax import random_streams
+from mmdiff_jax.atomic_files import replace_file
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.data.checks import check_batch
@@ -360,9 +361,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """WORKDIR/config.json: what this workdir was trained with (evaluators and resumes check it)."""
   if jax.process_index() == 0:
     # Replaced atomically: other processes may be reading it in check_same_model.
-    tmp = epath.Path(workdir) / "config.json.tmp"
-    tmp.write_text(config.to_json_best_effort(indent=1))
-    tmp.replace(epath.Path(workdir) / "config.json")
+    replace_file(epath.Path(workdir) / "config.json", config.to_json_best_effort(indent=1))
 
 
 def check_grids_wanted(config: ml_collections.ConfigDict) -> None:

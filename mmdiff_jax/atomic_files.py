@@ -1,0 +1,33 @@
+"""Files replaced at once: a reader, or a run killed while writing, sees the old contents or the new,
+never a part. Local paths and epath URLs (gs://...) alike."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import IO, Iterator
+
+from etils import epath
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+  """Yields a file open for writing ("w" or "wb") beside `path`, renamed over `path` when the block
+  ends without an exception (removed when it raises)."""
+  if mode not in ("w", "wb"):
+    raise ValueError(f"mode: got {mode!r}; expected 'w' or 'wb'")
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + ".tmp")
+  try:
+    with tmp.open(mode) as f:
+      yield f
+    tmp.replace(path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def replace_file(path: str | os.PathLike, contents: str | bytes) -> None:
+  """Replaces the file at `path` with `contents` at once (see `replacing`)."""
+  with replacing(path, "wb" if isinstance(contents, bytes) else "w") as f:
+    f.write(contents)
