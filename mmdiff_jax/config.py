@@ -149,7 +149,7 @@ def default_config() -> ml_collections.ConfigDict:
       num_samples=100,  # images per sample grid; 0: no grids
   ))
 
-  # Evaluation (mmdiff_jax/evaluation/harness.py): pinned test split, counts and seed.
+  # Evaluation (mmdiff_jax/evaluation/evaluators/): pinned test split, counts and seed.
   c.eval = ml_collections.ConfigDict(dict(
       sampler="ddim",  # the sampler of every evaluator: "ddim" or "ancestral"
       sampler_steps=20,  # its DDIM steps

@@ -19,7 +19,7 @@ from mmdiff_jax.diffusion.schedules import _BETA_FNS, get_schedule
 from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.models import kinds
 from mmdiff_jax.models.modalities import aggregated_specs, aggregation_weights, specs_from_config
-from mmdiff_jax.evaluation.harness import EVALUATOR_NAMES
+from mmdiff_jax.evaluation import evaluators
 from mmdiff_jax.experiment import DTYPES, TASKS
 from mmdiff_jax.sampling.samplers import CATEGORICAL_FEEDBACK, SAMPLERS
 from mmdiff_jax.training.state import LR_SCHEDULES
@@ -239,7 +239,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   _require(e.batch_size % num_processes == 0, "eval.batch_size", e.batch_size,
            f"a multiple of the {num_processes} processes (each reads its share of a batch)")
   for key in ("after_training", "during_training"):
-    unknown = set(e[key]) - set(EVALUATOR_NAMES)
-    _require(not unknown, f"eval.{key}", tuple(e[key]), f"names from {list(EVALUATOR_NAMES)}")
+    known = evaluators.names()
+    _require(not set(e[key]) - set(known), f"eval.{key}", tuple(e[key]), f"names from {known}")
   _require(int(e.during_training_examples) >= 1, "eval.during_training_examples",
            e.during_training_examples, "an integer >= 1")

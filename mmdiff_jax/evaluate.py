@@ -1,6 +1,6 @@
 """Evaluates the newest checkpoint of a run: python -m mmdiff_jax.evaluate --config=... --workdir=...
 
-Runs every evaluator of mmdiff_jax/evaluation/harness.py that applies to the experiment (or those named
+Runs every evaluator (mmdiff_jax/evaluation/evaluators/) that applies to the experiment (or those named
 with --evaluators) and writes WORKDIR/eval_metrics.json (bootstrap replicates beside it, in
 eval_metrics.bootstrap.json). `--library_logs` shows the INFO logs of the libraries underneath.
 """
@@ -19,8 +19,8 @@ from ml_collections import config_flags
 
 from mmdiff_jax import command_line, console, installed_configs
 from mmdiff_jax.errors import BadValueError
-from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, EVALUATOR_NAMES, EVALUATORS,
-                                           run_evaluators, save_eval_metrics)
+from mmdiff_jax.evaluation import evaluators as evaluators_lib
+from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, save_eval_metrics
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.training import distributed
 from mmdiff_jax.training.restore import classifier_for, restore_latest
@@ -45,9 +45,8 @@ def evaluate(config, workdir: str, evaluators=None, *, metrics_name: str = "eval
   if evaluators is not None:
     _check_evaluators(tuple(evaluators), config)
   experiment, step, state = restore_latest(config, workdir)
-  evaluators = EVALUATOR_NAMES if evaluators is None else evaluators
-  results = {"step": step, **run_evaluators(experiment, state.ema_params, config, evaluators,
-                                            classify=classifier_for(config, experiment))}
+  results = {"step": step, **evaluators_lib.run_evaluators(
+      experiment, state.ema_params, config, evaluators, classify=classifier_for(config, experiment))}
   save_eval_metrics(workdir, step, results, name=metrics_name)
   results.pop(BOOTSTRAP_KEY, None)  # in WORKDIR/<metrics_name>.bootstrap.json
   if jax.process_index() == 0:
@@ -58,11 +57,10 @@ def evaluate(config, workdir: str, evaluators=None, *, metrics_name: str = "eval
 def _check_evaluators(names: tuple[str, ...], config) -> None:
   """Raises ValueError when `names` is empty, unknown, or names one that does not apply to the
   experiment (which would otherwise be left out without a word)."""
-  unknown = set(names) - set(EVALUATOR_NAMES)
-  if not names or unknown:
-    raise BadValueError(f"--evaluators: got {list(names)}; expected names from {list(EVALUATOR_NAMES)}")
-  experiment = build_experiment(config)
-  applicable = [name for name in EVALUATOR_NAMES if EVALUATORS[name].applies(experiment)]
+  known = evaluators_lib.names()
+  if not names or set(names) - set(known):
+    raise BadValueError(f"--evaluators: got {list(names)}; expected names from {known}")
+  applicable = evaluators_lib.applicable(build_experiment(config))
   not_applicable = [name for name in names if name not in applicable]
   if not_applicable:
     raise BadValueError(f"--evaluators: {not_applicable} do not apply to this experiment (modalities "

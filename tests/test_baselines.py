@@ -16,7 +16,7 @@ import pytest
 
 from mmdiff_jax import evaluate
 from mmdiff_jax.config_validation import validate_config
-from mmdiff_jax.evaluation import harness
+from mmdiff_jax.evaluation import evaluators
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.models.modalities import specs_from_config
 from mmdiff_jax.training import state as state_lib
@@ -202,7 +202,7 @@ def test_embedding_consistency_needs_the_datasets_alexnet_embeddings():
   """It compares a generated embedding with the AlexNet features of the generated image: on a
   user's own embeddings (another network, another width) it is skipped with the reason."""
   config = _config("imgemb")
-  unavailable = harness.EVALUATORS["embedding_consistency"].unavailable
+  unavailable = evaluators.get("embedding_consistency").unavailable
   assert unavailable(config) is None
   config.data.name = f"{config.data.name}:1.0.0"
   assert unavailable(config) is None

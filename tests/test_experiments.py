@@ -159,7 +159,7 @@ def test_garment_segmentation_map():
 
 
 def test_segmentation_pair_agreement_constructed():
-  from mmdiff_jax.evaluation.harness import segmentation_pair_agreement
+  from mmdiff_jax.evaluation.evaluators.segmentation_agreement import segmentation_pair_agreement
   images = np.full((2, 4, 4, 1), -1.0, np.float32)
   images[0, :2, :2] = 1.0  # 4 ink pixels
   images[1, 2:, :] = 1.0  # 8 ink pixels

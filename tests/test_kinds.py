@@ -1,6 +1,7 @@
-"""A modality kind is one record: a kind defined in this file alone (a float depth-like map, with its
-own encoder) trains, samples and evaluates with the smoke config, no library file edited; the built-in
-kinds are found by their file name."""
+"""A modality kind is one record, and so is an evaluator: a kind defined in this file alone (a float
+depth-like map, with its own encoder) trains, samples and is evaluated with the smoke config, by the
+generic evaluators and by one defined here for it, no library file edited; the built-in kinds and
+evaluators are found by their file name."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import os
 
 import chex
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mmdiff_jax import evaluate
+from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import checks, derived
+from mmdiff_jax.evaluation import evaluators, harness
+from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.models import heads, kinds
 from mmdiff_jax.models.modalities import specs_from_config
 from mmdiff_jax.training import train
@@ -61,6 +66,35 @@ def _blurred_depth(batch, rngs):
   return {"depth": blur.astype(np.float32)}
 
 
+def _depth_error(experiment, params, config):
+  """Image -> depth through the joint model: the mean absolute error against the test map."""
+  base, depth = experiment.specs[0], harness.spec_of(experiment, "depth_map")
+  sample = harness.conditional_sampler(experiment, params, config)
+  errors = []
+  for i, (batch, _) in enumerate(harness.test_batches(config, config.eval.num_examples)):
+    out = sample(jax.random.PRNGKey(i), {base.name: batch[base.feature]})
+    errors.append(np.mean(np.abs(np.asarray(out[depth.name]) - batch[depth.feature]), axis=(1, 2)))
+  return harness.with_bootstrap(f"{depth.name}_abs_error", np.concatenate(errors))
+
+
+DEPTH_ERROR = evaluators.Evaluator(name="depth_error", evaluate=_depth_error, needs="depth_map")
+
+
+def test_builtin_evaluators_are_found_by_file_name():
+  # (An evaluator file added to the folder joins them: the library's own are among them.)
+  assert set(evaluators.names()) >= {
+      "bound", "embedding_consistency", "generation", "inpainting", "inpainting_replacement",
+      "inpainting_sdedit", "label_accuracy", "label_agreement", "label_conditional",
+      "segmentation_agreement", "segmentation_miou"}
+  for name in evaluators.names():
+    assert evaluators.get(name).name == name
+  config = importlib.import_module("configs.imglabel").get_config("smoke")
+  config.eval.after_training = ("generation", "depth_error")
+  with pytest.raises(ValueError, match=r"eval.after_training: got \('generation', 'depth_error'\); "
+                                       r"expected names from \['bound', .*'segmentation_miou'\]"):
+    validate_config(config, num_devices=8)
+
+
 def test_builtin_kinds_are_found_by_file_name():
   # (A kind file added to the folder joins them: the library's own are among them.)
   assert set(kinds.builtin_names()) >= {"embedding", "image", "label", "masked_image", "segmentation"}
@@ -75,6 +109,7 @@ def test_builtin_kinds_are_found_by_file_name():
 
 def test_a_kind_defined_here_trains_samples_and_evaluates(data_dir, tmp_path, monkeypatch):
   monkeypatch.setitem(kinds._REGISTERED, DEPTH.name, DEPTH)
+  monkeypatch.setitem(evaluators._REGISTERED, DEPTH_ERROR.name, DEPTH_ERROR)
   monkeypatch.setitem(derived.DERIVED, "blurred_depth", _blurred_depth)
   config = importlib.import_module("configs.imglabel").get_config("smoke")
   del config.modalities["label"]
@@ -99,13 +134,21 @@ def test_a_kind_defined_here_trains_samples_and_evaluates(data_dir, tmp_path, mo
   metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert np.isfinite([m["recovery/depth"] for m in metrics if "recovery/depth" in m]).all()
 
-  evaluated = evaluate.evaluate(config, workdir, ("generation", "bound"))
+  experiment = build_experiment(config)
+  assert "depth_error" in evaluators.applicable(experiment)
+  assert "label_accuracy" not in evaluators.applicable(experiment)
+  config.eval.after_training = ("generation", "depth_error")
+  validate_config(config, num_devices=8)  # a registered evaluator is a known name
+  evaluated = evaluate.evaluate(config, workdir, ("generation", "bound", "depth_error"))
   assert np.isfinite(evaluated["eval/frechet_alexnet_distance"])
   assert np.isfinite(evaluated["eval/test_bound/image_bits_per_dim"])
+  assert 0.0 < evaluated["eval/depth_abs_error"] < 2.0  # both maps are in [-1, 1]
+  low, high = evaluated["eval/depth_abs_error_ci95"]
+  assert low <= evaluated["eval/depth_abs_error"] <= high
+  assert evaluated["eval/evaluated"] == ["generation", "bound", "depth_error"]
 
   from mmdiff_jax.training.restore import restore_latest
   experiment, _, state = restore_latest(config, workdir)
-  import jax
   sample = experiment.sampler("ddim", 2).sample(state.ema_params, jax.random.PRNGKey(0), 3)
   assert sample["depth"].shape == (3, 28, 28) and sample["depth"].dtype == jnp.float32
   assert "depth_logits" not in sample  # not categorical

@@ -14,7 +14,7 @@ import pytest
 
 from mmdiff_jax import evaluate
 from mmdiff_jax.data import derived, pipeline
-from mmdiff_jax.evaluation import harness, metrics
+from mmdiff_jax.evaluation import evaluators, metrics
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.sampling import inpainting
 from mmdiff_jax.training import state as state_lib
@@ -110,10 +110,10 @@ def test_resampling_changes_the_fill(uncond):
 
 
 def test_inpainting_baselines_apply_to_image_models_only():
-  assert harness.EVALUATORS["inpainting_sdedit"].applies(build_experiment(_config("baseline_uncond")))
-  assert harness.EVALUATORS["inpainting_replacement"].applies(
+  assert evaluators.get("inpainting_sdedit").applies(build_experiment(_config("baseline_uncond")))
+  assert evaluators.get("inpainting_replacement").applies(
       build_experiment(_config("baseline_classcond")))
-  assert not harness.EVALUATORS["inpainting_sdedit"].applies(build_experiment(_config("imgmask")))
+  assert not evaluators.get("inpainting_sdedit").applies(build_experiment(_config("imgmask")))
 
 
 # ------------------------------------------------------------------------- label-conditional metrics
@@ -126,15 +126,15 @@ def test_label_conditional_samples_of_a_model_that_ignores_labels_score_like_its
   config.eval.update(num_generated=16, batch_size=16)
   experiment = build_experiment(config)
   params = _random_params(experiment)
-  joint = harness.generation(experiment, params, config)
-  given = harness.label_conditional(experiment, params, config)
+  joint = evaluators.get("generation").evaluate(experiment, params, config)
+  given = evaluators.get("label_conditional").evaluate(experiment, params, config)
   np.testing.assert_allclose(given["label_conditional/frechet_alexnet_distance"],
                              joint["frechet_alexnet_distance"], rtol=1e-5)
   np.testing.assert_allclose(given["bootstrap"]["label_conditional/frechet_alexnet_distance"],
                              joint["bootstrap"]["frechet_alexnet_distance"], rtol=1e-5)
   # A model that uses its label does not (the same seeds, another trajectory).
   config.modalities.label.profile = "bump"
-  used = harness.label_conditional(build_experiment(config), params, config)
+  used = evaluators.get("label_conditional").evaluate(build_experiment(config), params, config)
   assert abs(used["label_conditional/frechet_alexnet_distance"]
              - joint["frechet_alexnet_distance"]) > 1e-3
 

@@ -22,8 +22,9 @@ from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import pipeline, sources
 from mmdiff_jax.data.checks import check_batch
 from mmdiff_jax.errors import BadValueError, DivergedError
+from mmdiff_jax.evaluation.evaluators import run_evaluators
 from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, conditions_of, masked_test_images,
-                                           run_evaluators, save_eval_metrics, test_batches)
+                                           save_eval_metrics, test_batches)
 from mmdiff_jax.evaluation.metrics import composite
 from mmdiff_jax.experiment import Experiment, build_experiment
 from mmdiff_jax.models import kinds
@@ -68,7 +69,7 @@ def evaluate_during_training(experiment: Experiment, params, config) -> dict[str
   cheap.eval.update(num_examples=min(e.num_examples, n), num_generated=min(e.num_generated, n),
                     batch_size=min(e.batch_size, n),
                     bound_batches=max(1, min(e.bound_batches, -(-n // min(e.batch_size, n)))))
-  results = run_evaluators(experiment, params, cheap, names=tuple(e.during_training),
+  results = run_evaluators(experiment, params, cheap, tuple(e.during_training),
                            classify=classifier_for(config, experiment))
   # Per-example tables (a dict of bootstrap replicates, where an evaluator gives them) stay out of
   # metrics.jsonl rows.
@@ -332,7 +333,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   grids = save_sample_grids(experiment, state.ema_params, config, workdir, final_step,
                             class_names=sources.class_names(config.data))
   dashboard.images(final_step, grids)
-  evaluated = run_evaluators(experiment, state.ema_params, config, names=config.eval.after_training,
+  evaluated = run_evaluators(experiment, state.ema_params, config, config.eval.after_training,
                              classify=classifier_for(config, experiment))
   results: dict[str, Any] = {"sample_grids": grids, **evaluated}
   if evaluated:
