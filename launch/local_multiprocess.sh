@@ -14,6 +14,8 @@
 #   --module               Python module to run (default mmdiff_jax.main)
 #   --python               interpreter (default $PYTHON or python3)
 #   ARGS                   passed to every process, e.g. the trainer's flags
+#                          (the processes run in the repository's root: a relative path in
+#                          ARGS is read from there, not from where the script was started)
 #
 # Example (the smoke config over 2 processes x 4 devices = one 8-device mesh):
 #   launch/local_multiprocess.sh --num_processes=2 --devices_per_process=4 -- \
@@ -34,8 +36,8 @@ die() {
   echo "Run with --help for usage." >&2
   exit 2
 }
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-is_positive() { [[ $1 =~ ^[0-9]+$ ]] && (($1 >= 1)); }
+is_uint() { [[ $1 =~ ^(0|[1-9][0-9]*)$ ]]; }  # no leading zeros: bash arithmetic reads them as octal
+is_positive() { is_uint "$1" && (($1 >= 1)); }
 
 num_processes=""
 devices_per_process=4

@@ -7,8 +7,10 @@
 #
 # Commands:
 #   create   create the TPU VM slice (needs --accelerator_type)
-#   setup    copy this checkout to every host, make a venv there (jax[tpu], the package, gcsfs) and
-#            the TFDS data dir (--data_dir: copied from gs://; else Fashion-MNIST prepared offline)
+#   setup    copy this checkout to every host, make a venv there with Python >= 3.11 (installed from
+#            Ubuntu's packages where the image has an older python3) holding jax[tpu], the package and
+#            gcsfs, and the TFDS data dir (--data_dir: copied from gs://; else Fashion-MNIST prepared
+#            offline)
 #   train    run python -m mmdiff_jax.main on every host (needs --workdir=gs://...). Rerunning the same
 #            command resumes from the newest checkpoint in the workdir.
 #   stop     stop a --detach'ed training run on every host
@@ -20,7 +22,9 @@
 #   --zone=ZONE               e.g. us-central2-b (required)
 #   --project=PROJECT         default: gcloud's configured project
 #   --accelerator_type=TYPE   create: e.g. v4-32, v5p-16, v5litepod-16, v6e-16
-#   --version=RUNTIME         create: TPU software version (default tpu-ubuntu2204-base)
+#   --version=RUNTIME         create: TPU software version (default: the one for the accelerator type:
+#                             v2-alpha-tpuv5 for v5p, v2-alpha-tpuv5-lite for v5litepod,
+#                             v2-alpha-tpuv6e for v6e, tpu-ubuntu2204-base for v2-v4)
 #   --spot                    create: a spot (preemptible) slice; the trainer saves on SIGTERM and
 #                             `train` resumes after re-creation
 #   --config=PATH[:VARIANT]   train: experiment config (default configs/imglabel.py)
@@ -50,7 +54,7 @@ tpu=""
 zone=""
 project=""
 accelerator_type=""
-version="tpu-ubuntu2204-base"
+version=""
 spot=0
 config="configs/imglabel.py"
 workdir=""
@@ -130,7 +134,17 @@ on_all_hosts() {  # on_all_hosts SCRIPT: runs a bash script on every host of the
   run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all --command="$1"
 }
 
+default_version() {  # the TPU software version Google documents for each accelerator generation
+  case "$1" in
+    v5p-*) echo v2-alpha-tpuv5 ;;
+    v5litepod-* | v5e-*) echo v2-alpha-tpuv5-lite ;;
+    v6e-*) echo v2-alpha-tpuv6e ;;
+    *) echo tpu-ubuntu2204-base ;;
+  esac
+}
+
 do_create() {
+  [[ -n $version ]] || version="$(default_version "$accelerator_type")"
   local extra=()
   ((spot)) && extra+=(--spot)
   run "${gcloud_tpu[@]}" create "$tpu" "${where[@]}" --accelerator-type="$accelerator_type" \
@@ -157,9 +171,24 @@ do_setup() {
     data_step="sudo apt-get install -y -qq dataset-fashion-mnist && python3 -c 'from mmdiff_jax.data import sources; sources.prepare_fashion_mnist()'"
   fi
   on_all_hosts "set -euo pipefail
-    sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv
+    sudo apt-get update -qq
+    # The package needs Python >= 3.11; the TPU images' python3 is Ubuntu 22.04's 3.10.
+    py=''
+    for candidate in python3 python3.13 python3.12 python3.11; do
+      if command -v \$candidate >/dev/null &&
+          \$candidate -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        py=\$candidate; break
+      fi
+    done
+    if [[ -z \$py ]]; then sudo apt-get install -y -qq python3.11; py=python3.11; fi
+    sudo apt-get install -y -qq \$py-venv 2>/dev/null || sudo apt-get install -y -qq python3-venv
     mkdir -p ~/$remote_dir && tar xzf ~/mmdiff_jax.tar.gz -C ~/$remote_dir
-    [[ -d ~/mmdiff_venv ]] || python3 -m venv ~/mmdiff_venv
+    # A venv left by an earlier setup with an older Python is made again.
+    if [[ -d ~/mmdiff_venv ]] &&
+        ! ~/mmdiff_venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      rm -rf ~/mmdiff_venv
+    fi
+    [[ -d ~/mmdiff_venv ]] || \$py -m venv ~/mmdiff_venv
     source ~/mmdiff_venv/bin/activate
     pip install -q -U pip
     pip install -q -e ~/$remote_dir 'jax[tpu]' gcsfs

@@ -37,8 +37,8 @@ def colab_badge(notebook: str) -> str:
 
 INSTALL_CELL = '''# Install. In a checkout of mmdiff_jax (or with $MMDIFF_REPO set) this uses the checkout as it is;
 # elsewhere (Colab) it clones REPO_URL and pip-installs the package, keeping the runtime's own jax and
-# jaxlib (Colab's are built for its GPU / TPU); pip stops with an error if they are older than
-# setup.cfg's lower bounds.
+# jaxlib (Colab's are built for its GPU / TPU). Where those are older than the package needs
+# (setup.cfg), it upgrades them together with the runtime's accelerator plugin (jax-cuda*, libtpu).
 import os, pathlib, subprocess, sys
 from importlib import metadata
 
@@ -61,12 +61,26 @@ def installed(name):
     return []
 
 
+def pip_install(*requirements):
+  return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *requirements]).returncode == 0
+
+
 REPO = find_checkout()
+CLONE = pathlib.Path("mmdiff_jax").resolve()
 if REPO is None:
-  REPO = pathlib.Path("mmdiff_jax").resolve()
+  REPO = CLONE
   subprocess.run(["git", "clone", "--depth=1", REPO_URL, str(REPO)], check=True)
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(REPO),
-                  *installed("jax"), *installed("jaxlib")], check=True)
+if REPO == CLONE and not installed("mmdiff_jax"):  # cloned here, not installed yet (or it failed)
+  if not pip_install("-e", str(REPO), *installed("jax"), *installed("jaxlib")):
+    plugins = [name for name in (d.metadata["Name"] or "" for d in metadata.distributions())
+               if name.lower().startswith(("jax-cuda", "jax_cuda", "libtpu"))]
+    print(f"pip could not install mmdiff_jax beside the runtime's {{' '.join(installed('jax'))}} "
+          f"(above: usually that is older than mmdiff_jax needs); upgrading jax, jaxlib and "
+          f"{{plugins or 'no accelerator plugin'}}.")
+    if not pip_install("-U", "-e", str(REPO), "jax", "jaxlib", *plugins):
+      raise RuntimeError("pip could not install mmdiff_jax (its messages are above)")
+    print("If an import below fails, restart the session (Runtime > Restart session) and run this "
+          "cell again.")
 for path in (REPO, REPO / "notebooks"):  # the package, configs/ and the notebook helpers
   if str(path) not in sys.path:
     sys.path.insert(0, str(path))
