@@ -53,7 +53,14 @@ def _lscpu() -> dict[str, str]:
   return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
 
 
+COMMIT_ENV = "MMDIFF_BENCH_COMMIT"
+
+
 def _git() -> str:
+  """The commit measured: $MMDIFF_BENCH_COMMIT where set (a copy of the tree without .git, e.g. on a lent
+  GPU machine: the caller passes the hash), else git's short hash, marked where tracked files differ."""
+  if os.environ.get(COMMIT_ENV):
+    return os.environ[COMMIT_ENV]
   try:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.strip()
@@ -108,6 +115,16 @@ def describe(m: Mapping[str, Any]) -> str:
   return (f"{m['date_utc']} UTC | {m['cpu']}, {m['nproc']} cores ({'/'.join(m['isa'])}), "
           f"{m['memory_gib']} GiB | jax {m['jax']}, flax {m['flax']} | {m['devices']} | "
           f"commit {m['commit']}" + (f" | env {m['env']}" if m.get("env") else ""))
+
+
+def bf16_policy_caveat(jax_dtype: str, torch_autocast_bf16: bool) -> str | None:
+  """Where the two mixed-precision policies differ (None where they are not both bf16): recorded in the
+  JSON and the table titles of the JAX vs PyTorch comparisons."""
+  if jax_dtype != "bfloat16" or not torch_autocast_bf16:
+    return None
+  return ("bf16 policies differ: Flax's GroupNorm (model.dtype=bfloat16) takes float32 statistics but "
+          "returns bf16, so the SiLU after it runs in bf16; under autocast PyTorch runs group_norm in "
+          "float32 and returns float32, so its SiLU runs in float32 (cast to bf16 at the next conv)")
 
 
 class MatmulPeak:

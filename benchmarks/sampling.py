@@ -19,8 +19,14 @@ reports images/s for the full chain as K/T of the measured rate (every ancestral
 (benchmarks/torch_unet.py DDIMSampler: the same timesteps, parameterization and clipping, a Python loop
 of eager calls) to the DDIM contenders, and with --torch_compile the twin through torch.compile; its
 parameter count must equal the JAX model's. --device=cuda puts PyTorch on the GPU, --autocast_bf16 runs
-its network under bf16 autocast, --dtype=bfloat16 sets the JAX config's model.dtype. --no_python_loop
-drops the JAX Python loop (and with it the speedup and dispatch columns) where only images/s matter:
+its network under bf16 autocast, --dtype=bfloat16 sets the JAX config's model.dtype (the two bf16
+policies differ in GroupNorm: see "precision_caveat" in the JSON). --no_python_loop drops the JAX Python
+loop (and with it the speedup and dispatch columns) where only images/s matter.
+
+In phases, the JSON rewritten after each ("complete": true at the end), so that a time limit or a
+failure of PyTorch leaves what was measured: JAX alone first (torch not yet imported), then the eager
+twin alternating with JAX's compiled loop, then the compiled twin alternating with it (its first call
+is Inductor's compilation). A PyTorch contender that fails is recorded ("torch_errors") and skipped:
 
   python3 -m benchmarks.sampling --config=default --image_only --dtype=bfloat16 --samplers=ddim \
       --batch_sizes=256 --no_python_loop --torch --torch_compile --autocast_bf16 --device=cuda  # a GPU
@@ -109,55 +115,96 @@ def dispatch_floor(params, num_steps: int, z_shape, rounds: int) -> dict:
   return {k: 1e3 * statistics.median(v) / num_steps for k, v in timing["seconds"].items()}
 
 
-def bench(args, batch_size: int, kind: str, sampler_steps: int, experiment, params, torch_samplers=None):
-  """One sampler at one batch size: the compiled loop, the Python loop (unless --no_python_loop) and,
-  for DDIM, the PyTorch samplers {name: torch_unet.DDIMSampler}, timed in alternation."""
+class Twins:
+  """The PyTorch twin's DDIM samplers over torch_unet.DDIMSampler, "torch_eager" and "torch_compile"
+  (through torch.compile), each built on first use: torch is imported only after JAX's figures are
+  written, so that its failure costs none of them."""
+
+  def __init__(self, args, config, experiment, num_params: int, machine: dict):
+    self.args, self.config, self.experiment = args, config, experiment
+    self.num_params, self.machine = num_params, machine
+    self.samplers: dict = {}
+
+  def get(self, name: str):
+    if name in self.samplers:
+      return self.samplers[name]
+    args = self.args
+    torch = common.import_torch()
+    from benchmarks import torch_unet
+    self.machine["torch"] = torch.__version__
+    if args.device == "cuda":
+      if not torch.cuda.is_available():
+        raise RuntimeError("--device=cuda: torch sees no CUDA device")
+      torch.backends.cudnn.benchmark = True
+      torch.set_float32_matmul_precision("high")  # TF32, as JAX's default precision on a GPU
+    sampler = torch_unet.DDIMSampler(
+        self.config, np.asarray(self.experiment.schedule.alpha_bars),
+        self.experiment.sampler("ddim", args.ddim_steps).timesteps(),
+        parameterization=self.experiment.parameterization, device=args.device,
+        autocast_bf16=args.autocast_bf16,
+        compile_backend=args.torch_compile_backend if name == "torch_compile" else None)
+    print(f"{name}: {sampler.num_params} parameters (JAX {self.num_params}); torch {torch.__version__} "
+          f"on {args.device}", flush=True)
+    if sampler.num_params != self.num_params:
+      raise ValueError(f"parameter counts differ: JAX {self.num_params}, {name} {sampler.num_params}")
+    self.samplers[name] = sampler
+    return sampler
+
+
+def bench(args, batch_size: int, kind: str, sampler_steps: int, experiment, params, result: dict, write,
+          twins: Twins | None = None) -> None:
+  """One sampler at one batch size, into `result`, in phases, write() after each: "jax" times the
+  compiled loop (and the Python loop, unless --no_python_loop) in alternation; then, for DDIM with
+  twins, "torch_eager" and "torch_compile" each time their PyTorch sampler in alternation with the
+  compiled loop. Each contender's figures come from the phase that added it; a PyTorch contender that
+  fails is recorded in result["torch_errors"] and the next phase runs."""
   base = experiment.sampler(kind, sampler_steps)
   full_steps = len(base.timesteps()) - 1
   segment = args.ancestral_steps if kind == "ancestral" and args.ancestral_steps < full_steps else 0
   sampler = SegmentSampler(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Sampler)},
                            segment=segment)
   timed_steps = segment or full_steps
+  scale = full_steps / timed_steps
   compiled_fn = jax.jit(sampler.sample, static_argnums=(2,))
   rng = jax.random.PRNGKey(0)
-  contenders = {"compiled": lambda: compiled_fn(params, rng, batch_size)}
+  compiled = lambda: compiled_fn(params, rng, batch_size)
+  result.update({"sampler": f"{kind}-{full_steps}", "batch_size": batch_size, "timed_steps": timed_steps,
+                 "estimated_from_segment": bool(segment), "first_call_s": {}, "seconds_per_chain": {},
+                 "images_per_s": {}, "ms_per_step": {}, "phase_of": {}, "phases": {}})
 
-  first_call_s = {}
+  def timed(phase: str, contenders: dict) -> dict:
+    """Alternates the contenders; each one's figures (except "compiled" after the first phase) go into
+    the result as this phase's; returns the seconds per chain."""
+    timing = common.alternate(contenders, rounds=args.rounds, reps=1, warmup=0)
+    seconds = {k: [s * scale for s in v] for k, v in timing["seconds"].items()}
+    result["phases"][phase] = {"seconds_per_chain": seconds, "load_per_round": timing["load"]}
+    for name, values in seconds.items():
+      if name == "compiled" and phase != "jax":
+        continue  # the reference of this phase's ratio; its own figure is the JAX phase's
+      result["seconds_per_chain"][name] = values
+      result["images_per_s"][name] = batch_size / statistics.median(values)
+      result["ms_per_step"][name] = 1e3 * statistics.median(values) / full_steps
+      result["phase_of"][name] = phase
+    return seconds
+
   start = time.perf_counter()
-  jax.block_until_ready(compiled_fn(params, rng, batch_size))
-  first_call_s["compiled"] = time.perf_counter() - start
+  jax.block_until_ready(compiled())
+  result["first_call_s"]["compiled"] = time.perf_counter() - start
+  contenders = {"compiled": compiled}
   max_diff = None
   if not args.no_python_loop:
     loop_fn = python_loop(sampler)
     start = time.perf_counter()
     jax.block_until_ready(loop_fn(params, rng, batch_size))
-    first_call_s["python_loop"] = time.perf_counter() - start
+    result["first_call_s"]["python_loop"] = time.perf_counter() - start
     # Same numbers from both (the loop bodies are the same computation).
-    a = np.asarray(compiled_fn(params, rng, batch_size)["image"])
+    a = np.asarray(compiled()["image"])
     b = np.asarray(loop_fn(params, rng, batch_size)["image"])
     max_diff = float(np.max(np.abs(a - b)))
     loop_fn.host_seconds.clear()
     contenders["python_loop"] = lambda: loop_fn(params, rng, batch_size)
-  for name, torch_sampler in (torch_samplers or {}).items():
-    start = time.perf_counter()
-    torch_sampler(batch_size).block_until_ready()  # torch.compile compiles here
-    first_call_s[name] = time.perf_counter() - start
-    contenders[name] = functools.partial(torch_sampler, batch_size)
-
-  timing = common.alternate(contenders, rounds=args.rounds, reps=1, warmup=0)
-  scale = full_steps / timed_steps
-  seconds = {k: [s * scale for s in v] for k, v in timing["seconds"].items()}
-  result = {
-      "sampler": f"{kind}-{full_steps}", "batch_size": batch_size, "timed_steps": timed_steps,
-      "estimated_from_segment": bool(segment),
-      "first_call_s": first_call_s,
-      "seconds_per_chain": seconds,
-      "images_per_s": {k: batch_size / statistics.median(v) for k, v in seconds.items()},
-      "ms_per_step": {k: 1e3 * statistics.median(v) / full_steps for k, v in seconds.items()},
-      "load_per_round": timing["load"],
-  }
-  for name in torch_samplers or {}:
-    result[f"{name}_over_compiled_speed"] = common.summary(common.ratios(seconds["compiled"], seconds[name]))
+  seconds = timed("jax", contenders)
+  result["load_per_round"] = result["phases"]["jax"]["load_per_round"]
   if "python_loop" in seconds:
     speedup = common.ratios(seconds["python_loop"], seconds["compiled"])
     result.update({
@@ -167,36 +214,33 @@ def bench(args, batch_size: int, kind: str, sampler_steps: int, experiment, para
         "dispatch_floor_ms_per_step": dispatch_floor(params, timed_steps,
                                                      (batch_size, *experiment.model.z_shape), args.rounds),
     })
+  write()
   print(f"[{result['sampler']} batch {batch_size}] images/s "
         + ", ".join(f"{k} {v:.2f}" for k, v in result["images_per_s"].items())
         + (f"; compiled/loop speed {result['speedup_compiled_over_loop']['median']:.3f} (rounds "
            f"{[round(s, 3) for s in result['speedup_per_round']]})" if "python_loop" in seconds else "")
-        + f"; load {timing['load']}", flush=True)
-  return result
+        + f"; load {result['load_per_round']}", flush=True)
 
-
-def torch_samplers(args, config, experiment, num_params: int) -> dict:
-  """{"torch_eager": DDIMSampler[, "torch_compile": the same through torch.compile]} over the twin."""
-  torch = common.import_torch()
-  from benchmarks import torch_unet
-  if args.device == "cuda":
-    if not torch.cuda.is_available():
-      raise SystemExit("--device=cuda: torch sees no CUDA device")
-    torch.backends.cudnn.benchmark = True
-    torch.set_float32_matmul_precision("high")  # TF32, as JAX's default precision on a GPU
-  timesteps = experiment.sampler("ddim", args.ddim_steps).timesteps()
-  make = lambda backend: torch_unet.DDIMSampler(
-      config, np.asarray(experiment.schedule.alpha_bars), timesteps,
-      parameterization=experiment.parameterization, device=args.device,
-      autocast_bf16=args.autocast_bf16, compile_backend=backend)
-  samplers = {"torch_eager": make(None)}
-  if args.torch_compile:
-    samplers["torch_compile"] = make(args.torch_compile_backend)
-  counts = {"jax": num_params, **{name: s.num_params for name, s in samplers.items()}}
-  print(f"parameters: {counts}; torch {torch.__version__} on {args.device}", flush=True)
-  if len(set(counts.values())) != 1:
-    raise SystemExit(f"parameter counts differ: {counts}")
-  return samplers
+  names = ["torch_eager"] + (["torch_compile"] if args.torch_compile else [])
+  for name in names if twins is not None and kind == "ddim" else []:
+    try:
+      twin = twins.get(name)
+      start = time.perf_counter()
+      twin(batch_size).block_until_ready()  # torch.compile compiles here
+      result["first_call_s"][name] = time.perf_counter() - start
+      seconds = timed(name, {"compiled": compiled, name: functools.partial(twin, batch_size)})
+    except Exception as error:  # noqa: BLE001 (recorded: the figures before it stand)
+      message = f"{type(error).__name__}: {str(error).strip()[:2000]}"
+      result.setdefault("torch_errors", {})[name] = message
+      print(f"[{result['sampler']} batch {batch_size}] {name} failed: {message}", flush=True)
+      write()
+      continue
+    speed = result[f"{name}_over_compiled_speed"] = common.summary(
+        common.ratios(seconds["compiled"], seconds[name]))
+    write()
+    print(f"[{result['sampler']} batch {batch_size}] {name}: images/s "
+          f"{result['images_per_s'][name]:.2f}, speed / JAX compiled {speed['median']:.3f}; load "
+          f"{result['phases'][name]['load_per_round']}", flush=True)
 
 
 def main():
@@ -233,19 +277,20 @@ def main():
   _, shardings = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=False)
   params = state_lib.create_train_state(experiment.model, tx, shardings, config.seed).params
   num_params = int(sum(x.size for x in jax.tree.leaves(params)))
-  twins = torch_samplers(args, config, experiment, num_params) if args.torch else {}
-  if twins:
-    import torch
-    machine["torch"] = torch.__version__
+  twins = Twins(args, config, experiment, num_params, machine) if args.torch else None
+  caveat = common.bf16_policy_caveat(args.dtype, args.autocast_bf16) if args.torch else None
   results = []
-  payload = lambda: {"machine": machine, "load_at_end": common.load(), "config": args.config,
-                     "image_only": args.image_only, "dtype": args.dtype, "num_params": num_params,
-                     "results": results, "args": vars(args)}
+  # Rewritten after each phase of each sampler ("complete": every one ran), so that a time limit leaves
+  # what was measured.
+  write = lambda complete=False: common.write_json(args.json, {
+      "machine": machine, "load_at_end": common.load(), "config": args.config,
+      "image_only": args.image_only, "dtype": args.dtype, "num_params": num_params,
+      "precision_caveat": caveat, "results": results, "complete": complete, "args": vars(args)})
   for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
     for kind in args.samplers.split(","):
-      results.append(bench(args, batch_size, kind, args.ddim_steps, experiment, params,
-                           twins if kind == "ddim" else None))
-      common.write_json(args.json, payload())  # after each: a time limit leaves what was measured
+      results.append({})
+      bench(args, batch_size, kind, args.ddim_steps, experiment, params, results[-1], write, twins)
+  write(complete=True)
 
   model = f"config {args.config}{' image-only' if args.image_only else ''} ({num_params / 1e6:.3f}M parameters)"
   if not args.no_python_loop:
@@ -269,17 +314,22 @@ def main():
   for r in results:
     for name, rate in r["images_per_s"].items():
       vs = r.get(f"{name}_over_compiled_speed")
+      loads = r["phases"][r["phase_of"][name]]["load_per_round"]
       label = {"compiled": "jax (compiled loop)", "python_loop": "jax (Python loop)"}.get(name, name)
       rows.append([r["sampler"], r["batch_size"], label, f"{rate:.2f}", f"{r['ms_per_step'][name]:.3f}",
                    f"{r['first_call_s'][name]:.1f}",
                    f"{vs['median']:.3f} ({vs['min']:.3f}-{vs['max']:.3f})" if vs else "-",
-                   f"{min(r['load_per_round'])}-{max(r['load_per_round'])}"])
+                   f"{min(loads)}-{max(loads)}"])
+    for name, message in r.get("torch_errors", {}).items():
+      rows.append([r["sampler"], r["batch_size"], name, f"failed: {message[:160]}", "-", "-", "-", "-"])
   torch_note = (f"; PyTorch on {args.device}{', bf16 autocast' if args.autocast_bf16 else ''}"
+                + (" (GroupNorm output and SiLU: bf16 in JAX, float32 in torch)" if caveat else "")
                 if args.torch else "")
   common.print_table(
-      f"Sampling throughput, {model}, JAX {args.dtype}{torch_note}, {args.rounds} alternating rounds",
+      f"Sampling throughput, {model}, JAX {args.dtype}{torch_note}, {args.rounds} alternating rounds "
+      "(each PyTorch contender alternating with the JAX compiled loop in a phase of its own)",
       ["sampler", "batch", "contender", "images/s", "ms/step", "first call s (compile)",
-       "this speed / JAX compiled speed", "load (1 min)"], rows)
+       "this speed / JAX compiled speed, same phase", "load (1 min)"], rows)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ convolutions, which become cuDNN calls, as 0), achieved
 FLOP/s and its fraction of the matmul peak (an n x n jnp.dot in the model's dtype, n = 2048 by
 default), the step and the matmul timed in alternation within the run. Then the step time of imglabel
 over the image-only baseline configs/baseline_uncond.py (the same config without the label modality:
-same backbone, one head), also in alternation.
+same backbone, one head), also in alternation. The JSON is written after each config compiles (compile
+time, FLOPs) and again after it is timed ("complete": true only at the end), so that a time limit leaves
+what was measured.
 
   python3 -m benchmarks.train_step                         # smoke, small, default; then multitask
   python3 -m benchmarks.train_step --configs=small --rounds=9 --json=/tmp/train_step.json
@@ -28,7 +30,10 @@ DEFAULT_REPS = {"smoke": 10, "small": 3, "default": 1}
 DEFAULT_ROUNDS = {"smoke": 5, "small": 5, "default": 2}
 
 
-def bench_config(variant: str, args) -> tuple[dict, setups.TrainStep]:
+def bench_config(variant: str, args, results: list, write) -> setups.TrainStep:
+  """Compiles and times one config; its result goes into `results` after compiling (compile time,
+  FLOPs) and is completed after timing, with write() after each (a time limit leaves what was
+  measured)."""
   label = variant or "default"
   overrides = {"model.dtype": args.dtype}
   if args.batch_size:
@@ -36,6 +41,14 @@ def bench_config(variant: str, args) -> tuple[dict, setups.TrainStep]:
   step = setups.TrainStep(setups.get_config(variant, **overrides))
   print(f"[{label}] compiled in {step.compile_s:.1f} s; {step.num_params / 1e6:.3f}M parameters, "
         f"batch {step.batch_size}, {step.flops / 1e9:.2f} GFLOP/step (XLA cost analysis)", flush=True)
+  result = {
+      "config": label, "num_params": step.num_params, "batch_size": step.batch_size,
+      "dtype": args.dtype, "compile_s": step.compile_s, "flops_per_step": step.flops,
+      "compiled_flops_per_step": step.compiled_flops,
+      "bytes_accessed_per_step": step.bytes_accessed, "timed": False,
+  }
+  results.append(result)
+  write()
   peak = common.MatmulPeak(args.matmul_n, dtype=args.dtype)
   rounds = args.rounds or DEFAULT_ROUNDS[label]
   timing = common.alternate({"step": step, "matmul": peak}, rounds=rounds,
@@ -44,11 +57,8 @@ def bench_config(variant: str, args) -> tuple[dict, setups.TrainStep]:
   achieved = [step.flops / s for s in step_s]
   peaks = [peak.flops / s for s in matmul_s]
   fraction = common.ratios(achieved, peaks)
-  result = {
-      "config": label, "num_params": step.num_params, "batch_size": step.batch_size,
-      "dtype": args.dtype, "compile_s": step.compile_s, "flops_per_step": step.flops,
-      "compiled_flops_per_step": step.compiled_flops,
-      "bytes_accessed_per_step": step.bytes_accessed, "rounds": rounds,
+  result.update({
+      "timed": True, "rounds": rounds,
       "step_s": step_s, "matmul_s": matmul_s, "load_per_round": timing["load"],
       "examples_per_s": step.batch_size / statistics.median(step_s),
       "achieved_flops_per_s": statistics.median(achieved),
@@ -56,12 +66,13 @@ def bench_config(variant: str, args) -> tuple[dict, setups.TrainStep]:
       "fraction_of_peak": common.summary(fraction),
       # The least disturbed rounds of each: the fastest step over the fastest matmul.
       "fraction_best_over_best": (step.flops / min(step_s)) / (peak.flops / min(matmul_s)),
-  }
+  })
+  write()
   print(f"[{label}] step {statistics.median(step_s):.3f} s (median of {rounds} rounds), "
         f"{result['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s = "
         f"{100 * result['fraction_of_peak']['median']:.1f}% of the matmul peak "
         f"{result['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s; load {timing['load']}", flush=True)
-  return result, step
+  return step
 
 
 def bench_multitask(variant: str, args, imglabel_step: setups.TrainStep | None) -> dict:
@@ -108,19 +119,22 @@ def main():
 
   machine = common.machine()
   print(common.describe(machine), flush=True)
-  results, kept = [], None
+  results, kept, multitask = [], None, None
+  # Rewritten as each figure arrives; "complete" says whether the run got to its end.
+  write = lambda complete=False: common.write_json(args.json, {
+      "machine": machine, "load_at_end": common.load(), "configs": results, "multitask": multitask,
+      "complete": complete, "args": vars(args)})
   variants = [("" if v == "default" else v) for v in args.configs.split(",") if v]
   multitask_variant = "" if args.multitask == "default" else args.multitask
   for variant in variants:
-    result, step = bench_config(variant, args)
-    results.append(result)
+    step = bench_config(variant, args, results, write)
     if args.multitask != "none" and variant == multitask_variant:
       kept = step
     del step
     gc.collect()
-  multitask = None
   if args.multitask != "none":
     multitask = bench_multitask(multitask_variant, args, kept)
+    write()
 
   rows = [[r["config"], f"{r['num_params'] / 1e6:.3f}M", r["batch_size"], f"{r['compile_s']:.1f}",
            f"{r['flops_per_step'] / 1e9:.2f}", f"{statistics.median(r['step_s']):.3f}",
@@ -144,8 +158,7 @@ def main():
           f"{statistics.median(m['image_only']['step_s']):.3f}",
           f"{m['ratio']['median']:.3f} ({m['ratio']['min']:.3f}-{m['ratio']['max']:.3f})",
           f"{m['flops_ratio']:.3f}", f"{min(m['load_per_round'])}-{max(m['load_per_round'])}"]])
-  common.write_json(args.json, {"machine": machine, "load_at_end": common.load(),
-                                "configs": results, "multitask": multitask, "args": vars(args)})
+  write(complete=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Contenders (all on the image-only config: the library's U-Net and image head; no
   jax_library: mmdiff_jax's own train step (state_lib.make_train_step: loss, the bound terms as metrics,
                clipping, AdamW, EMA, the non-finite guard; jitted, donated);
   jax_bare:    the minimal JAX step, exactly the PyTorch step's work (loss, clipping, AdamW, EMA);
+               left out with --no_jax_bare (a second compilation of the model, as long as the first);
   torch:       benchmarks/torch_unet.py, eager (on the CPU torch.set_num_threads = --threads, default the
                cores), in the first memory layout of --layouts (default: contiguous, i.e. NCHW);
   torch_channels_last: the same step with the model and batch in channels_last (NHWC) memory, oneDNN's
@@ -21,11 +22,16 @@ best showing on this machine.
 --device=cuda runs PyTorch on the GPU (JAX uses its default device: run with a CUDA jaxlib), with
 cudnn.benchmark on, TF32 matmuls allowed (JAX's default precision for float32 on a GPU) and fused AdamW;
 --dtype=bfloat16 sets the JAX config's model.dtype and --autocast_bf16 runs PyTorch's forward pass under
-bf16 autocast (both: parameters and optimizer in float32). Every contender's last result is blocked on
-(jax.block_until_ready; torch.cuda.synchronize for PyTorch) before the clock is read.
+bf16 autocast (both: parameters and optimizer in float32). The two bf16 policies differ in one place,
+recorded in the JSON ("precision_caveat") and the table title: Flax's GroupNorm returns bf16 (its
+statistics in float32), so the SiLU after it runs in bf16, while autocast runs PyTorch's group_norm, and
+so its SiLU, in float32. Every contender's last result is blocked on (jax.block_until_ready;
+torch.cuda.synchronize for PyTorch) before the clock is read.
 The parameter counts must agree (the script stops otherwise); batch and optimizer come from the same
-config (torch_unet.TrainStep). The JSON is written after each phase (a time limit that stops the second
-phase leaves the first).
+config (torch_unet.TrainStep). The JSON is written after the set-up (compile times, FLOPs, parameter
+counts) and after each phase ("phase": the last one written, "complete": all ran), so that a time limit
+leaves what was measured; a torch.compile that fails is recorded ("torch_compile_error") and ends the run
+with the eager phase's figures.
 Needs torch: pip install -e '.[bench]'.
 
   python3 -m benchmarks.vs_pytorch                      # small config (batch 48)
@@ -90,8 +96,8 @@ class BareJaxStep:
     return self.carry
 
 
-def summarise(timing: dict, library: setups.TrainStep, bare: BareJaxStep, counts: dict, compile_s: dict,
-              args, threads: int) -> dict:
+def summarise(timing: dict, library: setups.TrainStep, bare: BareJaxStep | None, counts: dict,
+              compile_s: dict, args, threads: int) -> dict:
   """The result of one phase: step times, and PyTorch's time over each contender's, per round."""
   s = timing["seconds"]
   torch_names = [name for name in s if name.startswith("torch")]
@@ -105,22 +111,25 @@ def summarise(timing: dict, library: setups.TrainStep, bare: BareJaxStep, counts
       "config": args.config or "default", "batch_size": library.batch_size, "num_params": counts,
       "device": args.device, "jax_dtype": args.dtype, "torch_autocast_bf16": args.autocast_bf16,
       "torch_threads": threads, "torch_layouts": args.layouts,
-      "flops_per_step": {"jax_library": library.flops, "jax_bare": bare.flops},
+      "flops_per_step": {"jax_library": library.flops, **({"jax_bare": bare.flops} if bare else {})},
       "compile_s": compile_s, "rounds": args.rounds, "reps_per_round": args.reps,
       "step_s": s, "median_step_s": {k: statistics.median(v) for k, v in s.items()},
       "examples_per_s": {k: library.batch_size / statistics.median(v) for k, v in s.items()},
       "torch_over_jax_library": ratio("jax_library", s["torch"]),
       "best_torch_over_jax_library": ratio("jax_library", s_best),
-      "torch_over_jax_bare": ratio("jax_bare", s["torch"]),
-      "best_torch_over_jax_bare": ratio("jax_bare", s_best),
       "fastest_torch_setting": fastest,
       "fastest_torch_setting_over_jax_library": ratio("jax_library", s[fastest]),
       "per_round_torch_over_jax_library": common.ratios(s["torch"], s["jax_library"]),
       "load_per_round": timing["load"],
+      "precision_caveat": common.bf16_policy_caveat(args.dtype, args.autocast_bf16),
   }
+  if bare:
+    result["torch_over_jax_bare"] = ratio("jax_bare", s["torch"])
+    result["best_torch_over_jax_bare"] = ratio("jax_bare", s_best)
   if "torch_compile" in s:
     result["torch_compile_over_jax_library"] = ratio("jax_library", s["torch_compile"])
-    result["torch_compile_over_jax_bare"] = ratio("jax_bare", s["torch_compile"])
+    if bare:
+      result["torch_compile_over_jax_bare"] = ratio("jax_bare", s["torch_compile"])
   return result
 
 
@@ -145,7 +154,9 @@ def print_result(result: dict, phase: str, threads: int) -> None:
     row += [fmt(ratio(name, best)), f"{min(result['load_per_round'])}-{max(result['load_per_round'])}"]
     rows.append(row)
   precision = (f"JAX {result['jax_dtype']}, torch "
-               f"{'bf16 autocast' if result['torch_autocast_bf16'] else 'float32'}")
+               f"{'bf16 autocast' if result['torch_autocast_bf16'] else 'float32'}"
+               + (" (GroupNorm output and SiLU: bf16 in JAX, float32 in torch)"
+                  if result["precision_caveat"] else ""))
   common.print_table(
       f"JAX vs PyTorch train step ({phase}), config {result['config']} image-only, batch "
       f"{result['batch_size']}, {result['device']}, {precision}, {result['rounds']} alternating rounds "
@@ -180,6 +191,8 @@ def main():
                            "('default': leave the environment's)")
   parser.add_argument("--no_single_thread", action="store_true",
                       help="skip the one-thread PyTorch contender (always skipped on CUDA)")
+  parser.add_argument("--no_jax_bare", action="store_true",
+                      help="leave out the jax_bare contender (saves its compilation)")
   parser.add_argument("--json", default=common.default_json("vs_pytorch"))
   args = parser.parse_args()
 
@@ -211,7 +224,9 @@ def main():
     overrides["training.batch_size"] = args.batch_size
   config = setups.get_config(variant, image_only=True, **overrides)
   library = setups.TrainStep(config)
-  bare = BareJaxStep(library)
+  # The bare step is a second compilation of the model (about as long as the library's: ~50 s for the
+  # default config on an H100); --no_jax_bare leaves it out where time is short.
+  bare = None if args.no_jax_bare else BareJaxStep(library)
   alpha_bars = np.asarray(library.experiment.schedule.alpha_bars)
   make_torch = lambda backend, layout=args.layouts[0]: torch_unet.TrainStep(
       config, alpha_bars, channels_last=LAYOUTS[layout], device=args.device,
@@ -219,11 +234,24 @@ def main():
   torch_steps = {"torch" if i == 0 else f"torch_{layout}": make_torch(None, layout)
                  for i, layout in enumerate(args.layouts)}
   torch_step = torch_steps["torch"]
-  counts = {"jax_library": library.num_params, "jax_bare": bare.num_params,
+  counts = {"jax_library": library.num_params, **({"jax_bare": bare.num_params} if bare else {}),
             **{name: step.num_params for name, step in torch_steps.items()}}
-  compile_s = {"jax_library": library.compile_s, "jax_bare": bare.compile_s}
-  print(f"parameters: {counts}; batch {library.batch_size}; compile s: library "
-        f"{library.compile_s:.1f}, bare {bare.compile_s:.1f}", flush=True)
+  compile_s = {"jax_library": library.compile_s, **({"jax_bare": bare.compile_s} if bare else {})}
+  print(f"parameters: {counts}; batch {library.batch_size}; compile s: library {library.compile_s:.1f}"
+        + (f", bare {bare.compile_s:.1f}" if bare else "") + "; "
+        + (common.bf16_policy_caveat(args.dtype, args.autocast_bf16) or "same precision policy"),
+        flush=True)
+  phases = ["eager"] + (["with torch.compile"] if args.torch_compile else [])
+  # Rewritten after the set-up and after each phase ("phase" says which came last, "complete" whether
+  # every phase ran), so that a time limit leaves what was measured.
+  write = lambda fields, phase: common.write_json(args.json, {
+      "machine": machine, "load_at_end": common.load(), **fields, "phase": phase,
+      "complete": phase == phases[-1], "args": vars(args)})
+  write({"config": args.config or "default", "batch_size": library.batch_size, "num_params": counts,
+         "device": args.device, "jax_dtype": args.dtype, "torch_autocast_bf16": args.autocast_bf16,
+         "precision_caveat": common.bf16_policy_caveat(args.dtype, args.autocast_bf16),
+         "flops_per_step": {"jax_library": library.flops, **({"jax_bare": bare.flops} if bare else {})},
+         "compile_s": compile_s}, "set-up")
   if len(set(counts.values())) != 1:
     raise SystemExit(f"parameter counts differ: {counts}")
 
@@ -234,34 +262,37 @@ def main():
     return run
 
   on_cpu = args.device == "cpu"
-  contenders = {"jax_library": library, "jax_bare": bare,
+  contenders = {"jax_library": library, **({"jax_bare": bare} if bare else {}),
                 **{name: with_threads(threads, step) if on_cpu else step
                    for name, step in torch_steps.items()}}
   if on_cpu and threads > 1 and not args.no_single_thread:
     contenders["torch_1thread"] = with_threads(1, torch_step)
     counts["torch_1thread"] = torch_step.num_params
-  phases = ["eager"] + (["with torch.compile"] if args.torch_compile else [])
+  result: dict = {}
   for phase in phases:
     if phase != "eager":
-      compiled = make_torch(args.torch_compile_backend)
-      counts["torch_compile"] = compiled.num_params
-      if compiled.num_params != library.num_params:
-        raise SystemExit(f"parameter counts differ: {counts}")
       name = f"torch_compile ({args.torch_compile_backend})"
-      start = time.perf_counter()
-      compiled().block_until_ready()  # the first call traces and compiles (forward and backward)
+      try:
+        compiled = make_torch(args.torch_compile_backend)
+        counts["torch_compile"] = compiled.num_params
+        if compiled.num_params != library.num_params:
+          raise ValueError(f"parameter counts differ: {counts}")
+        start = time.perf_counter()
+        compiled().block_until_ready()  # the first call traces and compiles (forward and backward)
+      except Exception as error:  # noqa: BLE001 (recorded: the eager phase's figures stand)
+        message = f"{type(error).__name__}: {str(error).strip()[:2000]}"
+        print(f"{name} failed, its phase is skipped: {message}", flush=True)
+        write({**result, "torch_compile_error": message}, "eager")
+        break
       compile_s[name] = time.perf_counter() - start
       print(f"{name}: first step {compile_s[name]:.1f} s", flush=True)
       contenders["torch_compile"] = with_threads(threads, compiled) if on_cpu else compiled
     timing = common.alternate(contenders, rounds=args.rounds, reps=args.reps, warmup=2)
     result = summarise(timing, library, bare, counts, compile_s, args, threads)
-    result["phase"] = phase
     print(f"[{phase}] torch / jax_library step time per round: "
           f"{[round(x, 3) for x in result['per_round_torch_over_jax_library']]}", flush=True)
+    write(result, phase)
     print_result(result, phase, threads)
-    common.write_json(args.json, {"machine": machine, "load_at_end": common.load(), **result,
-                                  "complete": phase == phases[-1], "args": vars(args)})
-
 
 if __name__ == "__main__":
   tcmalloc.rerun_with_tcmalloc()  # the allocator the library's entry point runs with
