@@ -27,10 +27,13 @@ STREAMS = (
     "inpainting",  # every inpainting evaluator (the same draws for each method)
     "bound",  # the variational bound's timesteps and noise
 )
+# An evaluator added by a user (mmdiff_jax/evaluation/evaluators/) draws from "evaluator/<its name>".
+EVALUATOR_PREFIX = "evaluator/"
 
 
 def key(seed: int, name: str) -> jax.Array:
-  """The PRNG key of stream `name` (one of STREAMS) for `seed`."""
-  if name not in STREAMS:
-    raise ValueError(f"random stream {name!r} is not one of {STREAMS}")
+  """The PRNG key of stream `name` (one of STREAMS, or "evaluator/<name>") for `seed`."""
+  own = name.startswith(EVALUATOR_PREFIX) and len(name) > len(EVALUATOR_PREFIX)
+  if name not in STREAMS and not own:
+    raise ValueError(f"random stream {name!r} is not one of {STREAMS} or {EVALUATOR_PREFIX}<name>")
   return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)

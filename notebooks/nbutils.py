@@ -65,18 +65,32 @@ def pip_install(*requirements):
   return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *requirements]).returncode == 0
 
 
+def version_tuple(text):
+  return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+def jax_too_old(repo):
+  """Whether the runtime's jax is older than the lower bound in the package's setup.cfg."""
+  bound = next((line.split(">=")[1].strip() for line in (repo / "setup.cfg").read_text().splitlines()
+                if line.strip().startswith("jax>=")), "0")
+  return version_tuple(metadata.version("jax")) < version_tuple(bound) if installed("jax") else False
+
+
 REPO = find_checkout()
-CLONE = pathlib.Path("mmdiff_jax").resolve()
+CLONED_HERE = pathlib.Path("mmdiff_jax").resolve() / ".cloned_by_the_install_cell"
 if REPO is None:
-  REPO = CLONE
+  REPO = CLONED_HERE.parent
   subprocess.run(["git", "clone", "--depth=1", REPO_URL, str(REPO)], check=True)
-if REPO == CLONE and not installed("mmdiff_jax"):  # cloned here, not installed yet (or it failed)
+  CLONED_HERE.touch()
+# A checkout of yours is used as it is; the clone made here is installed (again, if that failed).
+if REPO == CLONED_HERE.parent and CLONED_HERE.exists() and not installed("mmdiff_jax"):
   if not pip_install("-e", str(REPO), *installed("jax"), *installed("jaxlib")):
+    if not jax_too_old(REPO):
+      raise RuntimeError("pip could not install mmdiff_jax (its messages are above)")
     plugins = [name for name in (d.metadata["Name"] or "" for d in metadata.distributions())
                if name.lower().startswith(("jax-cuda", "jax_cuda", "libtpu"))]
-    print(f"pip could not install mmdiff_jax beside the runtime's {{' '.join(installed('jax'))}} "
-          f"(above: usually that is older than mmdiff_jax needs); upgrading jax, jaxlib and "
-          f"{{plugins or 'no accelerator plugin'}}.")
+    print(f"The runtime's {{' '.join(installed('jax'))}} is older than mmdiff_jax needs: upgrading jax, "
+          f"jaxlib and {{plugins or 'no accelerator plugin'}}.")
     if not pip_install("-U", "-e", str(REPO), "jax", "jaxlib", *plugins):
       raise RuntimeError("pip could not install mmdiff_jax (its messages are above)")
     print("If an import below fails, restart the session (Runtime > Restart session) and run this "

@@ -9,6 +9,7 @@ Tests get the references through the ``ref`` fixture (a namespace of the functio
 
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
 import shutil
@@ -26,6 +27,12 @@ import jax
 import numpy as np
 import pytest
 
+# Make the package importable from a plain checkout (a checkout need not be
+# pip-installed), before anything imports it.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
 # The whole session runs on 8 simulated CPU devices (set before any backend starts), so sharded code
 # paths are exercised everywhere. Identical programs compiled by different tests (each train run builds
 # its own jitted step) are served from a persistent compilation cache.
@@ -36,8 +43,8 @@ os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 import mmdiff_jax  # noqa: E402,F401  (its XLA defaults join the flags before any backend starts)
 # Everything a test run writes outside its tests' tmp_path lives in one directory of its own, which the
-# run removes when it passes: the persistent compilation cache (about 45 MB a run), pytest's base
-# temporary directory, and the empty directory TFDS's builder makes (and never removes) each time it
+# run removes when it ends, unless tests failed: the persistent compilation cache (about 45 MB a run),
+# pytest's base temporary directory, and the empty directory TFDS's builder makes (and never removes) each time it
 # opens a dataset that is not prepared yet, about five per test run. Before, every run left these in
 # the system's temporary directory. The parallel workers and the command-line runs that tests start as
 # subprocesses find the directory through the environment they inherit, so they share one cache: the
@@ -46,9 +53,12 @@ import mmdiff_jax  # noqa: E402,F401  (its XLA defaults join the flags before an
 _RUN_DIR_VARIABLE = "MMDIFF_JAX_TEST_RUN_DIR"
 _RUN_DIR = os.environ.get(_RUN_DIR_VARIABLE)
 _OWNS_RUN_DIR = not _RUN_DIR  # the first process of the run: pytest's controller, or the only one
+_KEEP_RUN_DIR = False  # set when tests failed (pytest_sessionfinish)
 if _OWNS_RUN_DIR:
   _RUN_DIR = tempfile.mkdtemp(prefix="mmdiff_jax_tests_")
   os.environ[_RUN_DIR_VARIABLE] = _RUN_DIR
+  # At exit, not at the session's end: a run that stops before it (a usage error) is cleaned up too.
+  atexit.register(lambda: _KEEP_RUN_DIR or shutil.rmtree(_RUN_DIR, ignore_errors=True))
 os.environ["TMPDIR"] = _RUN_DIR
 tempfile.tempdir = _RUN_DIR
 _XLA_CACHE = os.path.join(_RUN_DIR, "xla_cache")
@@ -58,11 +68,6 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-# Make the package importable from a plain checkout (it is not pip-installed in CI or here).
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-  sys.path.insert(0, str(_ROOT))
 
 
 # --------------------------------------------------------------------------- schedules
@@ -243,12 +248,12 @@ def data_dir(tmp_path_factory):
 
 
 def pytest_sessionfinish(session, exitstatus):
-  """Removes the run's directory (see the top of this file) after a passing run; a failing run keeps
-  it, so that the failed tests' files can be looked at (the summary says where)."""
-  if _OWNS_RUN_DIR and exitstatus == pytest.ExitCode.OK:
-    shutil.rmtree(_RUN_DIR, ignore_errors=True)
+  """Keeps the run's directory (see the top of this file) when tests failed, so that their files can be
+  looked at (the summary says where); otherwise it goes when the process exits."""
+  global _KEEP_RUN_DIR
+  _KEEP_RUN_DIR = _OWNS_RUN_DIR and exitstatus == pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus):
-  if _OWNS_RUN_DIR and exitstatus != pytest.ExitCode.OK:
+  if _OWNS_RUN_DIR and exitstatus == pytest.ExitCode.TESTS_FAILED:
     terminalreporter.write_line(f"This run's temporary files are kept in {_RUN_DIR}")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmdiff_jax import evaluate
+from mmdiff_jax import evaluate, random_streams
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import checks, derived
 from mmdiff_jax.evaluation import evaluators, harness
@@ -70,9 +70,9 @@ def _depth_error(experiment, params, config):
   """Image -> depth through the joint model: the mean absolute error against the test map."""
   base, depth = experiment.specs[0], harness.spec_of(experiment, "depth_map")
   sample = harness.conditional_sampler(experiment, params, config)
-  errors = []
+  rng, errors = random_streams.key(config.eval.seed, "evaluator/depth_error"), []
   for i, (batch, _) in enumerate(harness.test_batches(config, config.eval.num_examples)):
-    out = sample(jax.random.PRNGKey(i), {base.name: batch[base.feature]})
+    out = sample(jax.random.fold_in(rng, i), {base.name: batch[base.feature]})
     errors.append(np.mean(np.abs(np.asarray(out[depth.name]) - batch[depth.feature]), axis=(1, 2)))
   return harness.with_bootstrap(f"{depth.name}_abs_error", np.concatenate(errors))
 
@@ -109,7 +109,8 @@ def test_builtin_kinds_are_found_by_file_name():
 
 def test_a_kind_defined_here_trains_samples_and_evaluates(data_dir, tmp_path, monkeypatch):
   monkeypatch.setitem(kinds._REGISTERED, DEPTH.name, DEPTH)
-  monkeypatch.setitem(evaluators._REGISTERED, DEPTH_ERROR.name, DEPTH_ERROR)
+  monkeypatch.setattr(evaluators, "_REGISTERED", dict(evaluators._REGISTERED))  # undone after the test
+  evaluators.register(DEPTH_ERROR)
   monkeypatch.setitem(derived.DERIVED, "blurred_depth", _blurred_depth)
   config = importlib.import_module("configs.imglabel").get_config("smoke")
   del config.modalities["label"]

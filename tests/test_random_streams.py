@@ -25,3 +25,12 @@ def test_streams_differ_across_names_and_seeds():
 def test_an_unknown_stream_is_named():
   with pytest.raises(ValueError, match=r"random stream 'noise' is not one of \('params'"):
     random_streams.key(0, "noise")
+  with pytest.raises(ValueError, match=r"random stream 'evaluator/' is not one of .* or evaluator/"):
+    random_streams.key(0, "evaluator/")
+
+
+def test_an_added_evaluator_has_a_stream_of_its_own():
+  own = _data(random_streams.key(0, "evaluator/depth_error"))
+  assert own == _data(random_streams.key(0, "evaluator/depth_error"))
+  assert own not in {_data(random_streams.key(0, name)) for name in random_streams.STREAMS}
+  assert own != _data(random_streams.key(0, "evaluator/other"))

@@ -2,11 +2,13 @@
 
 Each evaluator is one record, `Evaluator`, defined in its own file of this folder and found by its name:
 `config.eval.after_training = ("depth_error",)` (or `evaluate --evaluators=depth_error`) makes
-`get("depth_error")` import `mmdiff_jax/evaluation/evaluators/depth_error.py` and read its `EVALUATOR`.
-What evaluators share (test batches, the evaluation sampler, image-set and inpainting scores, bootstrap
-bookkeeping) is in evaluation/harness.py; generation.py is the shortest example. An evaluator defined
-elsewhere (a notebook, a test) is added with `register`. An evaluator applies only to experiments that
-have what it needs (`Evaluator.applies`); `run_evaluators` runs those named that apply.
+`get("depth_error")` import `mmdiff_jax/evaluation/evaluators/depth_error.py` and read its `EVALUATOR`
+(a file whose name starts with "_" is not an evaluator); its random draws start from
+`random_streams.key(config.eval.seed, "evaluator/depth_error")`. What evaluators share (test batches,
+the evaluation sampler, image-set and inpainting scores, bootstrap bookkeeping) is in
+evaluation/harness.py; generation.py is the shortest example. An evaluator defined elsewhere (a
+notebook, a test) is added with `register`. An evaluator applies only to experiments that have what it
+needs (`Evaluator.applies`); `run_evaluators` runs those named that apply.
 """
 
 from __future__ import annotations
@@ -83,7 +85,11 @@ def names() -> list[str]:
 def _from_file(name: str) -> Evaluator | None:
   if name not in _builtin_names():
     return None
-  evaluator = importlib.import_module(f"{__name__}.{name}").EVALUATOR
+  module = importlib.import_module(f"{__name__}.{name}")
+  evaluator = getattr(module, "EVALUATOR", None)
+  if not isinstance(evaluator, Evaluator):
+    raise BadValueError(f"{module.__file__} defines no EVALUATOR (an evaluators.Evaluator); a file of "
+                        f"this folder that is not an evaluator takes a name starting with '_'")
   if evaluator.name != name:
     raise ValueError(f"{__name__}.{name}.EVALUATOR is named {evaluator.name!r}; expected {name!r}")
   return evaluator
