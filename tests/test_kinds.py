@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmdiff_jax import evaluate, random_streams
+from mmdiff_jax import evaluate, random_streams, registry
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import checks, derived
 from mmdiff_jax.evaluation import evaluators, harness
@@ -107,10 +107,10 @@ def test_builtin_kinds_are_found_by_file_name():
     specs_from_config({"image": {"kind": "image"}, "depth": {"kind": "dept"}})
 
 
-def test_a_kind_defined_here_trains_samples_and_evaluates(data_dir, tmp_path, monkeypatch):
+def test_a_kind_defined_here_trains_samples_and_evaluates(data_dir, tmp_path, monkeypatch, request):
   monkeypatch.setitem(kinds._REGISTERED, DEPTH.name, DEPTH)
-  monkeypatch.setattr(evaluators, "_REGISTERED", dict(evaluators._REGISTERED))  # undone after the test
   evaluators.register(DEPTH_ERROR)
+  request.addfinalizer(lambda: evaluators._REGISTERED.pop(DEPTH_ERROR.name))
   monkeypatch.setitem(derived.DERIVED, "blurred_depth", _blurred_depth)
   config = importlib.import_module("configs.imglabel").get_config("smoke")
   del config.modalities["label"]
@@ -243,3 +243,34 @@ def test_a_stored_map_that_would_not_follow_the_images_geometry_is_refused_if_re
     # A map the model does not read is left out of the batch, not an error.
     for unread in (("image",), None):
       assert reader(read_features=unread, **geometry)._unmoved("depth", depth, native_hw=(28, 28))
+
+
+def test_a_file_of_the_folder_without_its_record_is_named(tmp_path):
+  package = tmp_path / "extensions"
+  package.mkdir()
+  (package / "__init__.py").write_text("")
+  (package / "shared.py").write_text("HELPER = 1\n")
+  (package / "_private.py").write_text("HELPER = 2\n")
+  (package / "misnamed.py").write_text(
+      "from mmdiff_jax.evaluation.evaluators import Evaluator\n"
+      "EVALUATOR = Evaluator(name='other', evaluate=lambda *a: {})\n")
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, str(tmp_path))
+  try:
+    found = registry.FolderRegistry("extensions", [str(package)], attribute="EVALUATOR",
+                                    record_type=evaluators.Evaluator, what="evaluator")
+    assert found.names() == ["misnamed", "shared"]  # "_private" is a helper, not a record
+    with pytest.raises(ValueError, match=r"extensions/shared.py defines no EVALUATOR \(an instance "
+                                         r"of Evaluator\); a file of this folder that is not one takes a "
+                                         r"name starting with '_'"):
+      found.get("shared")
+    with pytest.raises(ValueError, match=r"extensions.misnamed.EVALUATOR is named 'other'; "
+                                         r"expected 'misnamed'"):
+      found.get("misnamed")
+    with pytest.raises(ValueError, match=r"unknown evaluator 'nope'; expected one of \['misnamed', "
+                                         r"'shared'\]"):
+      found.get("nope")
+  finally:
+    sys.path.remove(str(tmp_path))
+    for name in [m for m in sys.modules if m == "extensions" or m.startswith("extensions.")]:
+      del sys.modules[name]

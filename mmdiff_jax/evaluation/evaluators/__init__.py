@@ -14,18 +14,12 @@ needs (`Evaluator.applies`); `run_evaluators` runs those named that apply.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
-import pkgutil
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mmdiff_jax.errors import BadValueError
+from mmdiff_jax.registry import FolderRegistry
 from mmdiff_jax.evaluation import harness, metrics
-
-_REGISTERED: dict[str, "Evaluator"] = {}
-
 
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
@@ -65,50 +59,12 @@ class Evaluator:
                                                  conditions=self.conditions) is not None
 
 
-def register(evaluator: Evaluator) -> Evaluator:
-  """Makes `evaluator` known by its name (for evaluators defined outside this folder); returns it."""
-  _REGISTERED[evaluator.name] = evaluator
-  return evaluator
-
-
-@functools.lru_cache(maxsize=1)
-def _builtin_names() -> tuple[str, ...]:
-  return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
-
-
-def names() -> list[str]:
-  """Every evaluator's name: this folder's files, then those registered."""
-  return list(dict.fromkeys([*_builtin_names(), *sorted(_REGISTERED)]))
-
-
-@functools.lru_cache(maxsize=None)
-def _from_file(name: str) -> Evaluator | None:
-  if name not in _builtin_names():
-    return None
-  module = importlib.import_module(f"{__name__}.{name}")
-  evaluator = getattr(module, "EVALUATOR", None)
-  if not isinstance(evaluator, Evaluator):
-    raise BadValueError(f"{module.__file__} defines no EVALUATOR (an evaluators.Evaluator); a file of "
-                        f"this folder that is not an evaluator takes a name starting with '_'")
-  if evaluator.name != name:
-    raise ValueError(f"{__name__}.{name}.EVALUATOR is named {evaluator.name!r}; expected {name!r}")
-  return evaluator
-
-
-def get(name: str) -> Evaluator:
-  """The evaluator called `name`: registered, or the EVALUATOR of this folder's file `name`.py.
-
-  Raises:
-    BadValueError naming the known evaluators.
-  """
-  if name in _REGISTERED:
-    return _REGISTERED[name]
-  evaluator = _from_file(name) if isinstance(name, str) else None
-  if evaluator is None:
-    raise BadValueError(f"unknown evaluator {name!r}; expected one of {names()} (a new evaluator is a "
-                        f"file mmdiff_jax/evaluation/evaluators/<name>.py defining EVALUATOR, or "
-                        f"evaluators.register)")
-  return evaluator
+_EVALUATORS = FolderRegistry(__name__, __path__, attribute="EVALUATOR", record_type=Evaluator,
+                             what="evaluator")
+_REGISTERED = _EVALUATORS.registered
+register = _EVALUATORS.register  # (evaluator) -> evaluator: one defined outside this folder
+names = _EVALUATORS.names
+get = _EVALUATORS.get  # the evaluator called `name`: registered, or the EVALUATOR of `name`.py
 
 
 def applicable(experiment) -> list[str]:

@@ -11,18 +11,12 @@ embedding.py, the shortest). A kind defined elsewhere (a notebook, a test) is ad
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
-import pkgutil
 from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
-from mmdiff_jax.errors import BadValueError
-
-_REGISTERED: dict[str, "Kind"] = {}
-
+from mmdiff_jax.registry import FolderRegistry
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
@@ -77,49 +71,12 @@ class Kind:
                        f"'num_classes' or 'dim'")
 
 
-def register(kind: Kind) -> Kind:
-  """Makes `kind` known by its name (for kinds defined outside this folder); returns it."""
-  _REGISTERED[kind.name] = kind
-  return kind
-
-
-@functools.lru_cache(maxsize=1)
-def _builtin_names() -> tuple[str, ...]:
-  return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
-
-
-def builtin_names() -> list[str]:
-  """The kinds defined by the files of this folder."""
-  return list(_builtin_names())
-
-
-def names() -> list[str]:
-  return sorted(set(builtin_names()) | set(_REGISTERED))
-
-
-@functools.lru_cache(maxsize=None)
-def _from_file(name: str) -> Kind | None:
-  if name not in _builtin_names():
-    return None
-  kind = importlib.import_module(f"{__name__}.{name}").KIND
-  if kind.name != name:
-    raise ValueError(f"{__name__}.{name}.KIND is named {kind.name!r}; expected {name!r}")
-  return kind
-
-
-def get(name: str) -> Kind:
-  """The kind called `name`: registered, or the KIND of this folder's file `name`.py.
-
-  Raises:
-    ValueError naming the known kinds.
-  """
-  if name in _REGISTERED:
-    return _REGISTERED[name]
-  kind = _from_file(name) if isinstance(name, str) else None
-  if kind is None:
-    raise BadValueError(f"unknown modality kind {name!r}; expected one of {names()} (a new kind is a "
-                        f"file mmdiff_jax/models/kinds/<kind>.py defining KIND, or kinds.register)")
-  return kind
+_KINDS = FolderRegistry(__name__, __path__, attribute="KIND", record_type=Kind, what="modality kind")
+_REGISTERED = _KINDS.registered
+register = _KINDS.register  # (kind) -> kind: a kind defined outside this folder, known by its name
+builtin_names = _KINDS.builtin_names  # the kinds defined by the files of this folder
+names = _KINDS.names
+get = _KINDS.get  # the kind called `name`: registered, or the KIND of this folder's file `name`.py
 
 
 # Helpers the kinds share.
