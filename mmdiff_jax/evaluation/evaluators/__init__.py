@@ -18,8 +18,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mmdiff_jax.registry import FolderRegistry
 from mmdiff_jax.evaluation import harness, metrics
+from mmdiff_jax.registry import FolderRegistry
+
 
 @dataclasses.dataclass(frozen=True)
 class Evaluator:

@@ -18,6 +18,7 @@ import numpy as np
 
 from mmdiff_jax.registry import FolderRegistry
 
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
   """One modality kind. `spec` below is the modality's models.modalities.ModalitySpec and `z_shape`
