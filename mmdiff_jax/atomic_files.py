@@ -26,10 +26,10 @@ def replacing(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
   try:
     with tmp.open(mode) as f:
       yield f
-    tmp.replace(path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  tmp.replace(path)
 
 
 def replace_file(path: str | os.PathLike, contents: str | bytes) -> None:

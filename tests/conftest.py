@@ -27,8 +27,8 @@ import jax
 import numpy as np
 import pytest
 
-# Make the package importable from a plain checkout (a checkout need not be
-# pip-installed), before anything imports it.
+# Make the package importable from a plain checkout (one need not be pip-installed), before anything
+# imports it.
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
@@ -44,8 +44,8 @@ os.environ["XLA_FLAGS"] = " ".join(
 import mmdiff_jax  # noqa: E402,F401  (its XLA defaults join the flags before any backend starts)
 # Everything a test run writes outside its tests' tmp_path lives in one directory of its own, which the
 # run removes when it ends, unless tests failed: the persistent compilation cache (about 45 MB a run),
-# pytest's base temporary directory, and the empty directory TFDS's builder makes (and never removes) each time it
-# opens a dataset that is not prepared yet, about five per test run. Before, every run left these in
+# pytest's base temporary directory, and the empty directory TFDS's builder makes (and never removes)
+# each time it opens a dataset that is not prepared yet, about five per test run. Before, every run left these in
 # the system's temporary directory. The parallel workers and the command-line runs that tests start as
 # subprocesses find the directory through the environment they inherit, so they share one cache: the
 # smoke config's programs compile once per test run, not once per test (JAX writes cache entries

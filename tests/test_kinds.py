@@ -245,7 +245,7 @@ def test_a_stored_map_that_would_not_follow_the_images_geometry_is_refused_if_re
       assert reader(read_features=unread, **geometry)._unmoved("depth", depth, native_hw=(28, 28))
 
 
-def test_a_file_of_the_folder_without_its_record_is_named(tmp_path):
+def test_a_file_of_the_folder_without_its_record_is_named(tmp_path, monkeypatch):
   package = tmp_path / "extensions"
   package.mkdir()
   (package / "__init__.py").write_text("")
@@ -254,23 +254,17 @@ def test_a_file_of_the_folder_without_its_record_is_named(tmp_path):
   (package / "misnamed.py").write_text(
       "from mmdiff_jax.evaluation.evaluators import Evaluator\n"
       "EVALUATOR = Evaluator(name='other', evaluate=lambda *a: {})\n")
-  import sys  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, str(tmp_path))
-  try:
-    found = registry.FolderRegistry("extensions", [str(package)], attribute="EVALUATOR",
-                                    record_type=evaluators.Evaluator, what="evaluator")
-    assert found.names() == ["misnamed", "shared"]  # "_private" is a helper, not a record
-    with pytest.raises(ValueError, match=r"extensions/shared.py defines no EVALUATOR \(an instance "
-                                         r"of Evaluator\); a file of this folder that is not one takes a "
-                                         r"name starting with '_'"):
-      found.get("shared")
-    with pytest.raises(ValueError, match=r"extensions.misnamed.EVALUATOR is named 'other'; "
-                                         r"expected 'misnamed'"):
-      found.get("misnamed")
-    with pytest.raises(ValueError, match=r"unknown evaluator 'nope'; expected one of \['misnamed', "
-                                         r"'shared'\]"):
-      found.get("nope")
-  finally:
-    sys.path.remove(str(tmp_path))
-    for name in [m for m in sys.modules if m == "extensions" or m.startswith("extensions.")]:
-      del sys.modules[name]
+  monkeypatch.syspath_prepend(str(tmp_path))
+  found = registry.FolderRegistry("extensions", [str(package)], attribute="EVALUATOR",
+                                  record_type=evaluators.Evaluator, what="evaluator")
+  assert found.names() == ["misnamed", "shared"]  # "_private" is a helper, not a record
+  with pytest.raises(ValueError, match=r"extensions/shared.py defines no EVALUATOR \(an instance "
+                                       r"of Evaluator\); a file of this folder that is not one takes a "
+                                       r"name starting with '_'"):
+    found.get("shared")
+  with pytest.raises(ValueError, match=r"extensions.misnamed.EVALUATOR is named 'other'; "
+                                       r"expected 'misnamed'"):
+    found.get("misnamed")
+  with pytest.raises(ValueError, match=r"unknown evaluator 'nope'; expected one of \['misnamed', "
+                                       r"'shared'\]"):
+    found.get("nope")

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mmdiff_jax.atomic_files import replacing
 
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
   """(B, H, W, C) in [-1, 1] -> uint8 (B, H, W, C)."""
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
