@@ -117,6 +117,15 @@ def describe(m: Mapping[str, Any]) -> str:
           f"commit {m['commit']}" + (f" | env {m['env']}" if m.get("env") else ""))
 
 
+# The caveat's short form, for table titles.
+BF16_POLICY_TITLE_NOTE = " (GroupNorm output and SiLU: bf16 in JAX, float32 in torch)"
+
+
+def error_text(error: BaseException) -> str:
+  """A contender's failure as the JSON records it: its type and (the start of) its message."""
+  return f"{type(error).__name__}: {str(error).strip()[:2000]}"
+
+
 def bf16_policy_caveat(jax_dtype: str, torch_autocast_bf16: bool) -> str | None:
   """Where the two mixed-precision policies differ (None where they are not both bf16): recorded in the
   JSON and the table titles of the JAX vs PyTorch comparisons."""

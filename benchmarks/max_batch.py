@@ -167,6 +167,16 @@ class Setting:
       gc.collect()
 
 
+def print_probe(setting: Setting, record: dict) -> None:
+  """One line per probe (or verification): its outcome, how it was decided, need, step time, error."""
+  print(f"[remat={setting.remat}] batch {record['batch_size']}: {record['outcome']} "
+        f"({record['decided_by']})"
+        + (f", need {record['need_bytes'] / GIB:.2f} GiB" if "need_bytes" in record else "")
+        + (f", step {record['step_s']:.3f} s" if "step_s" in record else "")
+        + (f" ({record['error']})" if "error" in record else "")
+        + f"; {record['seconds']:.1f} s", flush=True)
+
+
 def failure(error: BaseException) -> dict:
   """{"outcome": "oom" | "error", "error": its type and first line}."""
   text = str(error).strip()
@@ -287,10 +297,7 @@ def search(setting: Setting, args, limit_bytes: float | None, on_probe, *, start
       del compiled
       record["seconds"] = costs["verify"] = time.perf_counter() - verify_start
       probes.append(record)
-      print(f"[remat={setting.remat}] batch {batch} (verification): {record['outcome']}"
-            + (f", step {record['step_s']:.3f} s" if "step_s" in record else "")
-            + (f" ({record['error']})" if "error" in record else "")
-            + f"; {record['seconds']:.1f} s", flush=True)
+      print_probe(setting, record)
       if record["outcome"] == "fits":
         verified = batch
         update()
@@ -323,11 +330,7 @@ def search(setting: Setting, args, limit_bytes: float | None, on_probe, *, start
     record["seconds"] = time.perf_counter() - probe_start
     costs["probe"] = max(costs["probe"], record["seconds"])
     probes.append(record)
-    print(f"[remat={setting.remat}] batch {candidate}: {record['outcome']} ({record['decided_by']})"
-          + (f", need {record['need_bytes'] / GIB:.2f} GiB" if "need_bytes" in record else "")
-          + (f", step {record['step_s']:.3f} s" if "step_s" in record else "")
-          + (f" ({record['error']})" if "error" in record else "")
-          + f"; probe {record['seconds']:.1f} s", flush=True)
+    print_probe(setting, record)
     if record["outcome"] == "error":
       stop = f"error at batch {candidate}: {record['error']}"
       del compiled

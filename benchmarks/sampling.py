@@ -230,7 +230,7 @@ def bench(args, batch_size: int, kind: str, sampler_steps: int, experiment, para
       result["first_call_s"][name] = time.perf_counter() - start
       seconds = timed(name, {"compiled": compiled, name: functools.partial(twin, batch_size)})
     except Exception as error:  # noqa: BLE001 (recorded: the figures before it stand)
-      message = f"{type(error).__name__}: {str(error).strip()[:2000]}"
+      message = common.error_text(error)
       result.setdefault("torch_errors", {})[name] = message
       print(f"[{result['sampler']} batch {batch_size}] {name} failed: {message}", flush=True)
       write()
@@ -323,7 +323,7 @@ def main():
     for name, message in r.get("torch_errors", {}).items():
       rows.append([r["sampler"], r["batch_size"], name, f"failed: {message[:160]}", "-", "-", "-", "-"])
   torch_note = (f"; PyTorch on {args.device}{', bf16 autocast' if args.autocast_bf16 else ''}"
-                + (" (GroupNorm output and SiLU: bf16 in JAX, float32 in torch)" if caveat else "")
+                + (common.BF16_POLICY_TITLE_NOTE if caveat else "")
                 if args.torch else "")
   common.print_table(
       f"Sampling throughput, {model}, JAX {args.dtype}{torch_note}, {args.rounds} alternating rounds "

@@ -96,9 +96,10 @@ class BareJaxStep:
     return self.carry
 
 
-def summarise(timing: dict, library: setups.TrainStep, bare: BareJaxStep | None, counts: dict,
-              compile_s: dict, args, threads: int) -> dict:
-  """The result of one phase: step times, and PyTorch's time over each contender's, per round."""
+def summarise(timing: dict, library: setups.TrainStep, bare: BareJaxStep | None, setup: dict, args,
+              threads: int) -> dict:
+  """The result of one phase: the set-up's fields (config, parameter counts, FLOPs, compile times),
+  step times, and PyTorch's time over each contender's, per round."""
   s = timing["seconds"]
   torch_names = [name for name in s if name.startswith("torch")]
   # The fastest PyTorch setting of each round (one thread wins on the CPU when another job holds a core):
@@ -108,11 +109,8 @@ def summarise(timing: dict, library: setups.TrainStep, bare: BareJaxStep | None,
   fastest = min(torch_names, key=lambda name: statistics.median(s[name]))
   ratio = lambda name, torch_times: common.summary(common.ratios(torch_times, s[name]))
   result = {
-      "config": args.config or "default", "batch_size": library.batch_size, "num_params": counts,
-      "device": args.device, "jax_dtype": args.dtype, "torch_autocast_bf16": args.autocast_bf16,
-      "torch_threads": threads, "torch_layouts": args.layouts,
-      "flops_per_step": {"jax_library": library.flops, **({"jax_bare": bare.flops} if bare else {})},
-      "compile_s": compile_s, "rounds": args.rounds, "reps_per_round": args.reps,
+      **setup, "torch_threads": threads, "torch_layouts": args.layouts,
+      "rounds": args.rounds, "reps_per_round": args.reps,
       "step_s": s, "median_step_s": {k: statistics.median(v) for k, v in s.items()},
       "examples_per_s": {k: library.batch_size / statistics.median(v) for k, v in s.items()},
       "torch_over_jax_library": ratio("jax_library", s["torch"]),
@@ -121,7 +119,6 @@ def summarise(timing: dict, library: setups.TrainStep, bare: BareJaxStep | None,
       "fastest_torch_setting_over_jax_library": ratio("jax_library", s[fastest]),
       "per_round_torch_over_jax_library": common.ratios(s["torch"], s["jax_library"]),
       "load_per_round": timing["load"],
-      "precision_caveat": common.bf16_policy_caveat(args.dtype, args.autocast_bf16),
   }
   if bare:
     result["torch_over_jax_bare"] = ratio("jax_bare", s["torch"])
@@ -155,8 +152,7 @@ def print_result(result: dict, phase: str, threads: int) -> None:
     rows.append(row)
   precision = (f"JAX {result['jax_dtype']}, torch "
                f"{'bf16 autocast' if result['torch_autocast_bf16'] else 'float32'}"
-               + (" (GroupNorm output and SiLU: bf16 in JAX, float32 in torch)"
-                  if result["precision_caveat"] else ""))
+               + (common.BF16_POLICY_TITLE_NOTE if result["precision_caveat"] else ""))
   common.print_table(
       f"JAX vs PyTorch train step ({phase}), config {result['config']} image-only, batch "
       f"{result['batch_size']}, {result['device']}, {precision}, {result['rounds']} alternating rounds "
@@ -234,24 +230,25 @@ def main():
   torch_steps = {"torch" if i == 0 else f"torch_{layout}": make_torch(None, layout)
                  for i, layout in enumerate(args.layouts)}
   torch_step = torch_steps["torch"]
-  counts = {"jax_library": library.num_params, **({"jax_bare": bare.num_params} if bare else {}),
-            **{name: step.num_params for name, step in torch_steps.items()}}
-  compile_s = {"jax_library": library.compile_s, **({"jax_bare": bare.compile_s} if bare else {})}
-  print(f"parameters: {counts}; batch {library.batch_size}; compile s: library {library.compile_s:.1f}"
-        + (f", bare {bare.compile_s:.1f}" if bare else "") + "; "
-        + (common.bf16_policy_caveat(args.dtype, args.autocast_bf16) or "same precision policy"),
-        flush=True)
+  jax_steps = {"jax_library": library, **({"jax_bare": bare} if bare else {})}
+  counts = {name: step.num_params for name, step in {**jax_steps, **torch_steps}.items()}
+  compile_s = {name: step.compile_s for name, step in jax_steps.items()}
+  caveat = common.bf16_policy_caveat(args.dtype, args.autocast_bf16)
+  print(f"parameters: {counts}; batch {library.batch_size}; compile s: "
+        f"{ {name: round(s, 1) for name, s in compile_s.items()} }; "
+        f"{caveat or 'same precision policy'}", flush=True)
   phases = ["eager"] + (["with torch.compile"] if args.torch_compile else [])
   # Rewritten after the set-up and after each phase ("phase" says which came last, "complete" whether
   # every phase ran), so that a time limit leaves what was measured.
   write = lambda fields, phase: common.write_json(args.json, {
       "machine": machine, "load_at_end": common.load(), **fields, "phase": phase,
       "complete": phase == phases[-1], "args": vars(args)})
-  write({"config": args.config or "default", "batch_size": library.batch_size, "num_params": counts,
-         "device": args.device, "jax_dtype": args.dtype, "torch_autocast_bf16": args.autocast_bf16,
-         "precision_caveat": common.bf16_policy_caveat(args.dtype, args.autocast_bf16),
-         "flops_per_step": {"jax_library": library.flops, **({"jax_bare": bare.flops} if bare else {})},
-         "compile_s": compile_s}, "set-up")
+  setup = {"config": args.config or "default", "batch_size": library.batch_size, "num_params": counts,
+           "device": args.device, "jax_dtype": args.dtype, "torch_autocast_bf16": args.autocast_bf16,
+           "precision_caveat": caveat,
+           "flops_per_step": {name: step.flops for name, step in jax_steps.items()},
+           "compile_s": compile_s}
+  write(setup, "set-up")
   if len(set(counts.values())) != 1:
     raise SystemExit(f"parameter counts differ: {counts}")
 
@@ -262,7 +259,7 @@ def main():
     return run
 
   on_cpu = args.device == "cpu"
-  contenders = {"jax_library": library, **({"jax_bare": bare} if bare else {}),
+  contenders = {**jax_steps,
                 **{name: with_threads(threads, step) if on_cpu else step
                    for name, step in torch_steps.items()}}
   if on_cpu and threads > 1 and not args.no_single_thread:
@@ -280,7 +277,7 @@ def main():
         start = time.perf_counter()
         compiled().block_until_ready()  # the first call traces and compiles (forward and backward)
       except Exception as error:  # noqa: BLE001 (recorded: the eager phase's figures stand)
-        message = f"{type(error).__name__}: {str(error).strip()[:2000]}"
+        message = common.error_text(error)
         print(f"{name} failed, its phase is skipped: {message}", flush=True)
         write({**result, "torch_compile_error": message}, "eager")
         break
@@ -288,7 +285,7 @@ def main():
       print(f"{name}: first step {compile_s[name]:.1f} s", flush=True)
       contenders["torch_compile"] = with_threads(threads, compiled) if on_cpu else compiled
     timing = common.alternate(contenders, rounds=args.rounds, reps=args.reps, warmup=2)
-    result = summarise(timing, library, bare, counts, compile_s, args, threads)
+    result = summarise(timing, library, bare, setup, args, threads)
     print(f"[{phase}] torch / jax_library step time per round: "
           f"{[round(x, 3) for x in result['per_round_torch_over_jax_library']]}", flush=True)
     write(result, phase)

@@ -173,21 +173,16 @@ do_setup() {
   on_all_hosts "set -euo pipefail
     sudo apt-get update -qq
     # The package needs Python >= 3.11; the TPU images' python3 is Ubuntu 22.04's 3.10.
+    new_enough() { \"\$1\" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
     py=''
     for candidate in python3 python3.13 python3.12 python3.11; do
-      if command -v \$candidate >/dev/null &&
-          \$candidate -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-        py=\$candidate; break
-      fi
+      if new_enough \$candidate; then py=\$candidate; break; fi
     done
     if [[ -z \$py ]]; then sudo apt-get install -y -qq python3.11; py=python3.11; fi
     sudo apt-get install -y -qq \$py-venv 2>/dev/null || sudo apt-get install -y -qq python3-venv
     mkdir -p ~/$remote_dir && tar xzf ~/mmdiff_jax.tar.gz -C ~/$remote_dir
     # A venv left by an earlier setup with an older Python is made again.
-    if [[ -d ~/mmdiff_venv ]] &&
-        ! ~/mmdiff_venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-      rm -rf ~/mmdiff_venv
-    fi
+    if [[ -d ~/mmdiff_venv ]] && ! new_enough ~/mmdiff_venv/bin/python; then rm -rf ~/mmdiff_venv; fi
     [[ -d ~/mmdiff_venv ]] || \$py -m venv ~/mmdiff_venv
     source ~/mmdiff_venv/bin/activate
     pip install -q -U pip
