@@ -152,6 +152,36 @@ def test_nonfinite_update_is_skipped():
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(state.params))
 
 
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_one_vector_update_matches_the_update_per_array(fsdp):
+  """The optimizer and EMA update on one concatenated vector gives the per-array update's trees, to
+  float rounding, in the state's own layout; it applies only where no parameter is sharded."""
+  config = imglabel.get_config("smoke")
+  config.optimizer.update(warmup_steps=0, weight_decay=0.1, grad_clip_norm=0.01)  # the clip acts
+  experiment = build_experiment(config)
+  mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 4})
+  tx = state_lib.make_optimizer(config)
+  _, shardings = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=fsdp)
+  assert state_lib.one_vector_update_applies(shardings.params, mesh) == (not fsdp)
+  state = state_lib.create_train_state(experiment.model, tx, shardings, seed=0)
+  keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
+  grads = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape, p.dtype), state.params)
+  state = state.replace(ema_params=jax.tree.map(lambda p: p + 0.5, state.params))
+
+  def update(one_vector):
+    return jax.jit(lambda s, g: state_lib.optimizer_update(
+        tx, g, s, loss=jnp.float32(1.0), ema_decay=0.9, one_vector=one_vector))(state, grads)
+
+  per_array, one_vector = update(False), update(True)
+  assert jax.tree.structure(per_array) == jax.tree.structure(one_vector)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+               or a.shape == b.shape or pytest.fail(f"{a.shape} != {b.shape}"), per_array, one_vector)
+  assert bool(one_vector[-1])  # finite
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                                       one_vector[0], state.params))
+  assert min(moved) > 0  # every array was updated
+
+
 @pytest.mark.parametrize("infinite, why", [(True, "an infinite gradient under a finite loss"),
                                            (False, "finite gradients whose squares overflow float32")])
 def test_a_step_whose_gradient_norm_is_not_finite_is_skipped(infinite, why):
