@@ -182,10 +182,11 @@ def optimizer_update(tx: optax.GradientTransformation, grads, state: TrainState,
   Returns (params, ema_params, opt_state, grad_norm, finite): the new trees where `finite` (the loss
   and the gradient norm are finite), the old ones otherwise. With one_vector, the per-parameter
   arithmetic (clipping, AdamW, EMA, the norm) runs on every parameter array concatenated into one
-  vector and is split back after: XLA then compiles a handful of elementwise kernels instead of a few
-  per array (the small config has 173 arrays), which cuts the step's compile by about a fifth on CPU
-  with the step's time level; the values agree to float rounding (the norm sums in another order).
-  """
+  vector, split back after the conditional: XLA then compiles a handful of elementwise kernels and one
+  slice per array instead of a few kernels per array and a copy per array in the conditional (the
+  small config has 173 arrays; split before the conditional, it compiled slower). On CPU that cuts the
+  step's compile by about a quarter with its time level; the values agree to float rounding (the
+  norm sums in another order)."""
   pack, unpack = _params_packing(state.params) if one_vector else (lambda x: x, None)
   old = (pack(state.params), pack(state.ema_params), pack(state.opt_state))
   packed_grads = pack(grads)
