@@ -18,7 +18,8 @@ from mmdiff_jax.diffusion.aggregation import final_coefficients
 from mmdiff_jax.diffusion.schedules import _BETA_FNS, get_schedule
 from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.models import kinds
-from mmdiff_jax.models.modalities import aggregated_specs, aggregation_weights, specs_from_config
+from mmdiff_jax.models.modalities import (PROFILES, aggregated_specs, aggregation_weights,
+                                          specs_from_config)
 from mmdiff_jax.evaluation import evaluators
 from mmdiff_jax.experiment import DTYPES, TASKS
 from mmdiff_jax.sampling.samplers import CATEGORICAL_FEEDBACK, SAMPLERS
@@ -138,6 +139,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   for spec in specs:
     _require_range(f"modalities.{spec.name}.loss_weight", spec.loss_weight, low=0.0)
     _require_range(f"modalities.{spec.name}.profile_scale", spec.profile_scale, low=0.0)
+    # The default profile is "zero": a scale set without a profile would silently inject nothing.
+    _require(spec.profile != "zero" or spec.profile_scale == 0, f"modalities.{spec.name}.profile_scale",
+             spec.profile_scale, f"0 with profile 'zero', which injects nothing at any scale; to put "
+             f"the modality in the forward process, also set modalities.{spec.name}.profile to one of "
+             f"{[p for p in PROFILES if p != 'zero']}")
     injected = spec.profile != "zero" and spec.profile_scale > 0
     _require(config.task != "diffusion" or not spec.is_aggregated or injected or spec.loss_weight > 0,
              f"modalities.{spec.name}", dict(profile=spec.profile, profile_scale=spec.profile_scale,

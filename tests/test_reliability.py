@@ -254,6 +254,10 @@ def test_an_input_error_at_start_still_closes_the_checkpoint_manager(data_dir, t
     ("sampling.eta", 5.0, r"sampling.eta: got 5.0; expected a finite number in \[0.0, 1.0\]"),
     ("modalities.label.profile_scale", -2.0, r"modalities.label.profile_scale: got -2.0; expected a "
                                              r"finite number >= 0"),
+    ("modalities.label.profile", "zero", r"modalities.label.profile_scale: got 0.5; expected 0 with "
+                                         r"profile 'zero', which injects nothing at any scale; .* "
+                                         r"modalities.label.profile to one of \['bump', "
+                                         r"'observation', 'constant'\]"),
     ("modalities.label.loss_weight", 0.0, r"modalities.label: got \{'profile': 'zero', "
                                           r"'profile_scale': 0.0, 'loss_weight': 0.0\}; expected a "
                                           r"modality in the forward process .* with neither it does "
