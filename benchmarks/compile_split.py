@@ -1,8 +1,8 @@
 """Where the small train step's compile time goes: tracing, lowering to StableHLO, XLA's compile, and
 how many kernels XLA emitted (each is compiled on its own: on the CPU backend the compile grows with
-their number).
+their number), and the compiled step's temporary memory.
 
-  python3 -m benchmarks.compile_split [variant]      # prints one JSON line (seconds, counts)
+  python3 -m benchmarks.compile_split [variant]      # prints one JSON line (seconds, counts, MiB)
 """
 
 import collections
@@ -65,7 +65,8 @@ def main(variant: str = "small") -> dict:
   kernels = kernel_counts(compiled.as_text())
   return {"variant": variant, "trace_s": round(t1 - t0, 2), "lower_s": round(t2 - t1, 2),
           "compile_s": round(t3 - t2, 2), "stablehlo_lines": lowered.as_text().count("\n"),
-          "kernels": sum(kernels.values()), "kernels_by_opcode": kernels}
+          "kernels": sum(kernels.values()), "kernels_by_opcode": kernels,
+          "temp_mb": round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 1)}
 
 
 if __name__ == "__main__":

@@ -162,15 +162,22 @@ def test_one_vector_update_matches_the_update_per_array(fsdp):
   mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 4})
   tx = state_lib.make_optimizer(config)
   _, shardings = state_lib.state_shardings(experiment.model, tx, mesh, fsdp=fsdp)
-  assert state_lib.one_vector_update_applies(shardings.params, mesh) == (not fsdp)
+  assert state_lib.one_vector_update_applies(tx, shardings.params, mesh) == (not fsdp)
+  # Only an optimizer declared elementwise: others (a mask by shape, LAMB) change on one vector.
+  assert not state_lib.one_vector_update_applies(optax.adamw(1e-3), shardings.params, mesh)
   state = state_lib.create_train_state(experiment.model, tx, shardings, seed=0)
   keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
   grads = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape, p.dtype), state.params)
   state = state.replace(ema_params=jax.tree.map(lambda p: p + 0.5, state.params))
 
   def update(one_vector):
-    return jax.jit(lambda s, g: state_lib.optimizer_update(
-        tx, g, s, loss=jnp.float32(1.0), ema_decay=0.9, one_vector=one_vector))(state, grads)
+    fn = lambda s, g: state_lib.optimizer_update(tx, g, s, loss=jnp.float32(1.0), ema_decay=0.9,
+                                                 one_vector=one_vector)
+    # The one-vector update concatenates params, EMA, gradients and Adam's two moments, and the
+    # params once more where ravel_pytree makes the unravel function (unused: XLA drops it).
+    concatenations = str(jax.make_jaxpr(fn)(state, grads)).count("concatenate[")
+    assert concatenations == (6 if one_vector else 0), concatenations
+    return jax.jit(fn)(state, grads)
 
   per_array, one_vector = update(False), update(True)
   assert jax.tree.structure(per_array) == jax.tree.structure(one_vector)

@@ -54,13 +54,22 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], boundaries=[warmup])
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+class ElementwiseOptimizer(optax.GradientTransformationExtraArgs):
+  """An optimizer that treats every parameter element alike, but for norms over all of them (as
+  make_optimizer's clipping and unmasked AdamW do): the train step may run it on the parameters
+  concatenated into one vector (optimizer_update). Others (a weight-decay mask by shape, LAMB's
+  per-array trust ratio, Adafactor's factored moments) would silently change on one vector."""
+  __slots__ = ()
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> ElementwiseOptimizer:
   """AdamW on learning_rate_schedule(config), after global-norm gradient clipping."""
   opt = config.optimizer
-  return optax.chain(
+  chained = optax.chain(
       optax.clip_by_global_norm(opt.grad_clip_norm),
       optax.adamw(learning_rate_schedule(config), b1=opt.b1, b2=opt.b2,
                   weight_decay=opt.weight_decay))
+  return ElementwiseOptimizer(chained.init, chained.update)
 
 
 def example_batch(model: Model, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -147,11 +156,12 @@ def accumulated_grads(objective: Objective, params, batch: dict, rng: jax.Array,
   return jax.tree.map(lambda x: x / num, total)
 
 
-def one_vector_update_applies(param_shardings, mesh: Mesh) -> bool:
-  """Whether make_train_step updates the parameters as one vector: on CPU devices, with every
-  parameter replicated (concatenating sharded parameters would gather them on every device), in a
-  tree (a bare array is its own vector)."""
-  return (all(d.platform == "cpu" for d in mesh.devices.flat)
+def one_vector_update_applies(tx: optax.GradientTransformation, param_shardings, mesh: Mesh) -> bool:
+  """Whether make_train_step updates the parameters as one vector: with an ElementwiseOptimizer, on
+  CPU devices (where it was measured), with every parameter replicated (concatenating sharded
+  parameters would gather them on every device), in a tree (a bare array is its own vector)."""
+  return (isinstance(tx, ElementwiseOptimizer)
+          and all(d.platform == "cpu" for d in mesh.devices.flat)
           and all(s.is_fully_replicated for s in jax.tree.leaves(param_shardings))
           and not jax.tree_util.treedef_is_leaf(jax.tree.structure(param_shardings)))
 
@@ -216,10 +226,11 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, e
   A step whose loss or gradient norm is not finite (a gradient that is not, or squares beyond the
   float range) leaves parameters, EMA and optimizer state as they were, and increments
   nonfinite_streak (reset by the next finite step).
-  The optimizer and EMA update on one concatenated vector (optimizer_update) where the parameters
-  are replicated on CPU devices: there it is measured (BENCHMARKS.md), and it never gathers a shard.
+  The optimizer and EMA update on one concatenated vector (optimizer_update) where
+  one_vector_update_applies: an ElementwiseOptimizer (make_optimizer's) on CPU devices, the
+  parameters replicated.
   """
-  one_vector = one_vector_update_applies(shardings.params, mesh)
+  one_vector = one_vector_update_applies(tx, shardings.params, mesh)
 
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
