@@ -166,23 +166,19 @@ def one_vector_update_applies(tx: optax.GradientTransformation, param_shardings,
           and not jax.tree_util.treedef_is_leaf(jax.tree.structure(param_shardings)))
 
 
-def _params_packing(params):
-  """(pack, unpack) between trees holding params-shaped subtrees (the parameters, their gradients,
-  the EMA, an optimizer state) and the same trees with each such subtree concatenated into one
-  vector (ravel_pytree); unpack(packed, like=tree) restores the layout of `tree`."""
-  treedef = jax.tree.structure(params)
-  _, unravel = jax.flatten_util.ravel_pytree(params)
-  params_shaped = lambda x: jax.tree.structure(x) == treedef
+def _packed(tree, params_treedef):
+  """(tree with each subtree shaped like the parameters (the parameters, their gradients, the EMA,
+  an optimizer state's moments) raveled into one vector, unpack): unpack(new) restores each vector
+  of a tree shaped like the packed one to its subtree's arrays, shapes and dtypes."""
+  shaped = lambda x: jax.tree.structure(x) == params_treedef
+  parts, outer = jax.tree.flatten(tree, is_leaf=shaped)
+  raveled = [jax.flatten_util.ravel_pytree(p) if shaped(p) else (p, None) for p in parts]
 
-  def pack(tree):
-    return jax.tree.map(lambda x: jax.flatten_util.ravel_pytree(x)[0] if params_shaped(x) else x,
-                        tree, is_leaf=params_shaped)
+  def unpack(new):
+    return outer.unflatten([unravel(v) if unravel else v
+                            for (_, unravel), v in zip(raveled, outer.flatten_up_to(new))])
 
-  def unpack(packed, *, like):
-    return jax.tree.map(lambda old, new: unravel(new) if params_shaped(old) else new,
-                        like, packed, is_leaf=params_shaped)
-
-  return pack, unpack
+  return outer.unflatten([v for v, _ in raveled]), unpack
 
 
 def optimizer_update(tx: optax.GradientTransformation, grads, state: TrainState, *, loss: jax.Array,
@@ -197,9 +193,10 @@ def optimizer_update(tx: optax.GradientTransformation, grads, state: TrainState,
   small config has 173 arrays; split before the conditional, it compiled slower). On CPU that cuts the
   step's compile by about a quarter with its time level; the values agree to float rounding (the
   norm sums in another order)."""
-  pack, unpack = _params_packing(state.params) if one_vector else (lambda x: x, None)
-  old = (pack(state.params), pack(state.ema_params), pack(state.opt_state))
-  packed_grads = pack(grads)
+  treedef = jax.tree.structure(state.params)
+  pack = (lambda tree: _packed(tree, treedef)) if one_vector else (lambda tree: (tree, lambda x: x))
+  old, unpacks = zip(*map(pack, (state.params, state.ema_params, state.opt_state)))
+  packed_grads, _ = pack(grads)
   updates, opt_state = tx.update(packed_grads, old[2], old[0])
   params = optax.apply_updates(old[0], updates)
   ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, old[1], params)
@@ -210,10 +207,7 @@ def optimizer_update(tx: optax.GradientTransformation, grads, state: TrainState,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   # One conditional rather than a select per leaf: far fewer ops to compile.
   new = jax.lax.cond(finite, lambda: (params, ema, opt_state), lambda: old)
-  if one_vector:
-    new = tuple(unpack(n, like=o) for n, o in zip(new, (state.params, state.ema_params,
-                                                       state.opt_state)))
-  return (*new, grad_norm, finite)
+  return (*(unpack(n) for unpack, n in zip(unpacks, new)), grad_norm, finite)
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, ema_decay: float,
