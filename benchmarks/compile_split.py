@@ -5,52 +5,13 @@ their number), and the compiled step's temporary memory.
   python3 -m benchmarks.compile_split [variant]      # prints one JSON line (seconds, counts, MiB)
 """
 
-import collections
 import json
-import re
 import sys
 import time
 
 from benchmarks import setups
+from benchmarks.profile_step import HloIndex
 from mmdiff_jax import tcmalloc
-
-
-# Instructions that launch no kernel of their own (bookkeeping, or control flow whose bodies are
-# counted instead).
-_NOT_KERNELS = {"parameter", "get-tuple-element", "bitcast", "constant", "tuple", "conditional",
-                "while", "call", "after-all", "partition-id", "replica-id"}
-_COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) [^\n]*\{$", re.M)
-_OPCODE = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = .*? ([\w\-]+)\(", re.M)
-_CALLED = re.compile(r"(?:branch_computations=\{|true_computation=|false_computation=|body=|"
-                     r"condition=|to_apply=)%?([\w.\-, %]+)")
-
-
-def kernel_counts(hlo_text: str) -> dict[str, int]:
-  """{opcode: how many} of the instructions that launch a kernel, in the entry computation and in
-  the bodies of its conditionals, loops and calls (not inside fusions: a fusion is one kernel)."""
-  bodies, entry, name = {}, None, None
-  for line in hlo_text.splitlines():
-    header = _COMPUTATION.match(line)
-    if header:
-      name = header.group(2)
-      bodies[name] = []
-      entry = name if header.group(1) else entry
-    elif name is not None:
-      bodies[name].append(line)
-  counts, todo, seen = collections.Counter(), [entry], set()
-  while todo:
-    name = todo.pop()
-    if name in seen or name not in bodies:
-      continue
-    seen.add(name)
-    for line in bodies[name]:
-      op = _OPCODE.match(line)
-      if op and op.group(1) not in _NOT_KERNELS:
-        counts[op.group(1)] += 1
-      if op and op.group(1) in ("conditional", "while", "call"):
-        for called in _CALLED.findall(line):
-          todo += [c.strip(" %") for c in called.split(",")]
-  return dict(counts.most_common())
 
 
 def main(variant: str = "small") -> dict:
@@ -62,7 +23,7 @@ def main(variant: str = "small") -> dict:
   t2 = time.perf_counter()
   compiled = lowered.compile()
   t3 = time.perf_counter()
-  kernels = kernel_counts(compiled.as_text())
+  kernels = HloIndex(compiled.as_text()).kernel_counts()
   return {"variant": variant, "trace_s": round(t1 - t0, 2), "lower_s": round(t2 - t1, 2),
           "compile_s": round(t3 - t2, 2), "stablehlo_lines": lowered.as_text().count("\n"),
           "kernels": sum(kernels.values()), "kernels_by_opcode": kernels,

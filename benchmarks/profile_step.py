@@ -40,6 +40,12 @@ from benchmarks import common, setups
 from mmdiff_jax import tcmalloc
 
 _SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
+# Instructions that launch no kernel of their own (bookkeeping; control flow's bodies are counted).
+_NOT_KERNELS = {"parameter", "get-tuple-element", "bitcast", "constant", "tuple", "after-all",
+                "partition-id", "replica-id"}
+# The computations a conditional, loop or call runs, in the attributes after its operands.
+_CALLED = re.compile(r"(?:branch_computations=\{[^}]*\}|(?:true|false)_computation=%?[\w.\-]+|"
+                     r"body=%?[\w.\-]+|condition=%?[\w.\-]+|to_apply=%?[\w.\-]+)")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*?)\)(.*)$")
 
 
@@ -56,12 +62,13 @@ class HloIndex:
     self.lines: dict[str, tuple[str, str, str, str]] = {}
     self.sources: dict[str, str] = {}
     self.computations: dict[str, list[str]] = collections.defaultdict(list)
-    current = None
+    self.entry = current = None
     for line in text.splitlines():
-      header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) \((.*)\) -> .*\{$", line)
+      header = re.match(r"^(ENTRY )?%?([\w.\-]+) \((.*)\) -> .*\{$", line)
       if header:
-        current = header.group(1)
-        for name, shape in re.findall(r"([\w.\-]+): (\w+\[[\d,]*\])", header.group(2)):
+        current = header.group(2)
+        self.entry = current if header.group(1) else self.entry
+        for name, shape in re.findall(r"([\w.\-]+): (\w+\[[\d,]*\])", header.group(3)):
           self.shapes[name] = _dims(shape)
         continue
       m = _INSTR.match(line)
@@ -73,6 +80,23 @@ class HloIndex:
         if source:
           self.sources[name] = source.group(1)
         self.computations[current].append(name)
+
+  def kernel_counts(self) -> dict[str, int]:
+    """{opcode: how many} of the instructions that launch a kernel, in the entry computation and in
+    the bodies of its conditionals, loops and calls (not inside fusions: a fusion is one kernel)."""
+    counts, todo, seen = collections.Counter(), [self.entry], set()
+    while todo:
+      computation = todo.pop()
+      if computation in seen:
+        continue
+      seen.add(computation)
+      for name in self.computations.get(computation, []):
+        _, op, _, rest = self.lines[name]
+        if op in ("conditional", "while", "call"):
+          todo += re.findall(r"%([\w.\-]+)", "".join(_CALLED.findall(rest)))
+        elif op not in _NOT_KERNELS:
+          counts[op] += 1
+    return dict(counts.most_common())
 
   def _flops(self, name: str) -> float:
     shape, op, operands, rest = self.lines[name]
