@@ -96,6 +96,9 @@ def machine() -> dict[str, Any]:
   return {
       "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
       "cpu": cpu.get("Model name", platform.processor()),
+      # Cloud VMs often name only the vendor line ("AMD EPYC"); family and model tell the generation
+      # apart (AMD family 25: model 1 is Zen 3 without AVX-512, 17 Zen 4 with it).
+      "cpu_family_model": f"{cpu.get('CPU family', '?')}/{cpu.get('Model', '?')}",
       "nproc": len(os.sched_getaffinity(0)),
       "isa": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
       "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
@@ -112,7 +115,8 @@ def machine() -> dict[str, Any]:
 
 
 def describe(m: Mapping[str, Any]) -> str:
-  return (f"{m['date_utc']} UTC | {m['cpu']}, {m['nproc']} cores ({'/'.join(m['isa'])}), "
+  family_model = f" (family/model {m['cpu_family_model']})" if m.get("cpu_family_model") else ""
+  return (f"{m['date_utc']} UTC | {m['cpu']}{family_model}, {m['nproc']} cores ({'/'.join(m['isa'])}), "
           f"{m['memory_gib']} GiB | jax {m['jax']}, flax {m['flax']} | {m['devices']} | "
           f"commit {m['commit']}" + (f" | env {m['env']}" if m.get("env") else ""))
 

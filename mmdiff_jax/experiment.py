@@ -21,6 +21,7 @@ from mmdiff_jax.models.predictor import Predictor
 from mmdiff_jax.models.unet import UNet
 from mmdiff_jax.sampling.samplers import PredictionSampler, Sampler
 from mmdiff_jax.training.losses import Objective, PredictionObjective
+from mmdiff_jax.xla_defaults import jit_run_once
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TASKS = ("diffusion", "prediction")
@@ -78,7 +79,7 @@ class Experiment:
     return report
 
 
-@jax.jit
+@jit_run_once
 def _prior_terms(schedule: Schedule, weights):
   """(N,) lambda_T and (N,) prior KL of a unit encoding beyond DDPM's, per modality alone."""
   def excess(column):

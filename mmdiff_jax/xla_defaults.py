@@ -1,4 +1,5 @@
-"""XLA settings the library measured to be faster, applied before any JAX backend starts.
+"""XLA settings the library measured to be faster: flags applied before any JAX backend starts, and
+the compile options of programs that run once.
 
 XLA's CPU backend fuses some operations into YNNPACK kernels by default. On the 2-core x86 machines
 this library is developed on, turning that off made the `small` training step 1.24x faster (an A/B of
@@ -13,11 +14,12 @@ MMDIFF_JAX_KEEP_XLA_FLAGS=1 turns all of this off.
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.util
 import mmap
 import os
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 CPU_DEFAULTS = (f"--{YNN_FLAG}=",)  # an empty fusion-type list: no YNNPACK fusions
@@ -55,3 +57,34 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] = os.environ, *,
     return ()
   environ["XLA_FLAGS"] = " ".join(filter(None, [current, *CPU_DEFAULTS]))
   return CPU_DEFAULTS
+
+
+def run_once_compiler_options() -> dict:
+  """jit's compiler_options for a program that runs once (the initial state, the schedule's checks):
+  on XLA's CPU backend, LLVM optimisation level 0 (XLA's default is 3), which compiles it in a
+  quarter to a half of the time (the small config's initial state: 8.3 s -> 2.1 s) for a program that
+  then runs for milliseconds. Values are bitwise the same or a few float roundings apart (summation
+  order). {} on other backends, and where XLA_FLAGS names a level (a per-program option would
+  override the user's choice). The train step keeps XLA's level: level 2 compiled it 7-12% faster but
+  ran ~3% slower in one of three A/Bs (BENCHMARKS.md)."""
+  import jax  # here, not above: importing the package must not import JAX (configs load without it)
+  if jax.default_backend() != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+    return {}
+  return {"xla_backend_optimization_level": 0}
+
+
+def jit_run_once(fun: Callable) -> Callable:
+  """jax.jit(fun) with run_once_compiler_options, chosen at the call (the backend must be known then,
+  not when the module defining `fun` is imported). Inside another jit it is inlined, as jax.jit is."""
+  jitted: dict[tuple, Callable] = {}
+
+  @functools.wraps(fun)
+  def call(*args, **kwargs):
+    import jax
+    options = run_once_compiler_options()
+    key = tuple(sorted(options.items()))
+    if key not in jitted:
+      jitted[key] = jax.jit(fun, compiler_options=options)
+    return jitted[key](*args, **kwargs)
+
+  return call

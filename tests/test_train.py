@@ -218,16 +218,3 @@ def test_a_step_whose_gradient_norm_is_not_finite_is_skipped(infinite, why):
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(new_state.params))
 
 
-@pytest.mark.parametrize("xla_flags, expected", [
-    ("", {"xla_backend_optimization_level": 0}),
-    ("--xla_force_host_platform_device_count=8", {"xla_backend_optimization_level": 0}),
-    ("--xla_backend_optimization_level=3", {}),  # the user's level wins
-])
-def test_run_once_compiler_options_leave_a_users_level_alone(monkeypatch, xla_flags, expected):
-  monkeypatch.setenv("XLA_FLAGS", xla_flags)
-  options = state_lib.run_once_compiler_options()
-  assert options == expected
-  # XLA knows the option by this name (a misspelt one fails to compile) and the values are unchanged.
-  x = jnp.arange(6.0)
-  out = jax.jit(lambda v: jnp.cumsum(v * v), compiler_options=options)(x)
-  np.testing.assert_allclose(np.asarray(out), np.cumsum(np.arange(6.0) ** 2))

@@ -1,10 +1,17 @@
-"""The XLA settings the package applies before a backend starts (mmdiff_jax/xla_defaults.py)."""
+"""The XLA settings the package applies before a backend starts, and the compile options of programs
+that run once (mmdiff_jax/xla_defaults.py)."""
 
 import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
 from mmdiff_jax import xla_defaults
+from mmdiff_jax.diffusion import aggregation, get_schedule
 
 FLAG = f"--{xla_defaults.YNN_FLAG}="
 
@@ -50,3 +57,43 @@ def test_importing_the_package_sets_it_and_the_backend_starts():
   defined = xla_defaults.binary_defines(xla_defaults.YNN_FLAG, xla_defaults.jaxlib_binary())
   assert (FLAG in out[0]) == defined
   assert out[1] == "3.0"
+
+
+LEVEL_0 = {"xla_backend_optimization_level": 0}
+
+
+@pytest.mark.parametrize("xla_flags, expected", [
+    ("", LEVEL_0),
+    ("--xla_force_host_platform_device_count=8", LEVEL_0),
+    ("--xla_backend_optimization_level=3", {}),  # the user's level wins
+])
+def test_run_once_compiler_options_leave_a_users_level_alone(monkeypatch, xla_flags, expected):
+  monkeypatch.setenv("XLA_FLAGS", xla_flags)
+  options = xla_defaults.run_once_compiler_options()
+  assert options == expected
+  # XLA knows the option by this name (a misspelt one fails to compile) and the values are unchanged.
+  x = jnp.arange(6.0)
+  out = jax.jit(lambda v: jnp.cumsum(v * v), compiler_options=options)(x)
+  np.testing.assert_allclose(np.asarray(out), np.cumsum(np.arange(6.0) ** 2))
+
+
+def test_jit_run_once_compiles_with_the_options_of_the_call(monkeypatch):
+  made = []
+  real_jit = jax.jit
+  monkeypatch.setattr(jax, "jit", lambda fun, **kwargs: made.append(kwargs) or real_jit(fun, **kwargs))
+  square = xla_defaults.jit_run_once(lambda v: v * v)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert float(square(jnp.float32(3.0))) == 9.0
+  assert float(square(jnp.float32(4.0))) == 16.0  # the same options: the jitted function is reused
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+  assert float(square(jnp.float32(5.0))) == 25.0
+  assert made == [{"compiler_options": LEVEL_0}, {"compiler_options": {}}]
+
+
+def test_final_coefficients_at_level_0_match_xlas_default_level():
+  schedule = get_schedule("linear", 1000)
+  weights = jnp.stack([aggregation.step_weights(schedule, "bump", 0.5),
+                       aggregation.step_weights(schedule, "constant", 0.01)], axis=1)
+  fast_compile = aggregation.final_coefficients(schedule, weights)
+  default_level = jax.jit(aggregation.final_coefficients.__wrapped__)(schedule, weights)
+  np.testing.assert_allclose(np.asarray(fast_compile), np.asarray(default_level), rtol=1e-6, atol=1e-9)

@@ -10,11 +10,11 @@ lambda_t / sigma_t = c sqrt(abar_t) -> c there, and still vanishes at T.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from mmdiff_jax.diffusion.process import aggregation_coefficients
 from mmdiff_jax.diffusion.schedules import Schedule
+from mmdiff_jax.xla_defaults import jit_run_once
 
 PROFILES = ("bump", "observation", "zero")
 STEP_WEIGHTS = ("bump", "observation", "constant", "zero")
@@ -69,7 +69,7 @@ def step_weights(schedule: Schedule, name: str, scale: float = 1.0) -> jnp.ndarr
   raise ValueError(f"step weights: unknown {name!r}; expected one of {STEP_WEIGHTS}")
 
 
-@jax.jit
+@jit_run_once  # config validation and the prior report: once per process
 def final_coefficients(schedule: Schedule, weights) -> jnp.ndarray:
   """(N,) lambda_T^(i): how much of each encoding is left in z_T (should be ~0)."""
   return aggregation_coefficients(schedule, weights)[-1]

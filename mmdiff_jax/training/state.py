@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmdiff_jax import random_streams
+from mmdiff_jax.xla_defaults import run_once_compiler_options
 from mmdiff_jax.models import kinds
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training.losses import Objective
@@ -100,19 +100,6 @@ def state_shardings(model: Model, tx, mesh: Mesh, *, fsdp: bool, seed: int = 0):
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           nn.meta.unbox(abstract_boxed), shardings)
   return abstract, shardings
-
-
-def run_once_compiler_options() -> dict:
-  """jit's compiler_options for a program that runs once (the initial state): on XLA's CPU backend,
-  LLVM optimisation level 0 (XLA's default is 3), which compiles it in a quarter of the time (small
-  config: 8.3 s -> 2.1 s) for a program that then runs for milliseconds. Its values are bitwise the
-  same but for the class-mean label codes computed in the model's init (~2e-7 apart: summation
-  order), which training replaces with codes from the host. {} on other backends, and where XLA_FLAGS
-  names a level (a per-program option would override the user's choice). The train step keeps XLA's
-  level: level 2 compiled it 7-12% faster but ran ~3% slower in one of three A/Bs (BENCHMARKS.md)."""
-  if jax.default_backend() != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
-    return {}
-  return {"xla_backend_optimization_level": 0}
 
 
 def create_train_state(model: Model, tx, shardings, seed: int) -> TrainState:
