@@ -75,12 +75,15 @@ def run_once_compiler_options() -> dict:
 
 def jit_run_once(fun: Callable) -> Callable:
   """jax.jit(fun) with run_once_compiler_options, chosen at the call (the backend must be known then,
-  not when the module defining `fun` is imported). Inside another jit it is inlined, as jax.jit is."""
+  not when the module defining `fun` is imported). Called while another function is traced, it is
+  `fun` itself, part of that program (JAX refuses compiler options on a nested jit)."""
   jitted: dict[tuple, Callable] = {}
 
   @functools.wraps(fun)
   def call(*args, **kwargs):
     import jax
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
+      return fun(*args, **kwargs)
     options = run_once_compiler_options()
     key = tuple(sorted(options.items()))
     if key not in jitted:

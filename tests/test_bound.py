@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import imglabel
 from mmdiff_jax.diffusion import aggregation, bound, process, schedules
+from mmdiff_jax.experiment import build_experiment
 
 T_RAND = 12
 # Shared shapes (scalar t: Z; batched t: ZB), as in test_process.py: new shapes cost compile time.
@@ -342,3 +344,16 @@ def test_discretized_gaussian_nll_vs_float64_bin_masses(log_scale):
     held = mass > 1e-30
     np.testing.assert_allclose(nll[held], -np.log(mass[held]), rtol=1e-4, atol=1e-4,
                                err_msg=f"mean {mean}, scale {scale}")
+
+
+def test_prior_report_closed_form():
+  """A unit encoding's extra prior KL is lambda_T^2 / 2 per dimension: the encoding shifts z_T's mean by
+  lambda_T and leaves its variance (1 - abar_T) as DDPM's."""
+  experiment = build_experiment(imglabel.get_config("small"))
+  report = experiment.prior_report()
+  final = np.asarray(aggregation.final_coefficients(experiment.schedule, experiment.weights))
+  assert sorted(report) == ["lambda_T/label", "prior_kl_excess_per_dim/label"]
+  np.testing.assert_allclose(report["lambda_T/label"], final[0], rtol=1e-6)
+  # float32 KLs of unit-variance Gaussians differ here by a few roundings of 1: an absolute tolerance.
+  np.testing.assert_allclose(report["prior_kl_excess_per_dim/label"], final[0] ** 2 / 2, rtol=0,
+                             atol=1e-6)

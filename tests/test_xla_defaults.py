@@ -88,6 +88,10 @@ def test_jit_run_once_compiles_with_the_options_of_the_call(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
   assert float(square(jnp.float32(5.0))) == 25.0
   assert made == [{"compiler_options": LEVEL_0}, {"compiler_options": {}}]
+  # Inside another traced function it is part of that program (JAX refuses options on a nested jit).
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert float(real_jit(lambda v: square(v) + 1.0)(jnp.float32(2.0))) == 5.0
+  assert float(jax.grad(square)(jnp.float32(3.0))) == 6.0
 
 
 def test_final_coefficients_at_level_0_match_xlas_default_level():
