@@ -98,7 +98,8 @@ def machine() -> dict[str, Any]:
       "cpu": cpu.get("Model name", platform.processor()),
       # Cloud VMs often name only the vendor line ("AMD EPYC"); family and model tell the generation
       # apart (AMD family 25: model 1 is Zen 3 without AVX-512, 17 Zen 4 with it).
-      "cpu_family_model": f"{cpu.get('CPU family', '?')}/{cpu.get('Model', '?')}",
+      "cpu_family_model": (f"{cpu['CPU family']}/{cpu['Model']}"
+                           if "CPU family" in cpu and "Model" in cpu else None),
       "nproc": len(os.sched_getaffinity(0)),
       "isa": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
       "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

@@ -62,7 +62,7 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] = os.environ, *,
 def run_once_compiler_options() -> dict:
   """jit's compiler_options for a program that runs once (the initial state, the schedule's checks):
   on XLA's CPU backend, LLVM optimisation level 0 (XLA's default is 3), which compiles it in a
-  quarter to a half of the time (the small config's initial state: 8.3 s -> 2.1 s) for a program that
+  quarter to two thirds of the time (the small config's initial state: 8.3 s -> 2.1 s) for a program that
   then runs for milliseconds. Values are bitwise the same or a few float roundings apart (summation
   order). {} on other backends, and where XLA_FLAGS names a level (a per-program option would
   override the user's choice). The train step keeps XLA's level: level 2 compiled it 7-12% faster but
@@ -73,21 +73,31 @@ def run_once_compiler_options() -> dict:
   return {"xla_backend_optimization_level": 0}
 
 
+def _staging(args, kwargs) -> bool:
+  """Whether this call is part of a program JAX is staging (jit, scan, eval_shape, ...): a traced
+  argument, or, for values closed over from outside, a new constant that comes out as a tracer."""
+  import jax
+  import jax.numpy as jnp
+  return (any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+          or isinstance(jnp.zeros(()), jax.core.Tracer))
+
+
 def jit_run_once(fun: Callable) -> Callable:
   """jax.jit(fun) with run_once_compiler_options, chosen at the call (the backend must be known then,
-  not when the module defining `fun` is imported). Called while another function is traced, it is
-  `fun` itself, part of that program (JAX refuses compiler options on a nested jit)."""
-  jitted: dict[tuple, Callable] = {}
+  not when the module defining `fun` is imported). Called while another program is staged it is a
+  plain jax.jit, part of that program: JAX refuses compiler options on a nested jit."""
+  jitted: dict[object, Callable] = {}
 
   @functools.wraps(fun)
   def call(*args, **kwargs):
     import jax
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
-      return fun(*args, **kwargs)
-    options = run_once_compiler_options()
-    key = tuple(sorted(options.items()))
+    if _staging(args, kwargs):
+      key, options = "nested", None
+    else:
+      options = run_once_compiler_options()
+      key = tuple(sorted(options.items()))
     if key not in jitted:
-      jitted[key] = jax.jit(fun, compiler_options=options)
+      jitted[key] = jax.jit(fun) if options is None else jax.jit(fun, compiler_options=options)
     return jitted[key](*args, **kwargs)
 
   return call

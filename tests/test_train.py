@@ -216,5 +216,3 @@ def test_a_step_whose_gradient_norm_is_not_finite_is_skipped(infinite, why):
   assert np.isfinite(float(metrics["loss"])), why
   assert int(metrics["skipped"]) == 1 and int(new_state.nonfinite_streak) == 1, why
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(new_state.params))
-
-

@@ -69,7 +69,7 @@ def step_weights(schedule: Schedule, name: str, scale: float = 1.0) -> jnp.ndarr
   raise ValueError(f"step weights: unknown {name!r}; expected one of {STEP_WEIGHTS}")
 
 
-@jit_run_once  # config validation and the prior report: once per process
+@jit_run_once  # config validation runs it once per process
 def final_coefficients(schedule: Schedule, weights) -> jnp.ndarray:
   """(N,) lambda_T^(i): how much of each encoding is left in z_T (should be ~0)."""
   return aggregation_coefficients(schedule, weights)[-1]

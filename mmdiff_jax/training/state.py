@@ -14,10 +14,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmdiff_jax import random_streams
-from mmdiff_jax.xla_defaults import run_once_compiler_options
 from mmdiff_jax.models import kinds
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training.losses import Objective
+from mmdiff_jax.xla_defaults import run_once_compiler_options
 
 # MTDiffusion or Predictor: both have specs, z_shape and an `initialize(batch, z_t, t)` method.
 Model = nn.Module
