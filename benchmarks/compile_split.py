@@ -1,6 +1,6 @@
 """Where the small train step's compile time goes: tracing, lowering to StableHLO, XLA's compile, and
 how many kernels XLA emitted (each is compiled on its own: on the CPU backend the compile grows with
-their number), and the compiled step's temporary memory.
+their number) and what they compute, and the compiled step's temporary memory.
 
   python3 -m benchmarks.compile_split [variant]      # prints one JSON line (seconds, counts, MiB)
 """
@@ -23,10 +23,14 @@ def main(variant: str = "small") -> dict:
   t2 = time.perf_counter()
   compiled = lowered.compile()
   t3 = time.perf_counter()
-  kernels = HloIndex(compiled.as_text()).kernel_counts()
+  index = HloIndex(compiled.as_text())
+  kernels = index.kernel_counts()
+  by_kind = index.kernel_counts(fusion_bodies=True)
   return {"variant": variant, "trace_s": round(t1 - t0, 2), "lower_s": round(t2 - t1, 2),
           "compile_s": round(t3 - t2, 2), "stablehlo_lines": lowered.as_text().count("\n"),
           "kernels": sum(kernels.values()), "kernels_by_opcode": kernels,
+          # what the kernels compute (a fusion by the operations it fuses), the 12 most frequent
+          "kernels_by_kind": dict(list(by_kind.items())[:12]),
           "temp_mb": round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 1)}
 
 

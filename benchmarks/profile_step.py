@@ -81,9 +81,10 @@ class HloIndex:
           self.sources[name] = source.group(1)
         self.computations[current].append(name)
 
-  def kernel_counts(self) -> dict[str, int]:
+  def kernel_counts(self, *, fusion_bodies: bool = False) -> dict[str, int]:
     """{opcode: how many} of the instructions that launch a kernel, in the entry computation and in
-    the bodies of its conditionals, loops and calls (not inside fusions: a fusion is one kernel)."""
+    the bodies of its conditionals, loops and calls (not inside fusions: a fusion is one kernel).
+    With fusion_bodies, a fusion counts under the operations it fuses, e.g. "fusion(slice)"."""
     counts, todo, seen = collections.Counter(), [self.entry], set()
     while todo:
       computation = todo.pop()
@@ -94,9 +95,17 @@ class HloIndex:
         _, op, _, rest = self.lines[name]
         if op in ("conditional", "while", "call"):
           todo += re.findall(r"%([\w.\-]+)", "".join(_CALLED.findall(rest)))
+        elif op == "fusion" and fusion_bodies:
+          counts[f"fusion({','.join(self._fused_operations(name))})"] += 1
         elif op not in _NOT_KERNELS:
           counts[op] += 1
     return dict(counts.most_common())
+
+  def _fused_operations(self, name: str) -> list[str]:
+    """The sorted distinct operations a fusion computes (not its parameters, reshapes or tuples)."""
+    called = re.search(r"calls=%?([\w.\-]+)", self.lines[name][3])
+    body = self.computations.get(called.group(1), []) if called else []
+    return sorted({self.lines[n][1] for n in body} - _NOT_KERNELS - {"reshape"})
 
   def _flops(self, name: str) -> float:
     shape, op, operands, rest = self.lines[name]
