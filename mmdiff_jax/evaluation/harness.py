@@ -70,7 +70,10 @@ def generate(experiment, params, config, stream: str):
   list of host dicts."""
   e = config.eval
   sampler = eval_sampler(experiment, config)
-  jitted = jax.jit(lambda p, r, obs, n: sampler.sample(p, r, n, observed=obs), static_argnums=(3,))
+  def generated_batch(p, r, obs, n):  # named: compile logs and profiles show this name
+    return sampler.sample(p, r, n, observed=obs)
+
+  jitted = jax.jit(generated_batch, static_argnums=(3,))
   rng, out = random_streams.key(e.seed, stream), []
   for i, observed in enumerate(_generation_conditions(experiment, config, e.num_generated)):
     n = min(e.batch_size, e.num_generated - i * e.batch_size)
@@ -99,8 +102,10 @@ def conditional_sampler(experiment, params, config):
   """A jitted sample(rng, {name: observed value}) (one eval batch)."""
   sampler = eval_sampler(experiment, config)
   # params is an argument, not a closed-over constant (with several processes it spans all of them).
-  sample = jax.jit(lambda p, r, obs: sampler.sample(
-      p, r, next(iter(obs.values())).shape[0], observed=obs))
+  def sample_given_observed(p, r, obs):  # named: compile logs and profiles show this name
+    return sampler.sample(p, r, next(iter(obs.values())).shape[0], observed=obs)
+
+  sample = jax.jit(sample_given_observed)
   return lambda r, observed: fetch(sample(params, r, observed))
 
 

@@ -193,8 +193,10 @@ def load_classifier(workdir: str, image_shape) -> Callable[[np.ndarray], np.ndar
   config = check_classifier(workdir, image_shape)
   experiment, _, state = restore_latest(config, workdir, another_run=True)
   model = experiment.model
-  predict = jax.jit(lambda p, x: experiment.sampler("ddim", 1).sample(
-      p, None, x.shape[0], observed={model.input: x})[model.target])
+  def prediction(p, x):  # named: compile logs and profiles show this name
+    return experiment.sampler("ddim", 1).sample(p, None, x.shape[0], observed={model.input: x})[model.target]
+
+  predict = jax.jit(prediction)
   return lambda images: np.asarray(fetch(predict(state.ema_params, images)))
 
 
