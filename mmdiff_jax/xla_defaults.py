@@ -64,7 +64,8 @@ def run_once_compiler_options() -> dict:
   on XLA's CPU backend, LLVM optimisation level 0 (XLA's default is 3), which compiles it in a
   quarter to two thirds of the time (the small config's initial state: 8.3 s -> 2.1 s) for a program that
   then runs for milliseconds. Values are bitwise the same or a few float roundings apart (summation
-  order). {} on other backends, and where XLA_FLAGS names a level (a per-program option would
+  order; e.g. the initial state's class-mean label codes, ~2e-7, which training replaces with codes
+  from the host). {} on other backends, and where XLA_FLAGS names a level (a per-program option would
   override the user's choice). The train step keeps XLA's level: level 2 compiled it 7-12% faster but
   ran ~3% slower in one of three A/Bs (BENCHMARKS.md)."""
   import jax  # here, not above: importing the package must not import JAX (configs load without it)
@@ -82,10 +83,11 @@ def _staging(args, kwargs) -> bool:
           or isinstance(jnp.zeros(()), jax.core.Tracer))
 
 
-def jit_run_once(fun: Callable) -> Callable:
-  """jax.jit(fun) with run_once_compiler_options, chosen at the call (the backend must be known then,
-  not when the module defining `fun` is imported). Called while another program is staged it is a
-  plain jax.jit, part of that program: JAX refuses compiler options on a nested jit."""
+def jit_run_once(fun: Callable, **jit_kwargs) -> Callable:
+  """jax.jit(fun, **jit_kwargs) with run_once_compiler_options, chosen at the call (the backend must
+  be known then, not when the module defining `fun` is imported). Called while another program is
+  staged it is jax.jit without them, part of that program: JAX refuses compiler options on a nested
+  jit."""
   jitted: dict[object, Callable] = {}
 
   @functools.wraps(fun)
@@ -97,7 +99,8 @@ def jit_run_once(fun: Callable) -> Callable:
       options = run_once_compiler_options()
       key = tuple(sorted(options.items()))
     if key not in jitted:
-      jitted[key] = jax.jit(fun) if options is None else jax.jit(fun, compiler_options=options)
+      jitted[key] = jax.jit(fun, **jit_kwargs, **({} if options is None else
+                                                   {"compiler_options": options}))
     return jitted[key](*args, **kwargs)
 
   return call

@@ -17,7 +17,7 @@ from mmdiff_jax import random_streams
 from mmdiff_jax.models import kinds
 from mmdiff_jax.training import sharding as sharding_lib
 from mmdiff_jax.training.losses import Objective
-from mmdiff_jax.xla_defaults import run_once_compiler_options
+from mmdiff_jax.xla_defaults import jit_run_once
 
 # MTDiffusion or Predictor: both have specs, z_shape and an `initialize(batch, z_t, t)` method.
 Model = nn.Module
@@ -107,8 +107,7 @@ def create_train_state(model: Model, tx, shardings, seed: int) -> TrainState:
   def initial_state():  # named: compile logs and profiles show this name
     return nn.meta.unbox(_init_boxed(model, tx, seed))
 
-  return jax.jit(initial_state, out_shardings=shardings,
-                 compiler_options=run_once_compiler_options())()
+  return jit_run_once(initial_state, out_shardings=shardings)()
 
 
 def micro_batches(batch: dict, num: int, mesh: Mesh) -> dict:
