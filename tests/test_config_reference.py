@@ -1,17 +1,13 @@
-"""docs/CONFIG.md is the generated config reference, every config key has a meaning, and every
---config.KEY=VALUE the repository shows a user names a key its config has."""
+"""docs/CONFIG.md is the generated config reference, and every config key has a meaning."""
 
 from __future__ import annotations
 
 import pathlib
-import re
 import subprocess
 import sys
 import textwrap
 
 from mmdiff_jax import config_reference
-from mmdiff_jax.command_line import unknown_override
-from mmdiff_jax.config import RENAMED_KEYS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,53 +34,6 @@ def test_module_writes_the_reference_to_stdout():
   result = subprocess.run([sys.executable, "-m", "mmdiff_jax.config_reference"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
   assert result.stdout == config_reference.generate()
-
-
-
-# Where commands are shown to users: the docs, the launch and CI scripts, the notebooks, and the
-# docstrings of configs and entry points.
-COMMAND_FILES = ("*.md", "docs/*.md", "results/**/*.md", "launch/*", ".ci/*", "notebooks/*.ipynb",
-                 "configs/*.py", "mmdiff_jax/**/*.py", "benchmarks/*.py", "benchmarks/*.sh")
-
-
-def shown_overrides():
-  """(file, config argument or None, override keys) per line (a shell line continued with a trailing
-  backslash counts as one) that shows --config.KEY=VALUE overrides."""
-  found = []
-  for pattern in COMMAND_FILES:
-    for path in sorted(ROOT.glob(pattern)):
-      if not path.is_file():
-        continue
-      for line in path.read_text().replace("\\\n", " ").splitlines():
-        keys = re.findall(r"--config\.([A-Za-z_][\w.]*)=", line)
-        config = re.search(r"--config=(configs/[\w./]+\.py(?::\w+)?)", line)
-        if keys:
-          found.append((path.relative_to(ROOT), config and config.group(1), keys, line))
-  return found
-
-
-def test_every_override_shown_to_users_names_a_key_of_its_config():
-  """A renamed or removed key in a shown command fails the user who copies it ('.ci/python312' once
-  passed sampling.num_steps, renamed to sampling.sampler_steps, and stopped at its first command).
-  With the command's config file on the line, the entry point's own check; otherwise some config
-  file must have the key (a placeholder in capitals aside). A renamed key passes only where the line
-  names its new key too (a record of what ran at an old commit)."""
-  shown = shown_overrides()
-  assert sum(config is not None for _, config, _, _ in shown) >= 50, "the scan found too few commands"
-  config_files = sorted(str(p) for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
-  problems = []
-  for path, config, keys, line in shown:
-    if config is not None:
-      message = unknown_override([f"--config={ROOT / config}"] + [f"--config.{k}=0" for k in keys])
-      problems += [f"{path}: {message}"] if message else []
-      continue
-    for key in keys:
-      if key.isupper() or (key in RENAMED_KEYS and RENAMED_KEYS[key] in line):
-        continue
-      messages = [unknown_override([f"--config={f}", f"--config.{key}=0"]) for f in config_files]
-      if all(messages):
-        problems.append(f"{path}: no config file has {key!r}: {messages[0]}")
-  assert not problems, "\n".join(problems)
 
 
 SOURCE = textwrap.dedent('''
