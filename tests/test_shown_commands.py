@@ -38,6 +38,8 @@ def defined_flags(module: str) -> set[str]:
   """The flags `module`'s file defines: absl's DEFINE_*("name", ...) and argparse's
   add_argument("--name", ...)."""
   path = ROOT / (module.replace(".", "/") + ".py")
+  if not path.is_file():  # a package run as a program
+    path = ROOT / module.replace(".", "/") / "__main__.py"
   text = path.read_text()
   return (set(re.findall(r"DEFINE_\w+\(\s*[\"'](\w+)[\"']", text))
           | set(re.findall(r"add_argument\(\s*(?:[\"']-\w[\"'],\s*)?[\"']--(\w+)[\"']", text)))
