@@ -10,6 +10,9 @@ mmdiff_jax, compiled once), and the workers take turns, so load on a shared mach
   python3 -m benchmarks.ab --config=small --env_b=MMDIFF_JAX_NO_TCMALLOC=1
   # a config choice for B alone (e.g. bf16 activations):
   python3 -m benchmarks.ab --config=small --set_b=model.dtype=bfloat16
+  # another jax/jaxlib for B: B's worker runs under another interpreter (a venv that has the
+  # package's dependencies; the tree's mmdiff_jax is imported either way), e.g. Python 3.12's newer jax:
+  python3 -m benchmarks.ab --config=small --python_b=/path/to/venv312/bin/python
   # a library change (benchmarks/patches/ holds the ones tried):
   mkdir /tmp/patched && git archive HEAD | tar -x -C /tmp/patched && \
       (cd /tmp/patched && patch -p1 < "$OLDPWD/benchmarks/patches/group_norm_two_stage.diff")
@@ -50,6 +53,7 @@ def _worker(tree: str, variant: str, image_only: bool, overrides: dict) -> None:
   import jax
   jax.block_until_ready(step())
   print(json.dumps({"tree": os.path.dirname(os.path.dirname(mmdiff_jax.__file__)),
+                    "python": sys.version.split()[0], "jax": jax.__version__,
                     "compile_s": step.compile_s, "flops": step.flops,
                     "num_params": step.num_params, "batch_size": step.batch_size}), flush=True)
   for line in sys.stdin:
@@ -76,6 +80,8 @@ def main():
   parser.add_argument("--b", required=False, help="source tree B")
   parser.add_argument("--env_b", action="append", default=[],
                       help="NAME=VALUE for B's worker only (e.g. XLA_FLAGS); B defaults to A's tree")
+  parser.add_argument("--python_b", default=sys.executable,
+                      help="the Python interpreter of B's worker (default: this one)")
   parser.add_argument("--config", default="small")
   parser.add_argument("--image_only", action="store_true")
   parser.add_argument("--set", action="append", default=[],
@@ -109,7 +115,8 @@ def main():
   env_b = dict(os.environ, **dict(item.partition("=")[::2] for item in args.env_b))
   workers, info = {}, {}
   for name, tree in trees.items():
-    command = [sys.executable, os.path.abspath(__file__), "--worker", tree, args.config,
+    python = args.python_b if name == "B" else sys.executable
+    command = [python, os.path.abspath(__file__), "--worker", tree, args.config,
                "1" if args.image_only else "0"] + [f"--set={s}" for s in args.set] + (
                    [f"--set_b={s}" for s in args.set_b] if name == "B" else [])
     workers[name] = subprocess.Popen(command, cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -129,6 +136,10 @@ def main():
     w.stdin.flush()
     w.wait()
   ratio = common.ratios(seconds["A"], seconds["B"])
+
+  def versions(name):
+    return f"Python {info[name]['python']}, jax {info[name]['jax']}"
+
   print(f"A step s per round: {[round(s, 4) for s in seconds['A']]}")
   print(f"B step s per round: {[round(s, 4) for s in seconds['B']]}")
   print(f"A/B per round: {[round(x, 3) for x in ratio]}; load {loads}")
@@ -137,9 +148,11 @@ def main():
       f"{args.rounds} alternating rounds of {args.reps} steps",
       ["tree", "compile s", "GFLOP/step", "step s (median)", "A/B time ratio median (min-max)",
        "load"],
-      [[f"A {trees['A']}", f"{info['A']['compile_s']:.1f}", f"{info['A']['flops'] / 1e9:.2f}",
+      [[f"A {trees['A']} ({versions('A')})", f"{info['A']['compile_s']:.1f}",
+        f"{info['A']['flops'] / 1e9:.2f}",
         f"{statistics.median(seconds['A']):.4f}", "", ""],
-       [f"B {trees['B']} {' '.join(args.env_b + args.set_b)}", f"{info['B']['compile_s']:.1f}",
+       [f"B {trees['B']} ({versions('B')}) {' '.join(args.env_b + args.set_b)}",
+        f"{info['B']['compile_s']:.1f}",
         f"{info['B']['flops'] / 1e9:.2f}", f"{statistics.median(seconds['B']):.4f}",
         f"{statistics.median(ratio):.3f} ({min(ratio):.3f}-{max(ratio):.3f})",
         f"{min(loads)}-{max(loads)}"]])
