@@ -2,9 +2,12 @@
 the compile options of programs that run once.
 
 XLA's CPU backend fuses some operations into YNNPACK kernels by default. On the 2-core x86 machines
-this library is developed on, turning that off made the `small` training step 1.24x faster (an A/B of
-alternating worker processes on a quiet AMD EPYC: 0.270 s vs 0.334 s per step; BENCHMARKS.md), and
-earlier A/Bs on an Intel Xeon agreed. It is a CPU-backend flag: GPU and TPU programs are unaffected.
+this library is developed on, with jaxlib 0.10.2 (the newest for Python 3.11), turning that off made
+the `small` training step 1.24x faster on an AMD EPYC Zen 4 and 1.54x on a Zen 3 (A/Bs of alternating
+worker processes; BENCHMARKS.md), and earlier A/Bs on an Intel Xeon agreed. With jaxlib 0.12.1 (Python
+3.12) XLA's own setting was the faster, by 4% (two A/Bs on a Zen 4, 15 of 16 rounds), so the flag is
+set only for jaxlib below 0.12 (YNN_OFF_BELOW). It is a CPU-backend flag: GPU and TPU programs are
+unaffected.
 
 An XLA flag that the installed jaxlib does not define aborts the process when the backend starts, and
 this one is experimental (it may be renamed or removed), so it is set only where jaxlib's own binary
@@ -16,14 +19,17 @@ from __future__ import annotations
 
 import functools
 import glob
+import importlib.metadata
 import importlib.util
 import mmap
 import os
+import re
 from collections.abc import Callable, MutableMapping
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 CPU_DEFAULTS = (f"--{YNN_FLAG}=",)  # an empty fusion-type list: no YNNPACK fusions
 OPT_OUT = "MMDIFF_JAX_KEEP_XLA_FLAGS"
+YNN_OFF_BELOW = (0, 12)  # jaxlib versions below this get CPU_DEFAULTS (measured: 0.10.2 and 0.12.1)
 
 
 def jaxlib_binary() -> str | None:
@@ -43,15 +49,30 @@ def binary_defines(flag: str, binary: str | None) -> bool:
     return data.find(flag.encode()) >= 0
 
 
-def apply_cpu_defaults(environ: MutableMapping[str, str] = os.environ, *,
-                       binary: str | None = None) -> tuple[str, ...]:
-  """Appends CPU_DEFAULTS to environ["XLA_FLAGS"] unless the user set the flag or opted out, or the
-  jaxlib `binary` (default: the installed one) does not define it. Returns the flags it added.
+def jaxlib_version() -> tuple[int, ...] | None:
+  """The installed jaxlib's version as numbers, e.g. (0, 10, 2), read from its metadata without
+  importing it; None where it is not installed or its version does not start with a number."""
+  try:
+    version = importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  numbers = re.match(r"\d+(\.\d+)*", version)
+  return tuple(int(n) for n in numbers.group().split(".")) if numbers else None
+
+
+def apply_cpu_defaults(environ: MutableMapping[str, str] = os.environ, *, binary: str | None = None,
+                       version: tuple[int, ...] | None = None) -> tuple[str, ...]:
+  """Appends CPU_DEFAULTS to environ["XLA_FLAGS"] unless the user set the flag or opted out, the
+  jaxlib `version` (default: the installed one's) is not below YNN_OFF_BELOW, or the jaxlib `binary`
+  (default: the installed one) does not define the flag. Returns the flags it added.
 
   Takes effect only if no JAX backend has started in this process yet (XLA reads XLA_FLAGS then);
   child processes inherit it through the environment."""
   current = environ.get("XLA_FLAGS", "")
   if environ.get(OPT_OUT, "") not in ("", "0") or YNN_FLAG in current:
+    return ()
+  version = jaxlib_version() if version is None else version
+  if version is None or version >= YNN_OFF_BELOW:
     return ()
   if not binary_defines(YNN_FLAG, jaxlib_binary() if binary is None else binary):
     return ()

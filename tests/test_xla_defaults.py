@@ -14,6 +14,7 @@ from mmdiff_jax import xla_defaults
 from mmdiff_jax.diffusion import aggregation, get_schedule
 
 FLAG = f"--{xla_defaults.YNN_FLAG}="
+OLD = (0, 10, 2)  # a jaxlib the flag was measured to help
 
 
 def _binary(tmp_path, *, defines: bool) -> str:
@@ -24,26 +25,42 @@ def _binary(tmp_path, *, defines: bool) -> str:
 
 def test_appended_to_the_users_flags_where_jaxlib_defines_it(tmp_path):
   environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  added = xla_defaults.apply_cpu_defaults(environ, binary=_binary(tmp_path, defines=True))
+  added = xla_defaults.apply_cpu_defaults(environ, binary=_binary(tmp_path, defines=True), version=OLD)
   assert added == (FLAG,)
   assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=4 {FLAG}"
   environ = {}
-  xla_defaults.apply_cpu_defaults(environ, binary=_binary(tmp_path, defines=True))
+  xla_defaults.apply_cpu_defaults(environ, binary=_binary(tmp_path, defines=True), version=OLD)
   assert environ["XLA_FLAGS"] == FLAG
 
 
 def test_left_alone_where_jaxlib_lacks_it_the_user_set_it_or_opted_out(tmp_path):
   # A jaxlib that does not define the flag would abort at backend start if it were set.
   environ = {}
-  assert xla_defaults.apply_cpu_defaults(environ, binary=_binary(tmp_path, defines=False)) == ()
+  assert xla_defaults.apply_cpu_defaults(environ, binary=_binary(tmp_path, defines=False),
+                                         version=OLD) == ()
   assert "XLA_FLAGS" not in environ
   assert not xla_defaults.binary_defines(xla_defaults.YNN_FLAG, None)
   users = {"XLA_FLAGS": f"--{xla_defaults.YNN_FLAG}=dot"}
-  assert xla_defaults.apply_cpu_defaults(users, binary=_binary(tmp_path, defines=True)) == ()
+  assert xla_defaults.apply_cpu_defaults(users, binary=_binary(tmp_path, defines=True),
+                                         version=OLD) == ()
   assert users == {"XLA_FLAGS": f"--{xla_defaults.YNN_FLAG}=dot"}
   opted_out = {xla_defaults.OPT_OUT: "1"}
-  assert xla_defaults.apply_cpu_defaults(opted_out, binary=_binary(tmp_path, defines=True)) == ()
+  assert xla_defaults.apply_cpu_defaults(opted_out, binary=_binary(tmp_path, defines=True),
+                                         version=OLD) == ()
   assert "XLA_FLAGS" not in opted_out
+
+
+@pytest.mark.parametrize("version", [(0, 12, 1), (0, 12), (1, 0, 0)])
+def test_left_alone_from_jaxlib_0_12_where_xlas_own_setting_was_faster(tmp_path, version):
+  environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  assert xla_defaults.apply_cpu_defaults(environ, binary=_binary(tmp_path, defines=True),
+                                         version=version) == ()
+  assert environ == {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+
+
+def test_jaxlib_version_is_the_installed_one():
+  import jaxlib.version
+  assert xla_defaults.jaxlib_version() == tuple(int(n) for n in jaxlib.version.__version__.split(".")[:3])
 
 
 def test_importing_the_package_sets_it_and_the_backend_starts():
@@ -54,8 +71,9 @@ def test_importing_the_package_sets_it_and_the_backend_starts():
           "print(os.environ.get('XLA_FLAGS', '')); print(float(jnp.ones(3).sum()))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=300, check=True).stdout.splitlines()
-  defined = xla_defaults.binary_defines(xla_defaults.YNN_FLAG, xla_defaults.jaxlib_binary())
-  assert (FLAG in out[0]) == defined
+  applies = (xla_defaults.binary_defines(xla_defaults.YNN_FLAG, xla_defaults.jaxlib_binary())
+             and xla_defaults.jaxlib_version() < xla_defaults.YNN_OFF_BELOW)
+  assert (FLAG in out[0]) == applies
   assert out[1] == "3.0"
 
 
