@@ -7,6 +7,7 @@ Lines are read as text; a shell line continued with a trailing backslash counts 
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import re
 
@@ -34,15 +35,17 @@ def shown_lines(root: pathlib.Path = ROOT):
           yield path.relative_to(root), line
 
 
-def defined_flags(module: str) -> set[str]:
+@functools.cache  # one read of each module's source, however many flags are shown for it
+def defined_flags(module: str) -> frozenset[str]:
   """The flags `module`'s file defines: absl's DEFINE_*("name", ...) and argparse's
   add_argument("--name", ...)."""
   path = ROOT / (module.replace(".", "/") + ".py")
   if not path.is_file():  # a package run as a program
     path = ROOT / module.replace(".", "/") / "__main__.py"
   text = path.read_text()
-  return (set(re.findall(r"DEFINE_\w+\(\s*[\"'](\w+)[\"']", text))
-          | set(re.findall(r"add_argument\(\s*(?:[\"']-\w[\"'],\s*)?[\"']--(\w+)[\"']", text)))
+  absl = re.findall(r"DEFINE_\w+\(\s*[\"'](\w+)[\"']", text)
+  argparse = re.findall(r"add_argument\(\s*(?:[\"']-\w[\"'],\s*)?[\"']--(\w+)[\"']", text)
+  return frozenset(absl + argparse)
 
 
 def test_every_override_shown_to_users_names_a_key_of_its_config():
