@@ -349,6 +349,19 @@ def test_ddim_step_eta_0_lands_on_the_marginal_draw_batched(ref):
     _close(got[b], expected, err_msg=f"example {b}")
 
 
+@pytest.mark.parametrize("s,match", [(7, r"0 <= s < t, got s = 7 for t = 6"),
+                                     (6, r"0 <= s < t, got s = 6 for t = 6"),
+                                     (-1, r"0 <= s < t, got s = -1"),
+                                     (2.0, r"integer steps")])
+def test_ddim_step_refuses_a_landing_step_not_before_t(ref, s, match):
+  """s >= t would make the variance factor negative (NaN sigma for eta > 0) and an out-of-range s is
+  clamped silently by the lookup: refused by name where the steps are concrete."""
+  c = Case(ref, 5, 1, Z)
+  with pytest.raises(ValueError, match=match):
+    process.ddim_step(c.sched, c.W, t=6, s=s, z0=c.z0, eps=c.z0, encodings=c.enc, eta=1.0,
+                      noise=c.z0)
+
+
 # --------------------------------------------------------------------------- w = 0 is DDPM
 
 

@@ -88,6 +88,38 @@ def test_the_inpainting_baselines_run_with_sampled_label_feedback(setup):
     assert out.shape == images.shape and bool(jnp.all(jnp.isfinite(out)))
 
 
+def test_replacement_noises_the_known_region_with_the_steps_encodings(setup, monkeypatch):
+  """Known-region replacement on a model with an unobserved label: the known pixels of z_s are noised
+  with the label encoding the model predicted at that step, the one the generated region uses, not a
+  zero encoding (which would mix two forward processes in one z_s)."""
+  from mmdiff_jax.sampling import inpainting, samplers  # pylint: disable=import-outside-toplevel
+  experiment, params = setup
+  sampler = experiment.sampler("ddim", 3)
+  predicted, noised_with = [], []
+  predict, noised = samplers.Sampler.predict, inpainting._noised
+
+  def recording_predict(self, *args, **kwargs):
+    out = predict(self, *args, **kwargs)
+    predicted.append(np.asarray(out[2]))
+    return out
+
+  def recording_noised(sampler_, x, s, encodings, noise):
+    noised_with.append((int(s), np.asarray(encodings)))
+    return noised(sampler_, x, s, encodings, noise)
+
+  monkeypatch.setattr(samplers.Sampler, "predict", recording_predict)
+  monkeypatch.setattr(inpainting, "_noised", recording_noised)
+  images = jax.random.uniform(jax.random.PRNGKey(2), (B, 28, 28, 1), minval=-1.0, maxval=1.0)
+  mask = jnp.zeros((B, 28, 28, 1)).at[:, 7:21, 7:21].set(1.0)
+  with jax.disable_jit():
+    inpainting.known_region_replacement(sampler, params, jax.random.PRNGKey(0), images, mask)
+  assert len(predicted) == len(noised_with) == 3
+  for (s, encodings), step_encodings in zip(noised_with, predicted):
+    np.testing.assert_array_equal(encodings, step_encodings)
+    if s > 0:  # at s = 0 the known pixels are the observation itself
+      assert float(np.abs(encodings).max()) > 1e-3
+
+
 def test_observed_label_uses_true_encoding(setup):
   experiment, params = setup
   sampler = experiment.sampler("ddim", 4)

@@ -30,7 +30,8 @@ def marginal_profile(schedule: Schedule, name: str, scale: float = 1.0) -> jnp.n
   """
   sqrt_abar = jnp.sqrt(schedule.alpha_bars)
   if name == "bump":
-    return scale * sqrt_abar * (1.0 - sqrt_abar)
+    # 1 - sqrt(abar) as (1 - abar) / (1 + sqrt(abar)): no cancellation where abar ~ 1 (the first steps).
+    return scale * sqrt_abar * schedule.one_minus_alpha_bars / (1.0 + sqrt_abar)
   if name == "observation":
     return scale * sqrt_abar * jnp.sqrt(schedule.one_minus_alpha_bars)
   if name == "zero":

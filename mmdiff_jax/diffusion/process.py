@@ -57,6 +57,20 @@ def _check_t(schedule: Schedule, t, z) -> None:
     raise ValueError(f"t: expected steps in 1..{schedule.num_timesteps}, got {t_np.tolist()}")
 
 
+def _check_earlier_step(t, s, z) -> None:
+  """s, the step a jump from t lands on: 0 <= s < t, where both are concrete."""
+  if jnp.ndim(s) > 1 or (jnp.ndim(s) == 1 and jnp.shape(s)[0] != jnp.shape(z)[0]):
+    raise ValueError(f"s: expected a scalar or a (B,) array with B = {jnp.shape(z)[0]}, "
+                     f"got shape {jnp.shape(s)}")
+  if isinstance(s, jax.core.Tracer) or isinstance(t, jax.core.Tracer):
+    return
+  s_np, t_np = np.asarray(s), np.asarray(t)
+  if not np.issubdtype(s_np.dtype, np.integer):
+    raise ValueError(f"s: expected integer steps, got dtype {s_np.dtype}")
+  if s_np.size and (s_np.min() < 0 or np.any(s_np >= t_np)):
+    raise ValueError(f"s: expected steps with 0 <= s < t, got s = {s_np.tolist()} for t = {t_np.tolist()}")
+
+
 def _check(schedule, weights, t, z, encodings) -> None:
   _check_weights(schedule, weights)
   _check_t(schedule, t, z)
@@ -296,6 +310,7 @@ def ddim_step(schedule: Schedule, weights, *, t, s, z0, eps, encodings, eta, noi
     z_s, shaped like z.
   """
   _check(schedule, weights, t, z0, encodings)
+  _check_earlier_step(t, s, z0)
   nd = jnp.ndim(z0)
   s_safe = jnp.maximum(jnp.asarray(s), 1)
   abar_t, abar_s = at_step(schedule.alpha_bars, t, nd), at_step(schedule.alpha_bars, s_safe, nd)

@@ -4,8 +4,10 @@ Every encoder has two entry points:
   encode(x):                   E_i(x_i) for an observed value;
   encode_prediction(head_out): E_i(x-hat_i) for a head's output; for categorical modalities this is
                                the expected encoding under the predicted probabilities (docs/METHOD.md).
-Trainable encodings are rescaled to unit RMS per example, so they cannot collapse to zero (which would
-switch the injection off).
+Trainable encodings are normalised so that they cannot collapse to zero (which would switch the
+injection off): a label's or an embedding's code has unit RMS per class or example; a segmentation
+map's class table has unit RMS as a whole (one class's code may shrink while the others carry the
+scale).
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ the comparators of the paper's restoration claim:
   result back to t (RePaint's resampling).
 
 Masks follow the evaluation convention: 1 marks the MISSING region, 0 the observed pixels.
-Aggregated modalities that are not observed enter the forward-noised observation with a zero encoding
-(an unconditional model has none).
+Aggregated modalities that are not observed (a model with a label, say; an unconditional model has
+none) enter the forward-noised observation as the generated region gets them: known-region replacement
+noises the known pixels to step s with the encodings the model predicted at that step, so both regions
+of z_s follow one forward process. SDEdit's start state, before any prediction exists, takes a zero
+encoding for them.
 """
 
 from __future__ import annotations
@@ -109,7 +112,6 @@ def known_region_replacement(sampler: Sampler, params, rng: jax.Array, images, m
   batch_size = images.shape[0]
   _, observed_encodings, conditions = sampler.prepare_observed(params, dict(observed or {}),
                                                               batch_size=batch_size)
-  known_encodings = _encodings(sampler, observed_encodings, batch_size)
   timesteps = jnp.asarray(sampler.timesteps())
   init_rng, loop_rng = jax.random.split(rng)
   z = jax.random.normal(init_rng, images.shape)
@@ -120,7 +122,8 @@ def known_region_replacement(sampler: Sampler, params, rng: jax.Array, images, m
                                                  key=jax.random.fold_in(key, 1))
     step_key, known_key = jax.random.split(key)
     z_s = sampler.step(z0, eps, step_encodings, z, t, s, jax.random.normal(step_key, z.shape))
-    known = _noised(sampler, images, s, known_encodings, jax.random.normal(known_key, z.shape))
+    # The step's encodings (observed ones true, the others predicted), as in the generated region.
+    known = _noised(sampler, images, s, step_encodings, jax.random.normal(known_key, z.shape))
     return missing * z_s + (1.0 - missing) * known, step_encodings
 
   def renoise(z_s, s, t, encodings, key):

@@ -1,8 +1,9 @@
 """Ancestral (DDPM) and DDIM samplers for joint and any-subset conditional generation.
 
 Each step, the backbone predicts z0-hat (or eps-hat) and every head predicts its modality; the heads'
-predictions are encoded (E_i(x-hat_i), the expected encoding for categorical modalities) and plugged
-into the posterior. An observed modality uses its true encoding at every step instead (docs/METHOD.md); an
+predictions are encoded (E_i(x-hat_i); for categorical modalities the expected encoding, or with
+`categorical_feedback` "argmax" / "sampled" a hard class from `hard_feedback_fraction` of T down) and
+plugged into the posterior. An observed modality uses its true encoding at every step instead (docs/METHOD.md); an
 observed base image replaces z0-hat. The whole loop is one lax.fori_loop.
 """
 
@@ -178,7 +179,8 @@ class Sampler:
       observed: {modality name: value} with a leading batch axis B (e.g. {"label": (B,) ints});
         a class-conditional model's condition modalities must be among them.
     Returns:
-      {modality name: generated value}: the base image (B, H, W, C) in [-1, 1], labels (B,) int32,
+      {modality name: generated value}: the base image (B, H, W, C) (in [-1, 1] with clip_denoised
+      or an observed image; unclipped, a z0-hat may leave it), labels (B,) int32,
       segmentation maps (B, H, W) int32, embeddings (B, D); plus "{name}_logits" for categorical ones.
       Observed modalities are returned as given.
     """

@@ -104,7 +104,9 @@ class Objective:
 
   def _bound_terms(self, variables, z0, encodings, z_t, t, outputs, recovery):
     """Per-example bound terms (no gradient flows through them); in nats but for "bound/recovery"
-    (the module docstring says what it is)."""
+    (the module docstring says what it is). They bound the reverse model that feeds back the expected
+    encoding of each categorical prediction, whatever `sampling.categorical_feedback` a config samples
+    with: hard (argmax or sampled) feedback has no density this bound could take."""
     sg = jax.lax.stop_gradient
     base = self.model.specs[0]
     num_timesteps, batch_size = self.schedule.num_timesteps, z0.shape[0]
