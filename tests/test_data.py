@@ -511,3 +511,50 @@ def test_a_derived_feature_never_replaces_the_datasets_own():
   del batch["segmentation"]
   made = derived.derive(dict(batch), ("garment_segmentation",), seed=0, positions=[0, 1])
   np.testing.assert_array_equal(made["segmentation"][:, 0, 0], [2, 3])
+
+
+def _read_batch(records, *, keys, geometry, read_features=None):
+  """A _ReadBatch over in-memory records (a list indexes like a data source), in stored order."""
+  full_keys = {"image": "image", "label": "label", "segmentation": "segmentation",
+               "embedding": "embedding", **keys}
+  return pipeline._ReadBatch(source=records, order=np.arange(len(records)), stream_len=len(records),
+                             global_batch_size=len(records), local_batch_size=len(records),
+                             process_index=0, keys=full_keys, geometry=geometry, with_index=False,
+                             read_features=read_features)
+
+
+def test_a_stored_feature_named_like_a_modality_never_replaces_the_selected_one():
+  """data.label_key="coarse_label" on a dataset that also stores "label" (CIFAR-100's fine labels):
+  the batch's labels are the coarse ones, not overwritten by the stored feature of the default name."""
+  records = [{"image": np.full((8, 8, 3), i, np.uint8), "label": np.int64(70 + i),
+              "coarse_label": np.int64(i), "segmentation": np.zeros((8, 8), np.uint8)}
+             for i in range(4)]
+  batch = _read_batch(records, keys={"label": "coarse_label", "segmentation": "mask"},
+                      geometry=pipeline.Geometry(8))(0)
+  np.testing.assert_array_equal(batch["label"], [0, 1, 2, 3])
+  assert sorted(batch) == ["image", "label"]  # neither the fine labels nor an unselected map
+
+
+def test_images_of_varying_size_are_resized_one_by_one():
+  """Photo datasets store each image at its own size: with data.resize the batch is S x S, masks
+  follow their images, and per-pixel features that cannot follow are refused only if read."""
+  sizes = [(40, 50), (43, 50), (32, 60)]
+  records = [{"image": np.full((h, w, 3), 10 * i, np.uint8), "label": np.int64(i),
+              "segmentation": np.full((h, w), i, np.uint8), "depth": np.zeros((h, w), np.float32),
+              "score": np.float32(i)} for i, (h, w) in enumerate(sizes)]
+  geometry = pipeline.Geometry(16, resize="area")
+  batch = _read_batch(records, keys={}, geometry=geometry)(0)
+  assert batch["image"].shape == (3, 16, 16, 3) and batch["segmentation"].shape == (3, 16, 16)
+  np.testing.assert_array_equal(batch["segmentation"][:, 5, 5], [0, 1, 2])
+  np.testing.assert_allclose(batch["image"][:, 0, 0, 0], np.array([0, 10, 20]) / 127.5 - 1.0)
+  np.testing.assert_array_equal(batch["score"], [0, 1, 2])
+  assert "depth" not in batch
+  with pytest.raises(ValueError, match=r"stored feature 'depth' varies in shape from record to "
+                                       r"record, like the images, but only the image"):
+    _read_batch(records, keys={}, geometry=geometry, read_features=("image", "depth"))(0)
+  # Without resize a center crop works while every image is large enough, and names the one that is not.
+  cropped = _read_batch(records, keys={}, geometry=pipeline.Geometry(32))(0)
+  assert cropped["image"].shape == (3, 32, 32, 3)
+  with pytest.raises(ValueError, match=r"record 0: its 40x50 image is smaller than "
+                                       r"data.image_size=42 with data.resize='none'"):
+    _read_batch(records, keys={}, geometry=pipeline.Geometry(42))(0)

@@ -237,10 +237,14 @@ class _ReadBatch:
     return [int(self._order[q]) for q in self._positions(batch_index)]
 
   def _geometric(self, images, masks, positions):
-    """(float32 (B, S, S, C) in [-1, 1], int32 (B, S, S) or None) of the stored images and masks."""
+    """(float32 (B, S, S, C) in [-1, 1], int32 (B, S, S) or None) of the stored images and masks.
+
+    images: uint8 (B, H, W, C), or a list of (H_i, W_i, C) where the stored sizes vary; masks alike.
+    """
     g = self._geometry
-    native_hw = images.shape[1:3]
-    if g.resize == "none" and not g.is_random and (
+    ragged = isinstance(images, list)
+    native_hw = None if ragged else images.shape[1:3]
+    if not ragged and g.resize == "none" and not g.is_random and (
         _is_padded(native_hw, g.image_size) or native_hw == (g.image_size,) * 2):
       if masks is not None and _is_padded(native_hw, g.image_size):
         masks = np.pad(masks, ((0, 0), (2, 2), (2, 2)))  # background class 0
@@ -251,6 +255,12 @@ class _ReadBatch:
       rng = np.random.default_rng([self._seed, _AUGMENT_STREAM, q]) if g.is_random else None
       image, mask = transform_example(images[i], None if masks is None else masks[i],
                                       geometry=g, rng=rng)
+      if image.shape[:2] != (g.image_size,) * 2:
+        raise BadValueError(
+            f"record {int(self._order[q])}: its {images[i].shape[0]}x{images[i].shape[1]} image is "
+            f"smaller than data.image_size={g.image_size} with data.resize={g.resize!r}: set "
+            f"data.resize='area' or 'bilinear' (the shorter side resized to data.image_size), or a "
+            f"data.image_size of at most the smallest stored side")
       out_images.append(image)
       out_masks.append(mask)
     images = preprocess_images(np.stack(out_images), image_size=g.image_size)
@@ -265,14 +275,20 @@ class _ReadBatch:
     moved = g.resize != "none" or g.is_random or tuple(native_hw) != (g.image_size,) * 2
     if not (moved and values.ndim >= 3 and tuple(values.shape[1:3]) == tuple(native_hw)):
       return False
+    self._refuse_if_read(key, f"has the images' size {tuple(native_hw)}")
+    return True
+
+  def _refuse_if_read(self, key: str, what: str) -> None:
+    """A stored per-pixel feature that cannot follow the images' geometry: an error if the model
+    reads it."""
+    g = self._geometry
     if self._read_features is not None and key in self._read_features:
       raise BadValueError(
-          f"stored feature {key!r} has the images' size {tuple(native_hw)}, but only the image and "
+          f"stored feature {key!r} {what}, but only the image and "
           f"the segmentation map (data.segmentation_key) follow data.image_size={g.image_size}, "
           f"data.resize={g.resize!r}, data.crop={g.crop!r} and data.random_flip={g.random_flip}: "
           f"train at the stored size without resize, random crop or flip, or derive it after them "
           f"(data.derived)")
-    return True
 
   def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
     positions = self._positions(batch_index)
@@ -282,21 +298,31 @@ class _ReadBatch:
                else [self._source[k] for k in keys])
     stack = lambda key: np.stack([np.asarray(r[key]) for r in records])
     present = {name: key for name, key in self._keys.items() if key in records[0]}
-    images = stack(present["image"])
-    if images.ndim == 3:
-      images = images[..., None]
-    masks = _as_masks(stack(present["segmentation"])) if "segmentation" in present else None
+    images = [np.asarray(r[present["image"]]) for r in records]
+    images = [image[..., None] if image.ndim == 2 else image for image in images]
+    # Datasets whose images vary in size (most photo sets) go through the per-example geometry.
+    ragged = len({image.shape for image in images}) > 1
+    images = images if ragged else np.stack(images)
+    masks = None
+    if "segmentation" in present:
+      masks = ([_as_masks(np.asarray(r[present["segmentation"]])[None])[0] for r in records]
+               if ragged else _as_masks(stack(present["segmentation"])))
     batch = {}
     batch["image"], segmentation = self._geometric(images, masks, positions)
     if segmentation is not None:
       batch["segmentation"] = segmentation
     if "label" in present:
       batch["label"] = np.asarray([r[present["label"]] for r in records], dtype=np.int32)
-    for key in records[0].keys() - set(present.values()):
-      values = stack(key)
-      # Stored features pass through as they are (unless the images moved under them).
-      if np.issubdtype(values.dtype, np.number) and not self._unmoved(
-          key, values, native_hw=images.shape[1:3]):
+    # Stored features pass through as they are, but never under a modality's name: with
+    # data.label_key="coarse_label", a stored "label" must not replace the labels asked for.
+    for key in records[0].keys() - set(present.values()) - set(self._keys):
+      values = [np.asarray(r[key]) for r in records]
+      if len({v.shape for v in values}) > 1:
+        self._refuse_if_read(key, "varies in shape from record to record, like the images")
+        continue  # per-pixel like the images: it cannot follow them to data.image_size
+      values = np.stack(values)
+      if np.issubdtype(values.dtype, np.number) and (ragged or not self._unmoved(
+          key, values, native_hw=images.shape[1:3])):
         batch[key] = values
     if "embedding" in present:
       batch["embedding"] = stack(present["embedding"])
