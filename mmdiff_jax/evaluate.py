@@ -18,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmdiff_jax import command_line, console, installed_configs
+from mmdiff_jax.data import sources
 from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.evaluation import evaluators as evaluators_lib
 from mmdiff_jax.evaluation.harness import BOOTSTRAP_KEY, save_eval_metrics
@@ -44,6 +45,7 @@ def evaluate(config, workdir: str, evaluators=None, *, metrics_name: str = "eval
   WORKDIR/<metrics_name>.bootstrap.json; returns this call's metrics."""
   if evaluators is not None:
     _check_evaluators(tuple(evaluators), config)
+  sources.check_splits(config.data, ("eval_split",))
   experiment, step, state = restore_latest(config, workdir)
   results = {"step": step, **evaluators_lib.run_evaluators(
       experiment, state.ema_params, config, evaluators, classify=classifier_for(config, experiment))}

@@ -784,6 +784,23 @@ def test_an_override_of_an_unknown_config_key_is_named_in_full_without_a_traceba
   assert "Traceback" not in result.stderr and not workdir.exists()
 
 
+@pytest.mark.parametrize("key,split,message", [
+    ("eval_split", "validation", r"data.eval_split='validation': dataset 'fashion_mnist_offline' has "
+                                 r"the splits \['test', 'train'\] \(Unknown split 'validation'"),
+    ("train_split", "train[:200%]", r"data.train_split='train\[:200%\]': .*Error parsing split"),
+    ("eval_split", "test[:0]", r"data.eval_split='test\[:0\]': split 'test\[:0\]' of dataset "
+                               r"'fashion_mnist_offline' is empty")])
+def test_a_split_the_dataset_lacks_is_named_before_anything_trains(data_dir, tmp_path, key, split,
+                                                                  message):
+  """The evaluation split is first read after training: without this check, a dataset prepared
+  without a held-out split trains in full, then fails with a bare 'Unknown split'."""
+  config = _smoke_config(data_dir, num_steps=2)
+  config.data[key] = split
+  with pytest.raises(errors.BadValueError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
+
+
 def test_a_bad_config_value_ends_the_run_with_one_line_naming_it(tmp_path):
   workdir = tmp_path / "run"
   command = _main_command(str(tmp_path / "tfds"), str(workdir), **{"optimizer.learning_rate": -1})

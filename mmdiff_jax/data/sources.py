@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 import tensorflow_datasets as tfds
 
 from mmdiff_jax.data import fashion_mnist
-from mmdiff_jax.errors import MissingFileError, StorageError
+from mmdiff_jax.errors import BadValueError, MissingFileError, StorageError
 
 OFFLINE_FASHION_MNIST = fashion_mnist.NAME
 # Datasets this package prepares itself from the raw files (never downloaded).
@@ -235,6 +235,28 @@ def tfds_output_kept_unless_failing():
 def unversioned_name(name) -> str:
   """A TFDS dataset name without its version: "name:1.0.0" -> "name" ("name/config" kept)."""
   return str(name).split(":")[0]
+
+
+def check_splits(data_config, keys: tuple[str, ...] = ("train_split", "eval_split")) -> None:
+  """Refuses, before anything trains, a data.<key> the prepared dataset has no examples for (a
+  dataset prepared without a held-out split has no "test"), naming the key and the splits it has.
+
+  Raises:
+    BadValueError: an unknown or malformed split, or an empty one.
+  """
+  builder = get_builder(data_config)
+  name = config_value(data_config, "name", OFFLINE_FASHION_MNIST)
+  for key in keys:
+    split = config_value(data_config, key, None)
+    try:
+      count = builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+      first_line = (str(e).strip().splitlines() or [""])[0]
+      raise BadValueError(
+          f"data.{key}={split!r}: dataset {name!r} has the splits {sorted(builder.info.splits)} "
+          f"({first_line}); a part of one also works, e.g. 'train[:90%]' and 'train[90%:]'") from e
+    if count == 0:
+      raise BadValueError(f"data.{key}={split!r}: split {split!r} of dataset {name!r} is empty")
 
 
 def load_source(data_config, split: str):

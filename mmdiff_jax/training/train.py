@@ -201,6 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
      WORKDIR/metrics.jsonl)}; a stopped run has neither grids nor metrics.
   """
   validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  sources.check_splits(config.data)  # the evaluation split too: read after training, fail now
   if config.eval.get("classifier_workdir"):  # used after training: fail now, not then
     check_classifier(config.eval.classifier_workdir, build_experiment(config).model.z_shape)
   check_writable(workdir)
