@@ -584,6 +584,28 @@ def test_sample_labels_spec():
       export.sample_labels(bad, num_samples=3, num_classes=3)
 
 
+def test_a_sample_export_replaces_only_what_an_export_wrote(tmp_path):
+  """--sample_dir may name a folder of the user's: its png/ or samples.npz are never removed unless an
+  export wrote them; the manifest says whether the folder holds a finished export."""
+  import json  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.sampling import sample_export as export  # pylint: disable=import-outside-toplevel
+  samples = {"images": np.zeros((2, 4, 4, 1), np.uint8), "labels": np.array([0, 1], np.int32)}
+  theirs = tmp_path / "fid_refs"
+  (theirs / "png").mkdir(parents=True)
+  (theirs / "png" / "reference.png").write_bytes(b"theirs")
+  with pytest.raises(ValueError, match=r"--sample_dir=.*fid_refs: it holds \['png'\], which no "
+                                       r"export wrote \(there is no mmdiff_jax_export.json\)"):
+    export.write(samples, str(theirs), ("npz",))
+  assert (theirs / "png" / "reference.png").read_bytes() == b"theirs"
+  assert sorted(p.name for p in theirs.iterdir()) == ["png"]
+  ours = tmp_path / "export"
+  export.write(samples, str(ours), ("npz", "png"))
+  manifest = json.loads((ours / export.MANIFEST).read_text())
+  assert manifest == {"complete": True, "num_samples": 2, "formats": ["npz", "png"]}
+  export.write(samples, str(ours), ("npz",))  # a second export replaces the first, png/ included
+  assert sorted(p.name for p in ours.iterdir()) == [export.MANIFEST, "samples.npz"]
+
+
 def test_a_resume_on_a_newer_prepared_version_is_refused_naming_the_saved_one(good):
   tmp_path, data_dir = good
   config = {"name": "good", "data_dir": data_dir, "image_size": 6}

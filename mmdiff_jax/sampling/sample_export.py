@@ -14,11 +14,15 @@ Layout, as common FID tools read it:
     label modality (generated for joint samples, as given otherwise), and each other generated
     modality by its name (e.g. "segmentation" int32 (N, H, W), "embedding" float32 (N, D));
   png/000000.png ...: one RGB PNG per sample (pytorch-fid, torch-fidelity, clean-fid read a folder).
-Images are at the model's resolution (data.image_size).
+  mmdiff_jax_export.json: {"complete": true, "num_samples": N, "formats": [...]} once an export has
+    finished; "complete" is false while one is under way (or was killed: run it again).
+Images are at the model's resolution (data.image_size). An export replaces only what an earlier export
+wrote: a folder whose png/ or samples.npz no export wrote (no mmdiff_jax_export.json) is refused.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Sequence
@@ -28,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from mmdiff_jax import random_streams
-from mmdiff_jax.atomic_files import replacing
+from mmdiff_jax.atomic_files import replace_file, replacing
 from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.multihost import fetch
 from mmdiff_jax.sampling import grids
@@ -95,18 +99,34 @@ def generate(experiment, params, *, num_samples: int, batch_size: int, rng: jax.
   return {name: np.concatenate(values) for name, values in parts.items()}
 
 
+MANIFEST = "mmdiff_jax_export.json"
+
+
+def _claim(out_dir: str) -> None:
+  """Marks out_dir as an export in progress, refusing a folder whose outputs someone else wrote."""
+  manifest = os.path.join(out_dir, MANIFEST)
+  theirs = [name for name in ("samples.npz", "png", "png.partial", "png.old")
+            if os.path.exists(os.path.join(out_dir, name))]
+  if theirs and not os.path.exists(manifest):
+    raise BadValueError(
+        f"--sample_dir={out_dir}: it holds {theirs}, which no export wrote (there is no {MANIFEST}), "
+        f"and an export would replace them: choose a new or empty folder, or move them away")
+  replace_file(manifest, json.dumps({"complete": False}) + "\n")
+
+
 def write(samples: dict[str, np.ndarray], out_dir: str, formats: Sequence[str]) -> list[str]:
   """Writes `samples` (see generate) in `formats` under out_dir; returns the paths written.
 
   Each file is written under a temporary name and renamed, and the PNG folder is written whole
   beside the old one and swapped in, so an interrupted export never leaves a truncated file, and a
   second export into the same folder nothing of the first (the format it does not write is removed),
-  for a metric tool to read.
+  for a metric tool to read. MANIFEST says whether the folder holds a finished export.
   """
   rgb = samples["images"]
   if rgb.shape[-1] == 1:
     rgb = np.repeat(rgb, 3, axis=-1)
   os.makedirs(out_dir, exist_ok=True)
+  _claim(out_dir)
   if "npz" not in formats and os.path.exists(os.path.join(out_dir, "samples.npz")):
     os.remove(os.path.join(out_dir, "samples.npz"))
   if "png" not in formats:
@@ -131,6 +151,8 @@ def write(samples: dict[str, np.ndarray], out_dir: str, formats: Sequence[str]) 
     os.rename(partial, folder)
     shutil.rmtree(old, ignore_errors=True)
     paths.append(folder)
+  replace_file(os.path.join(out_dir, MANIFEST), json.dumps(
+      {"complete": True, "num_samples": int(len(rgb)), "formats": sorted(formats)}) + "\n")
   return paths
 
 
