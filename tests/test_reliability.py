@@ -298,7 +298,7 @@ def test_mesh_not_matching_devices_fails_before_compiling(tmp_path):
 def test_unwritable_workdir_is_named(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
-  with pytest.raises(PermissionError, match=r"--workdir=.*file/wd is not writable"):
+  with pytest.raises(errors.StorageError, match=r"--workdir=.*file/wd is not writable"):
     train.train_and_evaluate(imglabel.get_config("smoke"), str(blocker / "wd"))
 
 
@@ -718,6 +718,29 @@ def test_metrics_rows_past_the_resumed_step_go_and_an_earlier_runs_rows_are_kept
     assert writer.drop_after(0).endswith(expected)
     assert not os.path.exists(writer.path) and open(tmp_path / expected).read() == before
     writer.write(1, {"loss": 0.5})
+
+
+def test_a_fresh_start_in_a_used_workdir_sets_the_earlier_runs_results_aside(data_dir, tmp_path):
+  """With its checkpoints moved away, a workdir starts again from step 0: the earlier run's
+  run.json and evaluation files describe weights that are gone, so they are set aside, not merged
+  into the new run's (its wall time added, its metrics kept where the step matches)."""
+  workdir = str(tmp_path / "wd")
+  config = _smoke_config(data_dir, num_steps=2, save_every=2)
+  train.train_and_evaluate(config, workdir)
+  stale = {"step": 2, "eval/label_accuracy": 0.99}
+  with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
+    json.dump(stale, f)
+  earlier_run = open(os.path.join(workdir, "run.json")).read()
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "run.json")) as f:
+    assert len(json.load(f)["invocations"]) == 1
+  assert open(os.path.join(workdir, "run.json.earlier")).read() == earlier_run
+  assert not os.path.exists(os.path.join(workdir, "eval_metrics.json"))
+  with open(os.path.join(workdir, "eval_metrics.json.earlier")) as f:
+    assert json.load(f) == stale
+  assert os.path.exists(os.path.join(workdir, "metrics.jsonl.earlier"))
+  assert os.path.exists(os.path.join(workdir, "config.json"))
 
 
 def test_a_file_written_whole_is_the_old_or_the_new_never_a_part(tmp_path):

@@ -118,6 +118,14 @@ def test_exported_parameters_sample_the_same_images_as_the_checkpoint(run):
                                        r"\(32,\), the model's \(16,\);"):
     export.load_params(other, path)
 
+  # A truncated copy (an interrupted transfer) is named, not a msgpack traceback.
+  truncated = os.path.join(os.path.dirname(path), "truncated.msgpack")
+  with open(path, "rb") as f, open(truncated, "wb") as g:
+    g.write(f.read()[:1000])
+  with pytest.raises(ValueError, match=r"--params=.*truncated.msgpack: not a readable parameter "
+                                       r"file .*export it again with --mode=export"):
+    export.load_params(config, truncated)
+
 
 def test_config_paths_fall_back_to_the_installed_configs(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # no configs/ here, as after a wheel install

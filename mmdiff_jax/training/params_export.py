@@ -71,7 +71,14 @@ def load_params(config: ml_collections.ConfigDict, path: str, *,
       experiment.model, state_lib.make_optimizer(config), sharding_lib.make_mesh(config.mesh),
       fsdp=config.fsdp, seed=config.seed)
   expected = abstract.params
-  params = serialization.msgpack_restore(epath.Path(path).read_bytes())
+  try:
+    params = serialization.msgpack_restore(epath.Path(path).read_bytes())
+  except ValueError as e:  # msgpack's "Unpack failed: incomplete input" and the like
+    raise BadValueError(f"--params={path}: not a readable parameter file ({e}); it may be truncated "
+                        f"or damaged: export it again with --mode=export") from e
+  if not isinstance(params, dict):
+    raise BadValueError(f"--params={path}: holds a {type(params).__name__}, not a parameter tree; "
+                        f"export one with --mode=export")
   want, got = _flat(expected), _flat(params)
   problems = [f"{k}: missing" for k in want if k not in got]
   problems += [f"{k}: not in this model" for k in got if k not in want]

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from mmdiff_jax.errors import StorageError
 from mmdiff_jax.atomic_files import replace_file
 from mmdiff_jax.training.dashboard import Dashboard
 
@@ -74,13 +75,34 @@ class MetricsWriter:
     if len(kept) == len(lines):
       return None
     if step == 0:
-      target, suffix = path.parent / (path.name + ".earlier"), 1
-      while target.exists():
-        target, suffix = path.parent / f"{path.name}.earlier.{suffix}", suffix + 1
-      path.rename(target)
+      target = _move_aside(path)
       return f"metrics.jsonl: an earlier run's rows (from no checkpoint left) moved to {target}"
     replace_file(path, "".join(kept))
     return f"metrics.jsonl: removed the rows past step {step} (they are trained again)"
+
+
+def _move_aside(path: epath.Path) -> epath.Path:
+  """Renames `path` to NAME.earlier (.earlier.1, .2, ... if taken); returns the new path."""
+  target, suffix = path.parent / (path.name + ".earlier"), 1
+  while target.exists():
+    target, suffix = path.parent / f"{path.name}.earlier.{suffix}", suffix + 1
+  path.rename(target)
+  return target
+
+
+def set_aside_earlier_results(workdir: str) -> list[str]:
+  """For a run that starts at step 0 in a used workdir (its checkpoints moved away): the earlier
+  run's run.json and evaluation files (every WORKDIR/*.json but config.json) describe weights that
+  are gone, and would otherwise be merged into the new run's (its wall time added, its metrics kept
+  where the step matches). Moves each aside like metrics.jsonl; says what moved (process 0 only)."""
+  if jax.process_index() != 0:
+    return []
+  moved = []
+  for path in sorted(epath.Path(workdir).glob("*.json")):
+    if path.name != "config.json":
+      moved.append(f"{path.name}: an earlier run's (from no checkpoint left) moved to "
+                   f"{_move_aside(path)}")
+  return moved
 
 
 def _is_evaluation_row(line: str, step: int) -> bool:
@@ -193,5 +215,5 @@ def check_writable(workdir: str) -> None:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
-    raise PermissionError(f"--workdir={workdir} is not writable ({e.strerror}); checkpoints, metrics "
+    raise StorageError(f"--workdir={workdir} is not writable ({e.strerror}); checkpoints, metrics "
                           f"and samples go there. Choose another --workdir.") from e

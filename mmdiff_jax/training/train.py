@@ -40,6 +40,7 @@ from mmdiff_jax.training import workdir_lock
 from mmdiff_jax.training.checkpoint import Checkpointer, NonFiniteStateError
 from mmdiff_jax.training.dashboard import Dashboard
 from mmdiff_jax.training.preemption import StopRequest
+from mmdiff_jax.training import run_files
 from mmdiff_jax.training.run_files import MetricsWriter, RunRecord, check_writable
 
 
@@ -260,6 +261,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   dropped = writer.drop_after(start)
   if dropped:
     print(dropped, flush=True)
+  if start == 0:
+    for moved in run_files.set_aside_earlier_results(workdir):
+      print(moved, flush=True)
   print(f"{num_params / 1e6:.2f}M parameters; training steps {start} -> {t.num_steps}", flush=True)
   if jax.process_count() > 1 and start < t.num_steps:
     # Compile, then take the first step together: CPU (gloo) collectives fail when one process
