@@ -251,6 +251,8 @@ def test_an_input_error_at_start_still_closes_the_checkpoint_manager(data_dir, t
     ("eval.num_examples", -1, r"eval.num_examples: got -1; expected an integer >= 1"),
     ("eval.num_generated", 0, r"eval.num_generated: got 0; expected an integer >= 4"),
     ("eval.batch_size", 0, r"eval.batch_size: got 0; expected an integer >= 1"),
+    ("eval.during_training_examples", 3, r"eval.during_training_examples: got 3; expected an "
+                                         r"integer >= 4 with eval.during_training set"),
     ("sampling.eta", 5.0, r"sampling.eta: got 5.0; expected a finite number in \[0.0, 1.0\]"),
     ("modalities.label.profile_scale", -2.0, r"modalities.label.profile_scale: got -2.0; expected a "
                                              r"finite number >= 0"),
@@ -276,6 +278,22 @@ def test_config_errors_name_key_value_and_allowed(key, value, message):
     node.update(profile="zero", profile_scale=0.0)
   with pytest.raises(ValueError, match=message):
     validate_config(config, num_devices=8)
+
+
+def test_batches_that_each_process_reads_a_share_of_are_checked_for_the_process_count():
+  """eval.batch_size, and the periodic evaluations' batches (capped at during_training_examples)."""
+  config = imglabel.get_config("smoke")
+  config.eval.batch_size = 32
+  validate_config(config, num_processes=2)
+  config.eval.during_training_examples = 5  # batches of 5 cannot be split over 2 processes
+  with pytest.raises(ValueError, match=r"eval.during_training_examples: got 5; expected a multiple "
+                                       r"of the 2 processes where it is below eval.batch_size"):
+    validate_config(config, num_processes=2)
+  validate_config(config, num_processes=1)
+  config.eval.batch_size = 33
+  with pytest.raises(ValueError, match=r"eval.batch_size: got 33; expected a multiple of the 2 "
+                                       r"processes"):
+    validate_config(config, num_processes=2)
 
 
 def test_a_value_of_the_wrong_type_is_named():
