@@ -773,6 +773,35 @@ def test_a_file_written_whole_is_the_old_or_the_new_never_a_part(tmp_path):
   assert path.read_text() == "new" and os.listdir(tmp_path) == ["config.json"]
 
 
+def test_two_evaluations_merging_into_one_workdir_keep_each_others_values(tmp_path, monkeypatch):
+  """Two evaluate runs on one workdir (different evaluators, same step) each read, merge and replace
+  eval_metrics.json: under the merge lock neither loses the other's values, even when both read
+  before either writes (a slow write makes that certain here)."""
+  import threading  # pylint: disable=import-outside-toplevel
+  from mmdiff_jax.evaluation import harness  # pylint: disable=import-outside-toplevel
+  write_json = harness._write_json
+
+  def slow_write_json(path, values):
+    time.sleep(0.3)
+    write_json(path, values)
+
+  monkeypatch.setattr(harness, "_write_json", slow_write_json)
+  names = ("generation", "label_accuracy", "bound")
+  threads = [threading.Thread(target=harness.save_eval_metrics, args=(str(tmp_path), 6, {
+      f"eval/{name}": 1.0, "eval/evaluated": [name],
+      harness.BOOTSTRAP_KEY: {f"eval/{name}": [1.0, 2.0]}})) for name in names]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  merged = json.loads((tmp_path / "eval_metrics.json").read_text())
+  assert sorted(merged["eval/evaluated"]) == sorted(names)
+  assert all(merged[f"eval/{name}"] == 1.0 for name in names)
+  replicates = json.loads((tmp_path / "eval_metrics.bootstrap.json").read_text())
+  assert sorted(replicates) == sorted(["step", *(f"eval/{name}" for name in names)])
+  assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_a_rerun_evaluation_replaces_the_earlier_one_of_its_step(tmp_path):
   writer = run_files.MetricsWriter(str(tmp_path))
   writer.write(2, {"loss": 0.5})

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from mmdiff_jax import random_streams
-from mmdiff_jax.atomic_files import replace_file
+from mmdiff_jax.atomic_files import merging, replace_file
 from mmdiff_jax.data import derived, pipeline
 from mmdiff_jax.evaluation import metrics
 from mmdiff_jax.models import alexnet_features as features
@@ -192,8 +192,15 @@ def save_eval_metrics(workdir: str, step: int, results: dict[str, Any], *,
   results = dict(results)
   replicates = results.pop(BOOTSTRAP_KEY, {})
   path = epath.Path(workdir) / f"{name}.json"
+  with merging(path):  # another evaluation of this workdir may be merging into the same files
+    return _merge_eval_metrics(path, step, results, replicates)
+
+
+def _merge_eval_metrics(path, step: int, results: dict[str, Any],
+                        replicates: dict[str, Any]) -> dict[str, Any]:
+  name = path.name.removesuffix(".json")
   if replicates:
-    bootstrap_path = epath.Path(workdir) / f"{name}.bootstrap.json"
+    bootstrap_path = path.parent / f"{name}.bootstrap.json"
     stored = json.loads(bootstrap_path.read_text()) if bootstrap_path.exists() else {}
     if stored.get("step") != step:
       stored = {}
