@@ -327,6 +327,17 @@ def test_bad_inputs_name_the_file_and_leave_prepared_data_alone(good, kind):
   assert len(sources.load_source({"name": "good", "data_dir": data_dir}, "train")) == 4
 
 
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_name_tfds_already_has_is_refused(good, name):
+  """config.data.name=mnist loads TFDS's own MNIST builder, never files prepared under that name."""
+  tmp_path, data_dir = good
+  examples, classes = prepare.list_folder(str(tmp_path / "good"))
+  with pytest.raises(prepare.PrepareError, match=rf"--name='{name}': TFDS has a dataset of that "
+                                                 rf"name.*e.g. '{name}_own'"):
+    prepare.prepare(examples, name=name, classes=classes, data_dir=data_dir)
+  assert not os.path.exists(os.path.join(data_dir, name))
+
+
 def test_other_inputs_under_a_prepared_name_are_refused(good):
   tmp_path, data_dir = good
   before = _prepared_listing(data_dir)

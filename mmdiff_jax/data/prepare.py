@@ -490,6 +490,14 @@ def _check_name(name: str, version: str) -> None:
   if not re.fullmatch(r"[a-z][a-z0-9_]*", name or ""):
     raise PrepareError(f"--name={name!r}: expected a TFDS name: lower case letters, digits and "
                        f"underscores, starting with a letter (e.g. 'my_flowers')")
+  try:
+    tfds.builder_cls(name)
+  except tfds.core.registered.DatasetNotFoundError:
+    pass  # not one of TFDS's own: config.data.name will find the prepared files
+  else:
+    raise PrepareError(f"--name={name!r}: TFDS has a dataset of that name, whose own code "
+                       f"config.data.name={name!r} would load instead of these files: choose another "
+                       f"name, e.g. '{name}_own'")
   if not re.fullmatch(r"\d+\.\d+\.\d+", version or ""):
     raise PrepareError(f"--version={version!r}: expected MAJOR.MINOR.PATCH, e.g. '1.0.0'")
 
