@@ -121,6 +121,16 @@ def test_recorded_commands_split_back_into_the_arguments():
   assert _shell_quote(args[0]) == f'"{args[0]}"'  # readable, not '"'"'
 
 
+def test_commands_show_workdirs_without_the_machines_folders():
+  recorded = ("python3 -m mmdiff_jax.main --config=configs/classifier.py:small "
+              "--config.training.init_from=/work/runs/uncond_v_small "
+              "\"--config.eval.after_training=('label_accuracy',)\" --workdir=/scratch/me/runs/clf")
+  assert report._portable_command(recorded) == (
+      "python3 -m mmdiff_jax.main --config=configs/classifier.py:small "
+      "--config.training.init_from=<runs>/uncond_v_small "
+      "\"--config.eval.after_training=('label_accuracy',)\" --workdir=<runs>/clf")
+
+
 def test_sampler_step_sweep_table(tmp_path):
   _write_run(tmp_path, "classcond_v_small", {report.LABEL_FRECHET: 30.0}, _run())
   for steps, value in ((10, 30.0), (50, 25.0)):
