@@ -169,7 +169,10 @@ def test_class_folders_prepare_train_sample_export(sets, data_dir, env, tmp_path
   assert sorted(os.listdir(export_dir / "png")) == ["000000.png", "000001.png"]
   _main(env, "imglabel.py:smoke", workdir, "--mode=sample", "--num_samples=2", "--sample_format=npz",
         f"--sample_dir={export_dir}", **data)
-  assert sorted(os.listdir(export_dir)) == ["samples.npz"]  # not the PNGs of the export before
+  # not the PNGs of the export before; the manifest says the export is complete
+  assert sorted(os.listdir(export_dir)) == ["mmdiff_jax_export.json", "samples.npz"]
+  with open(export_dir / "mmdiff_jax_export.json") as f:
+    assert json.load(f) == {"complete": True, "num_samples": 2, "formats": ["npz"]}
   # Joint samples follow sampling.categorical_feedback, as the grids do.
   feedback = {}
   for mode in ("expected", "argmax"):
@@ -598,7 +601,6 @@ def test_sample_labels_spec():
 def test_a_sample_export_replaces_only_what_an_export_wrote(tmp_path):
   """--sample_dir may name a folder of the user's: its png/ or samples.npz are never removed unless an
   export wrote them; the manifest says whether the folder holds a finished export."""
-  import json  # pylint: disable=import-outside-toplevel
   from mmdiff_jax.sampling import sample_export as export  # pylint: disable=import-outside-toplevel
   samples = {"images": np.zeros((2, 4, 4, 1), np.uint8), "labels": np.array([0, 1], np.int32)}
   theirs = tmp_path / "fid_refs"
