@@ -215,7 +215,7 @@ TABLES = (
           (("pair mIoU (map vs map re-derived from its image)", "eval/segmentation_pair_miou"),
            ("pair foreground IoU", "eval/segmentation_pair_foreground_iou"))),
     Table("Joint image + embedding",
-          "qualitative (CLIP-like embeddings).",
+          "promised (joint image + representation), no results shown.",
           (("cosine(generated emb., emb. of generated image)", "eval/embedding_cosine"),
            ("the same, pairs shuffled (chance)", "eval/embedding_cosine_shuffled"))),
 )
