@@ -558,3 +558,43 @@ def test_images_of_varying_size_are_resized_one_by_one():
   with pytest.raises(ValueError, match=r"record 0: its 40x50 image is smaller than "
                                        r"data.image_size=42 with data.resize='none'"):
     _read_batch(records, keys={}, geometry=pipeline.Geometry(42))(0)
+
+
+class _TinyPhotos(tfds.core.GeneratorBasedBuilder):
+  """Images of varying size, as TFDS's photo datasets store them (tf_flowers, oxford_iiit_pet), with a
+  fine and a coarse label (as CIFAR-100 has)."""
+
+  name = "tiny_photos_for_tests"
+  VERSION = tfds.core.Version("1.0.0")
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):  # see fashion_mnist.FashionMnistOffline.code_path
+    return epath.Path(__file__)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8, encoding="bytes"),
+        "label": tfds.features.ClassLabel(num_classes=10),
+        "coarse_label": tfds.features.ClassLabel(num_classes=2)}), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, (h, w) in enumerate([(12, 16), (20, 13), (9, 30), (16, 16)]):
+      yield i, {"image": np.full((h, w, 3), 40 * i, np.uint8), "label": 5 + i, "coarse_label": i % 2}
+
+
+def test_a_real_dataset_of_images_of_varying_size_trains_with_resize(tmp_path):
+  _TinyPhotos(data_dir=str(tmp_path)).download_and_prepare(
+      file_format="array_record", download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  cfg = ml_collections.ConfigDict(dict(name=_TinyPhotos.name, data_dir=str(tmp_path), image_size=8,
+                                       resize="area", label_key="coarse_label"))
+  batch = next(pipeline.make_iterator(cfg, split="train", global_batch_size=4, seed=0,
+                                      shuffle=False, read_threads=0))
+  assert batch["image"].shape == (4, 8, 8, 3)
+  np.testing.assert_allclose(batch["image"][:, 3, 3, 0], np.array([0, 40, 80, 120]) / 127.5 - 1.0,
+                             atol=1e-6)
+  np.testing.assert_array_equal(batch["label"], [0, 1, 0, 1])  # the coarse labels asked for
