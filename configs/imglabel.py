@@ -10,7 +10,7 @@ Variants (the part after ':'):
   (default): sized for one accelerator:
     python -m mmdiff_jax.main --config=configs/imglabel.py --workdir=workdirs/imglabel
 
-Any key can be overridden, e.g. --config.training.num_steps=500 --config.fsdp=True.
+Any key can be overridden, e.g. --config.training.num_steps=5000 --config.training.ema_decay=0.999.
 """
 
 import ml_collections

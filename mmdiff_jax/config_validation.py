@@ -217,6 +217,12 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
     _require(int(t[key]) >= 1, f"training.{key}", t[key], "an integer >= 1")
   _require(int(t.eval_every) >= 0, "training.eval_every", t.eval_every, "an integer >= 0 (0: never)")
   _require(0.0 <= t.ema_decay < 1.0, "training.ema_decay", t.ema_decay, "a value in [0, 1)")
+  if num_devices is not None and num_devices > 1 and config.fsdp:
+    data, fsdp = int(config.mesh.get("data", 1)), int(config.mesh.get("fsdp", 1))
+    _require(not (fsdp == 1 or (fsdp == -1 and data == num_devices)), "fsdp", True,
+             f"a mesh with an fsdp axis over more than one device to shard over (config.mesh is "
+             f"{dict(config.mesh)} on {num_devices} devices, so every device would hold everything): "
+             f"e.g. --config.mesh.data=1 --config.mesh.fsdp=-1")
   if num_devices is not None:
     divisor = math.lcm(num_devices, num_processes) * int(t.grad_accum_steps)
     accumulation = f", {t.grad_accum_steps} micro-batches" if t.grad_accum_steps > 1 else ""

@@ -238,6 +238,9 @@ def test_sigterm_to_one_process_saves_the_same_step_on_all_between_logged_steps(
                               when="training steps 0 -> 100000", after_s=5)
   assert 0 < step < 100_000
   assert Checkpointer(str(workdir / "checkpoints"), max_to_keep=3).all_steps() == [step]
+  # The steps since the last logged one are logged at the stop: a resumed run does not train them.
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert [row["step"] for row in rows if "loss" in row] == [step], rows
   resumed = _preempt_one_process(subprocess_env, workdir, flags, tmp_path / "resumed.log",
                                  when=f"Resuming from step {step}", after_s=0)
   assert step < resumed < 100_000

@@ -280,6 +280,33 @@ def test_config_errors_name_key_value_and_allowed(key, value, message):
     validate_config(config, num_devices=8)
 
 
+def test_fsdp_without_an_fsdp_axis_to_shard_over_is_refused():
+  """config.fsdp=True on the default mesh (data=-1, fsdp=1) would replicate every parameter on every
+  device without a word."""
+  config = imglabel.get_config("smoke")
+  config.fsdp = True
+  with pytest.raises(ValueError, match=r"config.fsdp: got True; expected a mesh with an fsdp axis over "
+                                       r"more than one device .*--config.mesh.data=1 "
+                                       r"--config.mesh.fsdp=-1"):
+    validate_config(config, num_devices=8)
+  validate_config(config, num_devices=1)  # nothing to shard over: nothing lost
+  for data, fsdp in ((1, -1), (2, 4), (-1, 2)):
+    config.mesh.update(data=data, fsdp=fsdp)
+    validate_config(config, num_devices=8)
+  config.mesh.update(data=8, fsdp=-1)
+  with pytest.raises(ValueError, match=r"config.fsdp: got True"):
+    validate_config(config, num_devices=8)
+
+
+def test_a_note_says_when_the_ema_would_still_be_mostly_the_initial_parameters():
+  note = train.ema_note(ema_decay=0.9999, num_steps=500)
+  assert note == ("Note: training.ema_decay=0.9999 over training.num_steps=500 leaves 95% of the "
+                  "initial parameters in the EMA that is sampled, evaluated and exported; a decay of "
+                  "at most 0.994 leaves under 5%.")
+  assert train.ema_note(ema_decay=0.994, num_steps=500) is None
+  assert train.ema_note(ema_decay=0.995, num_steps=1500) is None  # the small configs
+
+
 def test_batches_that_each_process_reads_a_share_of_are_checked_for_the_process_count():
   """eval.batch_size, and the periodic evaluations' batches (capped at during_training_examples)."""
   config = imglabel.get_config("smoke")

@@ -62,6 +62,17 @@ def _progress_line(step: int, total: int, steps_per_s: float | None,
   return f"step {step}/{total} ({100 * step / total:.0f}%) | {speed} | {terms}"
 
 
+def ema_note(*, ema_decay: float, num_steps: int) -> str | None:
+  """A note when the EMA of the parameters, which is what is sampled, evaluated and exported, would
+  still hold more than 5% of the initial (random) parameters at the end of the run."""
+  left = ema_decay ** num_steps
+  if left <= 0.05:
+    return None
+  return (f"Note: training.ema_decay={ema_decay} over training.num_steps={num_steps} leaves "
+          f"{100 * left:.0f}% of the initial parameters in the EMA that is sampled, evaluated and "
+          f"exported; a decay of at most {1 - 3 / num_steps:.4g} leaves under 5%.")
+
+
 def evaluate_during_training(experiment: Experiment, params, config) -> dict[str, Any]:
   """config.eval.during_training's evaluators on at most eval.during_training_examples test examples
   (and samples) each: {"periodic_eval/<metric>": value}. Every process must call it."""
@@ -265,6 +276,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
     for moved in run_files.set_aside_earlier_results(workdir):
       print(moved, flush=True)
   print(f"{num_params / 1e6:.2f}M parameters; training steps {start} -> {t.num_steps}", flush=True)
+  note = ema_note(ema_decay=float(t.ema_decay), num_steps=int(t.num_steps))
+  if note and jax.process_index() == 0:
+    print(note, flush=True)
   if jax.process_count() > 1 and start < t.num_steps:
     # Compile, then take the first step together: CPU (gloo) collectives fail when one process
     # reaches its first collective more than 30 s after another (a slower compile on a busy host).
@@ -293,7 +307,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
       if step == start + 1:  # compiled and done: speed and ETA count from here
         jax.block_until_ready(metrics)
         last_time, last_step = time.perf_counter(), step
-      if step % t.log_every == 0 or step == t.num_steps:
+      # Asked once per step (several processes agree on it through a sync point).
+      stopping = stop.requested(step=step)
+      # A stop logs the steps since the last row: a resumed run would not train them again.
+      if step % t.log_every == 0 or step == t.num_steps or stopping:
         fetched = jax.device_get(pending)
         pending = []
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -318,7 +335,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
               f"config.training.max_nonfinite_steps={t.max_nonfinite_steps}).")
       if step % t.save_every == 0 or step == t.num_steps:
         _save(checkpointer, step, state, train_iter)
-      if stop.requested(step=step):
+      if stopping:
         if step % t.save_every and step != t.num_steps:
           _save(checkpointer, step, state, train_iter)
         checkpointer.close()  # the save is complete before the message says so
