@@ -40,7 +40,11 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warmup from 0 to optimizer.learning_rate over optimizer.warmup_steps, then constant or a
-  cosine / linear decay to optimizer.end_learning_rate at training.num_steps (held after it)."""
+  cosine / linear decay to optimizer.end_learning_rate at training.num_steps (held after it).
+
+  optax evaluates it at its own update count before the update: update n (1-based) takes the value at
+  n - 1, so with a warmup the first update's rate is 0 and the last takes the value one step before
+  the end. An update skipped as non-finite does not count: k skips shift the schedule by k steps."""
   opt = config.optimizer
   peak, warmup = float(opt.learning_rate), int(opt.warmup_steps)
   decay_steps = max(int(config.training.num_steps) - warmup, 1)
