@@ -255,11 +255,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
     _require(not set(e[key]) - set(known), f"eval.{key}", tuple(e[key]), f"names from {known}")
   _require(int(e.during_training_examples) >= 1, "eval.during_training_examples",
            e.during_training_examples, "an integer >= 1")
-  if e.during_training:  # they run on at most this many examples, in batches of at most this many
-    _require(int(e.during_training_examples) >= 4, "eval.during_training_examples",
+  if e.during_training and config.training.eval_every:
+    # They run on at most this many examples, in batches of at most this many.
+    sampled = sorted({"generation", "label_conditional"} & set(e.during_training))
+    _require(not sampled or int(e.during_training_examples) >= 4, "eval.during_training_examples",
              e.during_training_examples,
-             "an integer >= 4 with eval.during_training set (generation's precision and recall use "
-             "each sample's 3rd nearest neighbour among the others)")
+             f"an integer >= 4 with {sampled} in eval.during_training (precision and recall use "
+             f"each sample's 3rd nearest neighbour among the others)")
     capped_batch = min(int(e.batch_size), int(e.during_training_examples))
     _require(capped_batch % num_processes == 0, "eval.during_training_examples",
              e.during_training_examples,

@@ -555,9 +555,10 @@ def test_images_of_varying_size_are_resized_one_by_one():
   # Without resize a center crop works while every image is large enough, and names the one that is not.
   cropped = _read_batch(records, keys={}, geometry=pipeline.Geometry(32))(0)
   assert cropped["image"].shape == (3, 32, 32, 3)
-  with pytest.raises(ValueError, match=r"record 0: its 40x50 image is smaller than "
-                                       r"data.image_size=42 with data.resize='none'"):
-    _read_batch(records, keys={}, geometry=pipeline.Geometry(42))(0)
+  for crop in ("center", "random"):
+    with pytest.raises(ValueError, match=r"record 0: its 40x50 image is smaller than "
+                                         r"data.image_size=42 with data.resize='none'"):
+      _read_batch(records, keys={}, geometry=pipeline.Geometry(42, crop=crop))(0)
 
 
 class _TinyPhotos(tfds.core.GeneratorBasedBuilder):

@@ -617,6 +617,10 @@ def test_a_sample_export_replaces_only_what_an_export_wrote(tmp_path):
   assert manifest == {"complete": True, "num_samples": 2, "formats": ["npz", "png"]}
   export.write(samples, str(ours), ("npz",))  # a second export replaces the first, png/ included
   assert sorted(p.name for p in ours.iterdir()) == [export.MANIFEST, "samples.npz"]
+  # An export written before the manifest existed is recognised by its layout, and replaced.
+  (ours / export.MANIFEST).unlink()
+  export.write(samples, str(ours), ("png",))
+  assert sorted(p.name for p in ours.iterdir()) == [export.MANIFEST, "png"]
 
 
 def test_a_resume_on_a_newer_prepared_version_is_refused_naming_the_saved_one(good):

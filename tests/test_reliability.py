@@ -251,8 +251,6 @@ def test_an_input_error_at_start_still_closes_the_checkpoint_manager(data_dir, t
     ("eval.num_examples", -1, r"eval.num_examples: got -1; expected an integer >= 1"),
     ("eval.num_generated", 0, r"eval.num_generated: got 0; expected an integer >= 4"),
     ("eval.batch_size", 0, r"eval.batch_size: got 0; expected an integer >= 1"),
-    ("eval.during_training_examples", 3, r"eval.during_training_examples: got 3; expected an "
-                                         r"integer >= 4 with eval.during_training set"),
     ("sampling.eta", 5.0, r"sampling.eta: got 5.0; expected a finite number in \[0.0, 1.0\]"),
     ("modalities.label.profile_scale", -2.0, r"modalities.label.profile_scale: got -2.0; expected a "
                                              r"finite number >= 0"),
@@ -298,19 +296,34 @@ def test_fsdp_without_an_fsdp_axis_to_shard_over_is_refused():
     validate_config(config, num_devices=8)
 
 
+def test_periodic_evaluations_that_sample_need_four_examples():
+  config = imglabel.get_config("smoke")
+  config.training.eval_every = 5
+  config.eval.during_training_examples = 3
+  validate_config(config)  # label_accuracy and bound (the config's) need no neighbours
+  config.eval.during_training = ("generation", "bound")
+  with pytest.raises(ValueError, match=r"eval.during_training_examples: got 3; expected an integer "
+                                       r">= 4 with \['generation'\] in eval.during_training"):
+    validate_config(config)
+  config.training.eval_every = 0  # never run
+  validate_config(config)
+
+
 def test_a_note_says_when_the_ema_would_still_be_mostly_the_initial_parameters():
   note = train.ema_note(ema_decay=0.9999, num_steps=500)
   assert note == ("Note: training.ema_decay=0.9999 over training.num_steps=500 leaves 95% of the "
-                  "initial parameters in the EMA that is sampled, evaluated and exported; a decay of "
+                  "starting parameters in the EMA that is sampled, evaluated and exported; a decay of "
                   "at most 0.994 leaves under 5%.")
   assert train.ema_note(ema_decay=0.994, num_steps=500) is None
   assert train.ema_note(ema_decay=0.995, num_steps=1500) is None  # the small configs
+  assert train.ema_note(ema_decay=0.9, num_steps=2).endswith("a decay of at most 0 leaves under 5%.")
 
 
 def test_batches_that_each_process_reads_a_share_of_are_checked_for_the_process_count():
   """eval.batch_size, and the periodic evaluations' batches (capped at during_training_examples)."""
   config = imglabel.get_config("smoke")
   config.eval.batch_size = 32
+  config.training.eval_every = 5
   validate_config(config, num_processes=2)
   config.eval.during_training_examples = 5  # batches of 5 cannot be split over 2 processes
   with pytest.raises(ValueError, match=r"eval.during_training_examples: got 5; expected a multiple "
@@ -775,6 +788,8 @@ def test_a_fresh_start_in_a_used_workdir_sets_the_earlier_runs_results_aside(dat
   stale = {"step": 2, "eval/label_accuracy": 0.99}
   with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
     json.dump(stale, f)
+  with open(os.path.join(workdir, "notes.json"), "w") as f:  # the user's, not a run's
+    json.dump({"dataset": "mine"}, f)
   earlier_run = open(os.path.join(workdir, "run.json")).read()
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
   train.train_and_evaluate(config, workdir)
@@ -786,6 +801,7 @@ def test_a_fresh_start_in_a_used_workdir_sets_the_earlier_runs_results_aside(dat
     assert json.load(f) == stale
   assert os.path.exists(os.path.join(workdir, "metrics.jsonl.earlier"))
   assert os.path.exists(os.path.join(workdir, "config.json"))
+  assert json.loads(open(os.path.join(workdir, "notes.json")).read()) == {"dataset": "mine"}
 
 
 def test_a_file_written_whole_is_the_old_or_the_new_never_a_part(tmp_path):
@@ -892,10 +908,28 @@ def test_a_split_the_dataset_lacks_is_named_before_anything_trains(data_dir, tmp
   """The evaluation split is first read after training: without this check, a dataset prepared
   without a held-out split trains in full, then fails with a bare 'Unknown split'."""
   config = _smoke_config(data_dir, num_steps=2)
+  config.eval.after_training = ("label_accuracy",)  # reads the evaluation split
   config.data[key] = split
   with pytest.raises(errors.BadValueError, match=message):
     train.train_and_evaluate(config, str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
+
+
+def test_a_run_that_never_reads_the_evaluation_split_does_not_need_one():
+  """A dataset prepared without --holdout has only "train": a run without evaluations or an
+  inpainting grid trains on it."""
+  config = imglabel.get_config("smoke")
+  config.training.eval_every = 0
+  config.eval.after_training = ()
+  assert not train._reads_eval_split(config)
+  config.training.eval_every = 5  # with periodic evaluators (the config's default ones)
+  assert train._reads_eval_split(config)
+  config.training.eval_every = 0
+  config.modalities.masked_image = dict(kind="masked_image", feature="masked_image",
+                                        encoder="identity")
+  assert train._reads_eval_split(config)  # the inpainting grid shows the first test images
+  config.sampling.num_samples = 0
+  assert not train._reads_eval_split(config)
 
 
 def test_a_bad_config_value_ends_the_run_with_one_line_naming_it(tmp_path):

@@ -129,6 +129,8 @@ def test_commands_show_workdirs_without_the_machines_folders():
       "python3 -m mmdiff_jax.main --config=configs/classifier.py:small "
       "--config.training.init_from=<runs>/uncond_v_small "
       "\"--config.eval.after_training=('label_accuracy',)\" --workdir=<runs>/clf")
+  other_paths = "--config.data.data_dir=/data/tfds --params=/exports/ema.msgpack"
+  assert report._portable_command(other_paths) == other_paths  # not runs: shown as recorded
 
 
 def test_sampler_step_sweep_table(tmp_path):

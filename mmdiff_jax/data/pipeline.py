@@ -253,14 +253,15 @@ class _ReadBatch:
     out_images, out_masks = [], []
     for i, q in enumerate(positions):
       rng = np.random.default_rng([self._seed, _AUGMENT_STREAM, q]) if g.is_random else None
-      image, mask = transform_example(images[i], None if masks is None else masks[i],
-                                      geometry=g, rng=rng)
-      if image.shape[:2] != (g.image_size,) * 2:
+      hw = images[i].shape[:2]
+      if g.resize == "none" and min(hw) < g.image_size and not _is_padded(hw, g.image_size):
         raise BadValueError(
             f"record {int(self._order[q])}: its {images[i].shape[0]}x{images[i].shape[1]} image is "
             f"smaller than data.image_size={g.image_size} with data.resize={g.resize!r}: set "
             f"data.resize='area' or 'bilinear' (the shorter side resized to data.image_size), or a "
             f"data.image_size of at most the smallest stored side")
+      image, mask = transform_example(images[i], None if masks is None else masks[i],
+                                      geometry=g, rng=rng)
       out_images.append(image)
       out_masks.append(mask)
     images = preprocess_images(np.stack(out_images), image_size=g.image_size)

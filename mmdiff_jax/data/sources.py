@@ -255,7 +255,7 @@ def check_splits(data_config, keys: tuple[str, ...] = ("train_split", "eval_spli
       raise BadValueError(
           f"data.{key}={split!r}: dataset {name!r} has the splits {sorted(builder.info.splits)} "
           f"({first_line}); a part of one also works, e.g. 'train[:90%]' and 'train[90%:]'") from e
-    if count == 0:
+    if count <= 0:  # an empty slice, or a reversed one ('train[50:10]')
       raise BadValueError(f"data.{key}={split!r}: split {split!r} of dataset {name!r} is empty")
 
 

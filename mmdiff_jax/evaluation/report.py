@@ -859,12 +859,16 @@ CLAIMS = (
           variant_text=ONE_PARAMETERIZATION)
       for method in ("inpainting_sdedit", "inpainting_replacement")),
     Claim("C5", "Joint image-label samples / unconditional Fréchet > 1 (joint models trail before "
-          "single-task fine-tuning)", "MT-Diffusion-M 33.92 / 23.22 = 1.46; MT-Diffusion-E 41.00 / "
-          "23.22 = 1.77",
+          "single-task fine-tuning); class_mean code, the label fed back as its expected code",
+          "MT-Diffusion-M 33.92 / 23.22 = 1.46; MT-Diffusion-E 41.00 / 23.22 = 1.77",
           Comparison(_seeds("imglabel_v_classmean_small", key=FRECHET),
                      _seeds("uncond_v_small", key=FRECHET)), bound=1.0, below=False),
     Claim("C5", "The same, seed 1", "1.46 / 1.77",
           Comparison(_seeds("imglabel_v_classmean_small_seed1", key=FRECHET),
+                     _seeds("uncond_v_small", key=FRECHET)), bound=1.0, below=False),
+    Claim("C5", "The same at configs/imglabel.py's defaults today (the label fed back as its argmax "
+          "class's code; the README's run)", "1.46 / 1.77",
+          Comparison(_seeds("imglabel_readme_small", key=FRECHET),
                      _seeds("uncond_v_small", key=FRECHET)), bound=1.0, below=False),
     Claim("C4", "Image -> label accuracy through the joint model minus that of the classifier "
           "fine-tuned from the unconditional model's backbone > 0", "joint better (Figure 4)",
@@ -903,8 +907,10 @@ NOT_RUN = (
 
 
 def _portable_command(command: str) -> str:
-  """A run's command with the absolute folders of its workdirs (the machine's) shown as <runs>/."""
-  return re.sub(r"(?<==)/[^\s'\"]*/(?=[^/\s'\"]+)", "<runs>/", command)
+  """A run's command with the absolute folders of its workdirs (the machine's) shown as <runs>/:
+  --workdir, eval.classifier_workdir and training.init_from, which name runs."""
+  return re.sub(r"((?:--workdir|classifier_workdir|init_from)=)/[^\s'\"]*/(?=[^/\s'\"]+)",
+                r"\1<runs>/", command)
 
 
 def render(runs: dict[str, dict[str, Any]], results_dir: str) -> str:
@@ -936,7 +942,9 @@ def render(runs: dict[str, dict[str, Any]], results_dir: str) -> str:
   lines += render_sampler_sweep(runs)
   lines += ["## Commands", "",
             "As each run recorded it; `<runs>/` stands for the folder that held the workdirs on the "
-            "machine that ran it.", ""]
+            "machine that ran it. A command gives the same model only at the run's commit (in its "
+            "run.json): a config's defaults may have changed since; the run's config.json holds "
+            "every setting it used.", ""]
   for name, r in runs.items():
     command = _portable_command(r["run"].get("command", "see results/README.md"))
     lines.append(f"- `{name}`: `{command}`")

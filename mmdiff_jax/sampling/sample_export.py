@@ -17,13 +17,15 @@ Layout, as common FID tools read it:
   mmdiff_jax_export.json: {"complete": true, "num_samples": N, "formats": [...]} once an export has
     finished; "complete" is false while one is under way (or was killed: run it again).
 Images are at the model's resolution (data.image_size). An export replaces only what an earlier export
-wrote: a folder whose png/ or samples.npz no export wrote (no mmdiff_jax_export.json) is refused.
+wrote: a folder whose png/ or samples.npz no export wrote (no mmdiff_jax_export.json, and not the
+layout an export writes) is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from typing import Sequence
 
@@ -102,12 +104,28 @@ def generate(experiment, params, *, num_samples: int, batch_size: int, rng: jax.
 MANIFEST = "mmdiff_jax_export.json"
 
 
+def _written_by_an_export(out_dir: str) -> bool:
+  """Whether out_dir's png/ and samples.npz are what an export writes (those of exports from before
+  the manifest: PNGs named 000000.png ..., an npz with "arr_0")."""
+  png = os.path.join(out_dir, "png")
+  if os.path.isdir(png) and not all(re.fullmatch(r"\d{6}\.png", name) for name in os.listdir(png)):
+    return False
+  npz = os.path.join(out_dir, "samples.npz")
+  if os.path.exists(npz):
+    try:
+      with np.load(npz, allow_pickle=False) as arrays:
+        return "arr_0" in arrays.files
+    except (OSError, ValueError):
+      return False
+  return os.path.isdir(png)
+
+
 def _claim(out_dir: str) -> None:
   """Marks out_dir as an export in progress, refusing a folder whose outputs someone else wrote."""
   manifest = os.path.join(out_dir, MANIFEST)
   theirs = [name for name in ("samples.npz", "png", "png.partial", "png.old")
             if os.path.exists(os.path.join(out_dir, name))]
-  if theirs and not os.path.exists(manifest):
+  if theirs and not os.path.exists(manifest) and not _written_by_an_export(out_dir):
     raise BadValueError(
         f"--sample_dir={out_dir}: it holds {theirs}, which no export wrote (there is no {MANIFEST}), "
         f"and an export would replace them: choose a new or empty folder, or move them away")

@@ -92,17 +92,27 @@ def _move_aside(path: epath.Path) -> epath.Path:
 
 def set_aside_earlier_results(workdir: str) -> list[str]:
   """For a run that starts at step 0 in a used workdir (its checkpoints moved away): the earlier
-  run's run.json and evaluation files (every WORKDIR/*.json but config.json) describe weights that
-  are gone, and would otherwise be merged into the new run's (its wall time added, its metrics kept
-  where the step matches). Moves each aside like metrics.jsonl; says what moved (process 0 only)."""
+  run's run.json and evaluation files (WORKDIR/<metrics name>.json and .bootstrap.json: JSON objects
+  with a "step") describe weights that are gone, and would otherwise be merged into the new run's (its
+  wall time added, its metrics kept where the step matches). Moves each aside like metrics.jsonl;
+  says what moved (process 0 only). Other JSON files (an export's manifest, the user's) stay."""
   if jax.process_index() != 0:
     return []
   moved = []
   for path in sorted(epath.Path(workdir).glob("*.json")):
-    if path.name != "config.json":
+    if path.name == "run.json" or _is_evaluation_file(path):
       moved.append(f"{path.name}: an earlier run's (from no checkpoint left) moved to "
                    f"{_move_aside(path)}")
   return moved
+
+
+def _is_evaluation_file(path: epath.Path) -> bool:
+  """Whether `path` holds evaluation results (harness.save_eval_metrics: an object with a "step")."""
+  try:
+    values = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(values, dict) and "step" in values
 
 
 def _is_evaluation_row(line: str, step: int) -> bool:

@@ -62,15 +62,24 @@ def _progress_line(step: int, total: int, steps_per_s: float | None,
   return f"step {step}/{total} ({100 * step / total:.0f}%) | {speed} | {terms}"
 
 
+def _reads_eval_split(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run reads data.eval_split: evaluators after or during training, or the inpainting
+  sample grid of a model with a masked image (the first test images)."""
+  periodic = config.training.eval_every and config.eval.during_training
+  grid = config.sampling.num_samples and any(
+      spec.get("kind") == "masked_image" for spec in config.modalities.values())
+  return bool(config.eval.after_training or periodic or grid)
+
+
 def ema_note(*, ema_decay: float, num_steps: int) -> str | None:
   """A note when the EMA of the parameters, which is what is sampled, evaluated and exported, would
-  still hold more than 5% of the initial (random) parameters at the end of the run."""
+  still hold more than 5% of the parameters the run started from at its end."""
   left = ema_decay ** num_steps
   if left <= 0.05:
     return None
   return (f"Note: training.ema_decay={ema_decay} over training.num_steps={num_steps} leaves "
-          f"{100 * left:.0f}% of the initial parameters in the EMA that is sampled, evaluated and "
-          f"exported; a decay of at most {1 - 3 / num_steps:.4g} leaves under 5%.")
+          f"{100 * left:.0f}% of the starting parameters in the EMA that is sampled, evaluated and "
+          f"exported; a decay of at most {max(0.0, 1 - 3 / num_steps):.4g} leaves under 5%.")
 
 
 def evaluate_during_training(experiment: Experiment, params, config) -> dict[str, Any]:
@@ -213,7 +222,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
      WORKDIR/metrics.jsonl)}; a stopped run has neither grids nor metrics.
   """
   validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-  sources.check_splits(config.data)  # the evaluation split too: read after training, fail now
+  # The evaluation split too, where anything reads it (after training: fail now, not then).
+  sources.check_splits(config.data, ("train_split", "eval_split") if _reads_eval_split(config)
+                       else ("train_split",))
   if config.eval.get("classifier_workdir"):  # used after training: fail now, not then
     check_classifier(config.eval.classifier_workdir, build_experiment(config).model.z_shape)
   check_writable(workdir)
