@@ -451,16 +451,27 @@ def test_set_state_rejects_other_settings(prepared):
       pipeline.make_iterator(resumed, seed=1, training=True, **kw).set_state(saved)
 
 
-class _TinySegmentation(tfds.core.GeneratorBasedBuilder):
-  """A dataset that stores its own per-pixel maps (as real segmentation datasets do)."""
+class _TestDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A real TFDS dataset made here: prepared to array_record (no TensorFlow) in a test's data_dir."""
 
-  name = "tiny_segmentation_for_tests"
   VERSION = tfds.core.Version("1.0.0")
 
   @tfds.core.utils.classproperty
   @classmethod
   def code_path(cls):  # see fashion_mnist.FashionMnistOffline.code_path
     return epath.Path(__file__)
+
+  @classmethod
+  def prepare(cls, data_dir) -> None:
+    cls(data_dir=str(data_dir)).download_and_prepare(
+        file_format="array_record", download_config=tfds.download.DownloadConfig(
+            try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+
+
+class _TinySegmentation(_TestDataset):
+  """A dataset that stores its own per-pixel maps (as real segmentation datasets do)."""
+
+  name = "tiny_segmentation_for_tests"
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
@@ -485,9 +496,7 @@ def test_stored_features_pass_through_for_a_real_segmentation_dataset(tmp_path):
   (text does not), and the batch satisfies an imgseg modality reading them."""
   from mmdiff_jax.data.checks import check_batch
   from mmdiff_jax.models.modalities import ModalitySpec
-  _TinySegmentation(data_dir=str(tmp_path)).download_and_prepare(
-      file_format="array_record", download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  _TinySegmentation.prepare(tmp_path)
   cfg = ml_collections.ConfigDict(dict(name=_TinySegmentation.name, data_dir=str(tmp_path)))
   batch = next(pipeline.make_iterator(cfg, split="train", global_batch_size=6, seed=0,
                                       shuffle=False, read_threads=0, with_index=True))
@@ -561,17 +570,11 @@ def test_images_of_varying_size_are_resized_one_by_one():
       _read_batch(records, keys={}, geometry=pipeline.Geometry(42, crop=crop))(0)
 
 
-class _TinyPhotos(tfds.core.GeneratorBasedBuilder):
+class _TinyPhotos(_TestDataset):
   """Images of varying size, as TFDS's photo datasets store them (tf_flowers, oxford_iiit_pet), with a
   fine and a coarse label (as CIFAR-100 has)."""
 
   name = "tiny_photos_for_tests"
-  VERSION = tfds.core.Version("1.0.0")
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):  # see fashion_mnist.FashionMnistOffline.code_path
-    return epath.Path(__file__)
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
@@ -588,9 +591,7 @@ class _TinyPhotos(tfds.core.GeneratorBasedBuilder):
 
 
 def test_a_real_dataset_of_images_of_varying_size_trains_with_resize(tmp_path):
-  _TinyPhotos(data_dir=str(tmp_path)).download_and_prepare(
-      file_format="array_record", download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  _TinyPhotos.prepare(tmp_path)
   cfg = ml_collections.ConfigDict(dict(name=_TinyPhotos.name, data_dir=str(tmp_path), image_size=8,
                                        resize="area", label_key="coarse_label"))
   batch = next(pipeline.make_iterator(cfg, split="train", global_batch_size=4, seed=0,
