@@ -40,33 +40,36 @@ def _check_encodings(weights, encodings, z) -> None:
         f"encodings: expected shape (N, *z.shape) = {expected}, got {jnp.shape(encodings)}")
 
 
-def _check_t(schedule: Schedule, t, z) -> None:
-  t_shape = jnp.shape(t)
-  if len(t_shape) > 1:
-    raise ValueError(f"t: expected a scalar or a (B,) array, got shape {t_shape}")
-  if len(t_shape) == 1 and (jnp.ndim(z) == 0 or t_shape[0] != jnp.shape(z)[0]):
+def _concrete_steps(steps, z, *, name: str) -> np.ndarray | None:
+  """Integer steps `name` (a scalar or (B,), B = z's leading size) as a numpy array; None where they
+  are traced (their values are unknown until run)."""
+  shape = jnp.shape(steps)
+  if len(shape) > 1:
+    raise ValueError(f"{name}: expected a scalar or a (B,) array, got shape {shape}")
+  if len(shape) == 1 and (jnp.ndim(z) == 0 or shape[0] != jnp.shape(z)[0]):
     raise ValueError(
-        f"t: batched t of shape {t_shape} needs z of shape (B, ...) with B = {t_shape[0]}, "
+        f"{name}: batched {name} of shape {shape} needs z of shape (B, ...) with B = {shape[0]}, "
         f"got z of shape {jnp.shape(z)}")
-  if isinstance(t, jax.core.Tracer):
-    return
-  t_np = np.asarray(t)
-  if not np.issubdtype(t_np.dtype, np.integer):
-    raise ValueError(f"t: expected integer steps, got dtype {t_np.dtype}")
-  if t_np.size and (t_np.min() < 1 or t_np.max() > schedule.num_timesteps):
+  if isinstance(steps, jax.core.Tracer):
+    return None
+  steps_np = np.asarray(steps)
+  if not np.issubdtype(steps_np.dtype, np.integer):
+    raise ValueError(f"{name}: expected integer steps, got dtype {steps_np.dtype}")
+  return steps_np
+
+
+def _check_t(schedule: Schedule, t, z) -> None:
+  t_np = _concrete_steps(t, z, name="t")
+  if t_np is not None and t_np.size and (t_np.min() < 1 or t_np.max() > schedule.num_timesteps):
     raise ValueError(f"t: expected steps in 1..{schedule.num_timesteps}, got {t_np.tolist()}")
 
 
 def _check_earlier_step(t, s, z) -> None:
   """s, the step a jump from t lands on: 0 <= s < t, where both are concrete."""
-  if jnp.ndim(s) > 1 or (jnp.ndim(s) == 1 and jnp.shape(s)[0] != jnp.shape(z)[0]):
-    raise ValueError(f"s: expected a scalar or a (B,) array with B = {jnp.shape(z)[0]}, "
-                     f"got shape {jnp.shape(s)}")
-  if isinstance(s, jax.core.Tracer) or isinstance(t, jax.core.Tracer):
+  s_np = _concrete_steps(s, z, name="s")
+  if s_np is None or isinstance(t, jax.core.Tracer):
     return
-  s_np, t_np = np.asarray(s), np.asarray(t)
-  if not np.issubdtype(s_np.dtype, np.integer):
-    raise ValueError(f"s: expected integer steps, got dtype {s_np.dtype}")
+  t_np = np.asarray(t)
   if s_np.size and (s_np.min() < 0 or np.any(s_np >= t_np)):
     raise ValueError(f"s: expected steps with 0 <= s < t, got s = {s_np.tolist()} for t = {t_np.tolist()}")
 

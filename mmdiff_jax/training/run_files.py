@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from mmdiff_jax.errors import StorageError
 from mmdiff_jax.atomic_files import replace_file
+from mmdiff_jax.errors import StorageError
 from mmdiff_jax.training.dashboard import Dashboard
 
 
@@ -226,4 +226,4 @@ def check_writable(workdir: str) -> None:
     probe.unlink()
   except OSError as e:
     raise StorageError(f"--workdir={workdir} is not writable ({e.strerror}); checkpoints, metrics "
-                          f"and samples go there. Choose another --workdir.") from e
+                       f"and samples go there. Choose another --workdir.") from e

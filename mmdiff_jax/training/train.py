@@ -40,8 +40,8 @@ from mmdiff_jax.training import workdir_lock
 from mmdiff_jax.training.checkpoint import Checkpointer, NonFiniteStateError
 from mmdiff_jax.training.dashboard import Dashboard
 from mmdiff_jax.training.preemption import StopRequest
-from mmdiff_jax.training import run_files
-from mmdiff_jax.training.run_files import MetricsWriter, RunRecord, check_writable
+from mmdiff_jax.training.run_files import (MetricsWriter, RunRecord, check_writable,
+                                           set_aside_earlier_results)
 
 
 def _format_duration(seconds: float) -> str:
@@ -284,7 +284,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   if dropped:
     print(dropped, flush=True)
   if start == 0:
-    for moved in run_files.set_aside_earlier_results(workdir):
+    for moved in set_aside_earlier_results(workdir):
       print(moved, flush=True)
   print(f"{num_params / 1e6:.2f}M parameters; training steps {start} -> {t.num_steps}", flush=True)
   note = ema_note(ema_decay=float(t.ema_decay), num_steps=int(t.num_steps))
