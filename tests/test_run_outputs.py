@@ -71,7 +71,7 @@ def test_metrics_jsonl_has_evaluations_during_training(run):
   config, workdir, _ = run
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   periodic = [r for r in rows if any(k.startswith("periodic_eval/") for k in r)]
-  assert [r["step"] for r in periodic] == [3]  # not at the end: the full evaluation runs there
+  assert [r["step"] for r in periodic] == [3, 6]  # the curve ends at the last step
   assert periodic[0]["periodic_eval/label_accuracy_examples"] == 16
   assert np.isfinite(periodic[0]["periodic_eval/test_bound/image_bits_per_dim"])
   assert rows[-1]["eval/label_accuracy_examples"] == config.eval.num_examples
@@ -91,7 +91,7 @@ def test_tensorboard_shows_loss_curves_evaluations_and_sample_grids(run):
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert scalars["loss"] == [(r["step"], pytest.approx(r["loss"])) for r in rows if "loss" in r]
   assert [s for s, _ in scalars["bound/image_bits_per_dim"]] == [2, 4, 6]
-  assert [s for s, _ in scalars["periodic_eval/label_accuracy"]] == [3]
+  assert [s for s, _ in scalars["periodic_eval/label_accuracy"]] == [3, 6]
   assert [s for s, _ in scalars["eval/label_accuracy"]] == [6]
   assert sorted(images) == ["samples/class_conditional", "samples/joint"]
   for tag, series in images.items():

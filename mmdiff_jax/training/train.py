@@ -357,7 +357,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
         return {"step": step, "stopped": True, "sample_grids": []}
       if step % t.sample_every == 0 and step != t.num_steps:
         dashboard.images(step, save_sample_grids(experiment, state.ema_params, config, workdir, step))
-      if t.eval_every and step % t.eval_every == 0 and step != t.num_steps:
+      # At the last step too, so that each periodic curve ends where training did (the evaluations
+      # after training use other examples and counts, under eval/ rather than periodic_eval/).
+      if t.eval_every and step % t.eval_every == 0:
         writer.write(step, evaluate_during_training(experiment, state.ema_params, config))
   checkpointer.wait()
   if int(state.step) > start:
