@@ -880,6 +880,11 @@ CLAIMS = (
           Comparison(_seeds("imglabel_v_classmean_small", key="eval/label_accuracy"),
                      _seeds("classifier_from_uncond_v_small", key="eval/label_accuracy"),
                      difference=True), bound=0.0, below=False),
+    Claim("C4", "The same at configs/imglabel.py's defaults today (class_mean code, the label fed "
+          "back as its argmax class's code; the README's run)", "joint better (Figure 4)",
+          Comparison(_seeds("imglabel_readme_small", key="eval/label_accuracy"),
+                     _seeds("classifier_from_uncond_v_small", key="eval/label_accuracy"),
+                     difference=True), bound=0.0, below=False),
     Claim("-", "MT inpainting LPIPS / the supervised reconstruction regressor's, mask ratio 0.5 "
           "(the strongest non-generative reference, not the paper's comparator)", "not in the paper",
           Comparison(_seeds(MT_U_RUN, key="eval/inpainting/lpips@0.5"),
