@@ -247,3 +247,21 @@ def test_runs_evaluated_on_different_numbers_of_examples_are_not_paired(tmp_path
   # One side's count unknown (an older file): paired as before.
   assert _claim_line(section, "imgmask, z0 (the default since; named random streams)",
                      "imgmask_z0_small").split(" | ")[-2] == "+0 [+0, +0]"
+
+
+def test_fine_tuning_curves_come_from_the_periodic_evaluations(tmp_path):
+  (imglabel, joint), (uncond, unconditional), (scratch, _) = report.FINE_TUNING_CURVES
+  key = report.PERIODIC_ACCURACY
+  _write_run(tmp_path, joint, {"eval/label_accuracy": 0.9}, _run(), log_rows=[
+      {"step": 50, "loss": 1.0},
+      {"step": 100, key: 0.5, key + "_ci95": [0.45, 0.55]},
+      {"step": 200, key: 0.75, key + "_ci95": [0.7, 0.8]}])
+  _write_run(tmp_path, unconditional, {"eval/label_accuracy": 0.9}, _run(), log_rows=[
+      {"step": 100, key: 0.25}])
+  lines = report.render_fine_tuning_curves(str(tmp_path))
+  header = next(l for l in lines if l.startswith("| step |"))
+  assert header == f"| step | {imglabel} | {uncond} | {scratch} |"
+  assert "| 100 | 0.5 [0.45, 0.55] | 0.25 | - |" in lines
+  assert "| 200 | 0.75 [0.7, 0.8] | - | - |" in lines
+  assert not any(l.startswith("| 50 |") for l in lines)  # a row without the evaluation
+  assert report.render_fine_tuning_curves(str(tmp_path / "elsewhere")) == []

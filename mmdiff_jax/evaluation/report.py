@@ -94,7 +94,8 @@ def _sampler_sweep(files: dict[str, tuple[dict[str, Any], dict[str, Any]]]
 
 SWEPT = (("Fréchet (joint)", FRECHET), ("Fréchet (given labels)", LABEL_FRECHET),
          ("label agreement (given labels)", "eval/label_conditional/label_agreement"),
-         ("inpainting LPIPS @0.5", "eval/inpainting/lpips@0.5"))
+         ("inpainting LPIPS @0.5", "eval/inpainting/lpips@0.5"),
+         ("image -> label accuracy", "eval/label_accuracy"))
 
 
 def render_sampler_sweep(runs) -> list[str]:
@@ -115,6 +116,50 @@ def render_sampler_sweep(runs) -> list[str]:
                                                for _, k in columns) + " |")
     lines.append("")
   return lines
+
+
+# Figure 4 read as fine-tuning: the classifiers' accuracy while they train (periodic evaluations).
+FINE_TUNING_CURVES = (("from the joint model", "classifier_1500steps_from_imglabel"),
+                      ("from the unconditional model", "classifier_1500steps_from_uncond"),
+                      ("from scratch", "classifier_1500steps_from_scratch"))
+PERIODIC_ACCURACY = "periodic_eval/label_accuracy"
+
+
+def _periodic(results_dir: str, name: str, key: str) -> dict[int, tuple[float, list[float] | None]]:
+  """{step: (value, its 95% interval or None)} of a periodic evaluation in a run's metrics.jsonl."""
+  path = os.path.join(results_dir, name, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return {r["step"]: (r[key], r.get(key + "_ci95")) for r in rows if key in r}
+
+
+def render_fine_tuning_curves(results_dir: str) -> list[str]:
+  """The image -> label accuracy of each classifier in FINE_TUNING_CURVES during training."""
+  curves = {label: _periodic(results_dir, name, PERIODIC_ACCURACY) for label, name in FINE_TUNING_CURVES}
+  steps = sorted(set().union(*curves.values()))
+  if not steps:
+    return []
+
+  def cell(found):
+    if not found:
+      return "-"
+    value, interval = found
+    return f"{value:.3g}" + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else "")
+
+  lines = ["## Fine-tuning curves: classifiers from each backbone", "",
+           "Figure 4 read as fine-tuning (the claims' rows \"C4 fine-tuned\"): test accuracy of the "
+           "EMA parameters on `eval.during_training_examples` test examples every "
+           "`training.eval_every` steps (`periodic_eval/label_accuracy` in each run's metrics.jsonl; "
+           "95% bootstrap intervals over those examples). Runs: "
+           + ", ".join(f"`{name}`" for _, name in FINE_TUNING_CURVES) + ".", "",
+           "| step | " + " | ".join(label for label, _ in FINE_TUNING_CURVES) + " |",
+           "|---" * (len(FINE_TUNING_CURVES) + 1) + "|"]
+  for step in steps:
+    lines.append(f"| {step} | " + " | ".join(cell(curves[label].get(step))
+                                             for label, _ in FINE_TUNING_CURVES) + " |")
+  return lines + [""]
 
 
 def _run_from_metrics_log(path: str) -> dict[str, Any]:
@@ -885,6 +930,24 @@ CLAIMS = (
           Comparison(_seeds("imglabel_readme_small", key="eval/label_accuracy"),
                      _seeds("classifier_from_uncond_v_small", key="eval/label_accuracy"),
                      difference=True), bound=0.0, below=False),
+    # Figure 4 read as fine-tuning: classifiers trained from each model's backbone for the same steps.
+    *(Claim("C4 fine-tuned", f"Figure 4 read as fine-tuning: accuracy of the classifier fine-tuned "
+            f"from the joint model's backbone (configs/imglabel.py's defaults) minus that of the one "
+            f"fine-tuned from the unconditional model's, {steps} steps{seed_text}", "joint better (Figure 4)",
+            Comparison(_seeds(f"classifier_{steps}steps_from_imglabel{suffix}", key="eval/label_accuracy"),
+                       _seeds(f"classifier_{steps}steps_from_uncond{suffix}", key="eval/label_accuracy"),
+                       difference=True), bound=0.0, below=False)
+      for steps, suffix, seed_text in ((200, "_seed0", ", seed 0"), (200, "_seed1", ", seed 1"),
+                                       (1500, "", ""))),
+    *(Claim("C4 fine-tuned vs scratch", f"The classifier fine-tuned from the {source} model's backbone "
+            f"minus one trained from scratch > 0 (the pretraining helps), {steps} steps{seed_text}",
+            "not in the paper",
+            Comparison(_seeds(f"classifier_{steps}steps_from_{run}{suffix}", key="eval/label_accuracy"),
+                       _seeds(f"classifier_{steps}steps_from_scratch{suffix}", key="eval/label_accuracy"),
+                       difference=True), bound=0.0, below=False)
+      for source, run in (("joint", "imglabel"), ("unconditional", "uncond"))
+      for steps, suffix, seed_text in ((200, "_seed0", ", seed 0"), (200, "_seed1", ", seed 1"),
+                                       (1500, "", ""))),
     Claim("-", "MT inpainting LPIPS / the supervised reconstruction regressor's, mask ratio 0.5 "
           "(the strongest non-generative reference, not the paper's comparator)", "not in the paper",
           Comparison(_seeds(MT_U_RUN, key="eval/inpainting/lpips@0.5"),
@@ -945,6 +1008,7 @@ def render(runs: dict[str, dict[str, Any]], results_dir: str) -> str:
   for table in TABLES:
     lines += table.render(runs)
   lines += render_sampler_sweep(runs)
+  lines += render_fine_tuning_curves(results_dir)
   lines += ["## Commands", "",
             "As each run recorded it; `<runs>/` stands for the folder that held the workdirs on the "
             "machine that ran it. A command gives the same model only at the run's commit (in its "
