@@ -116,7 +116,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   _require_range("training.max_nonfinite_steps", config.training.max_nonfinite_steps, low=0,
                  integer=True)
   e = config.eval
-  for key in ("batch_size", "num_examples", "bound_batches"):
+  for key in ("batch_size", "num_examples", "bound_batches", "label_bound_draws"):
     _require_range(f"eval.{key}", e[key], low=1, integer=True)
   # generation's precision/recall use each sample's 3rd nearest neighbour among the others
   _require_range("eval.num_generated", e.num_generated, low=4, integer=True)

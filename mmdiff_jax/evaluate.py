@@ -1,8 +1,9 @@
 """Evaluates the newest checkpoint of a run: python -m mmdiff_jax.evaluate --config=... --workdir=...
 
-Runs every evaluator (mmdiff_jax/evaluation/evaluators/) that applies to the experiment (or those named
-with --evaluators) and writes WORKDIR/eval_metrics.json (bootstrap replicates beside it, in
-eval_metrics.bootstrap.json). `--library_logs` shows the INFO logs of the libraries underneath.
+Runs every evaluator (mmdiff_jax/evaluation/evaluators/) that applies to the experiment but the costly
+ones that run only when named (or those named with --evaluators) and writes WORKDIR/eval_metrics.json
+(bootstrap replicates beside it, in eval_metrics.bootstrap.json). `--library_logs` shows the INFO logs
+of the libraries underneath.
 """
 
 import json
@@ -30,7 +31,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "The training run's directory.")
-flags.DEFINE_list("evaluators", None, "Evaluators to run (default: every one that applies); each "
+flags.DEFINE_list("evaluators", None, "Evaluators to run (default: every one that applies, but "
+                  "those that run only when named, such as label_accuracy_by_bound); each "
                   "named must apply to the experiment.")
 flags.DEFINE_string("metrics_name", "eval_metrics",
                     "Write WORKDIR/<name>.json (and <name>.bootstrap.json): another name keeps the "
@@ -40,9 +42,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def evaluate(config, workdir: str, evaluators=None, *, metrics_name: str = "eval_metrics") -> dict:
   """Restores the newest checkpoint's EMA parameters, runs the evaluators (None: every one that
-  applies; named ones must apply), merges their metrics into WORKDIR/<metrics_name>.json (those of
-  other evaluators at the same step are kept) and their bootstrap replicates into
-  WORKDIR/<metrics_name>.bootstrap.json; returns this call's metrics."""
+  applies but those only_when_named; named ones must apply), merges their metrics into
+  WORKDIR/<metrics_name>.json (those of other evaluators at the same step are kept) and their
+  bootstrap replicates into WORKDIR/<metrics_name>.bootstrap.json; returns this call's metrics."""
   if evaluators is not None:
     _check_evaluators(tuple(evaluators), config)
   sources.check_splits(config.data, ("eval_split",))

@@ -23,6 +23,7 @@ STREAMS = (
     "embedding_pairs",  # joint (image, embedding) samples of embedding_consistency
     "label_agreement",  # joint (image, label) samples of label_agreement
     "image_to_label",  # label_accuracy
+    "label_by_bound",  # label_accuracy_by_bound's timesteps and noise
     "image_to_segmentation",  # segmentation_miou
     "inpainting",  # every inpainting evaluator (the same draws for each method)
     "bound",  # the variational bound's timesteps and noise

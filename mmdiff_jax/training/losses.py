@@ -64,14 +64,31 @@ class Objective:
   ignore_label: int | None = None
 
   def __call__(self, params, batch: dict[str, Any], rng: jax.Array, *, train: bool = True):
-    """Returns (loss, metrics); metrics are batch means of per-example values."""
+    """Returns (loss, metrics) at one uniform t per example; metrics are batch means of per-example
+    values."""
+    z0 = batch[self.model.specs[0].feature]
+    chex.assert_rank(z0, 4)
+    t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
+    t = jax.random.randint(t_rng, (z0.shape[0],), 1, self.schedule.num_timesteps + 1)
+    noise = jax.random.normal(noise_rng, z0.shape, z0.dtype)
+    metrics = self.per_example(params, batch, t=t, noise=noise, dropout_rng=dropout_rng, train=train)
+    metrics = {k: jnp.mean(v) for k, v in metrics.items()}
+    return metrics["loss"], metrics
+
+  def per_example(self, params, batch: dict[str, Any], *, t: jnp.ndarray, noise: jnp.ndarray,
+                  dropout_rng: jax.Array, train: bool = True) -> dict[str, jnp.ndarray]:
+    """Every metric of `__call__`, (B,) each, at given steps and noise.
+
+    Args:
+      t: (B,) int steps in 1..T.
+      noise: (B, *z_shape), the forward process's noise.
+    """
     base, aggregated = self.model.specs[0], self.model.aggregated
     z0 = batch[base.feature]
     chex.assert_rank(z0, 4)
-    batch_size, num_timesteps = z0.shape[0], self.schedule.num_timesteps
-    t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
-    t = jax.random.randint(t_rng, (batch_size,), 1, num_timesteps + 1)
-    noise = jax.random.normal(noise_rng, z0.shape, z0.dtype)
+    chex.assert_shape(t, (z0.shape[0],))
+    chex.assert_equal_shape([noise, z0])
+    batch_size = z0.shape[0]
 
     variables = {"params": params}
     encodings = self._encode(variables, batch, batch_size)
@@ -94,8 +111,7 @@ class Objective:
     metrics = {"loss": loss_per_example, "denoise_mse": denoise_mse}
     metrics.update({f"recovery/{name}": nll for name, nll in recovery.items()})
     metrics.update(self._bound_terms(variables, z0, encodings, z_t, t, outputs, recovery))
-    metrics = {k: jnp.mean(v) for k, v in metrics.items()}
-    return metrics["loss"], metrics
+    return metrics
 
   def _encode(self, variables, batch, batch_size: int) -> jnp.ndarray:
     """E_i(x_i) of the aggregated modalities, (N, B, *z_shape); ignored pixels encode as 0."""

@@ -41,6 +41,8 @@ class Evaluator:
     image_only: whether it needs a diffusion model without aggregated modalities (the baselines).
     uses_classifier: whether `evaluate` takes `classify`, eval.classifier_workdir's classifier (None
       where that is not set).
+    only_when_named: whether it runs only where named, not among "every one that applies" (for
+      the costly ones).
   """
   name: str
   evaluate: Callable[..., dict[str, Any]]
@@ -50,6 +52,7 @@ class Evaluator:
   unavailable: Callable[[Any], str | None] = lambda config: None
   image_only: bool = False
   uses_classifier: bool = False
+  only_when_named: bool = False
 
   def applies(self, experiment) -> bool:
     if self.generative and not experiment.is_generative:
@@ -73,9 +76,18 @@ def applicable(experiment) -> list[str]:
   return [name for name in names() if get(name).applies(experiment)]
 
 
+def to_run(experiment, selected: Sequence[str] | None) -> list[str]:
+  """Those of `selected` that apply to `experiment`; selected=None: every one that applies but those
+  only_when_named."""
+  if selected is None:
+    return [name for name in applicable(experiment) if not get(name).only_when_named]
+  return [name for name in selected if get(name).applies(experiment)]
+
+
 def run_evaluators(experiment, params, config, selected: Sequence[str] | None, *,
                    classify=None) -> dict[str, Any]:
-  """Runs the evaluators named in `selected` (None: every one) that apply to this experiment; returns
+  """Runs the evaluators named in `selected` (None: every one but those only_when_named) that apply
+  to this experiment; returns
   {"eval/<metric>": value}, "eval/<metric>_ci95": [lower, upper] (95% percentile bootstrap interval
   over the evaluated examples) where the evaluator gives replicates, harness.BOOTSTRAP_KEY:
   {"eval/<metric>": replicates} (written to eval_metrics.bootstrap.json by harness.save_eval_metrics,
@@ -86,10 +98,8 @@ def run_evaluators(experiment, params, config, selected: Sequence[str] | None, *
   labels (B,); mmdiff_jax.training.restore.load_classifier), for the evaluators that use one.
   """
   results, evaluated, replicates = {}, [], {}
-  for name in names() if selected is None else selected:
+  for name in to_run(experiment, selected):
     evaluator = get(name)
-    if not evaluator.applies(experiment):
-      continue
     reason = evaluator.unavailable(config)
     if reason:
       results[f"eval/{name}_skipped"] = reason
