@@ -101,6 +101,18 @@ def test_tables_and_budgets(tmp_path):
   assert "notes" not in text
 
 
+def test_the_cpu_generation_is_recorded_and_shown():
+  from mmdiff_jax.training.run_files import cpu_fields
+  cpuinfo = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+             "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\n")
+  fields = cpu_fields(cpuinfo)
+  assert (fields["cpu family"], fields["model"], fields["model name"]) == ("25", "17", "AMD EPYC")
+  run = _run()
+  run["invocations"][0]["host_cpu_family_model"] = "25/17"
+  assert report.budget(run).endswith("(1 x cpu, 2 cores EPYC (family/model 25/17))")
+  assert report.budget(_run()).endswith("(1 x cpu, 2 cores EPYC)")  # runs recorded before
+
+
 def test_main_writes_the_file(tmp_path):
   _write_run(tmp_path / "results", "imglabel_small",
              {"eval/frechet_alexnet_distance": 50.0, "eval/label_agreement": 0.95,

@@ -188,6 +188,8 @@ def budget(run: dict[str, Any]) -> str:
   machine = last.get("devices", "?")
   if last.get("host_cpu"):
     machine += f", {last['host_cores']} cores {last['host_cpu']}"
+    if last.get("host_cpu_family_model"):
+      machine += f" (family/model {last['host_cpu_family_model']})"
   return (f"{run.get('steps_done', '?')} steps x {run['batch_size']}, "
           f"{run['train_wall_s'] / 60:.1f} min train wall ({machine})")
 

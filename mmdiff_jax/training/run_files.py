@@ -134,13 +134,28 @@ def _row_step(line: str) -> int | None:
 
 def machine_description() -> dict[str, Any]:
   """What a run's figures were measured on: devices, processes, CPU and versions."""
-  cpu = ""
+  cpu = {}
   with contextlib.suppress(OSError):
     with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-  return {"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-          "processes": jax.process_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
-          "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+      cpu = cpu_fields(f.read())
+  described = {"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+               "processes": jax.process_count(), "host_cpu": cpu.get("model name", ""),
+               "host_cores": os.cpu_count(), "jax": jax.__version__,
+               "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  if "cpu family" in cpu and "model" in cpu:
+    # Cloud VMs often name only the vendor line ("AMD EPYC"); family and model tell the generation
+    # apart (AMD family 25: model 1 is Zen 3, 17 Zen 4), and it sets a run's speed.
+    described["host_cpu_family_model"] = f"{cpu['cpu family']}/{cpu['model']}"
+  return described
+
+
+def cpu_fields(cpuinfo: str) -> dict[str, str]:
+  """The first processor's "key: value" lines of /proc/cpuinfo's text."""
+  fields = {}
+  for line in cpuinfo.split("\n\n")[0].splitlines():
+    key, _, value = line.partition(":")
+    fields.setdefault(key.strip(), value.strip())
+  return fields
 
 
 def source_commit() -> str:
