@@ -262,7 +262,7 @@ def test_runs_evaluated_on_different_numbers_of_examples_are_not_paired(tmp_path
 
 
 def test_fine_tuning_curves_come_from_the_periodic_evaluations(tmp_path):
-  (imglabel, joint), (uncond, unconditional), (scratch, _) = report.FINE_TUNING_CURVES
+  (imglabel, joint), (uncond, unconditional), (scratch, _), *seed1 = report.FINE_TUNING_CURVES
   key = report.PERIODIC_ACCURACY
   _write_run(tmp_path, joint, {"eval/label_accuracy": 0.9}, _run(), log_rows=[
       {"step": 50, "loss": 1.0},
@@ -272,8 +272,9 @@ def test_fine_tuning_curves_come_from_the_periodic_evaluations(tmp_path):
       {"step": 100, key: 0.25}])
   lines = report.render_fine_tuning_curves(str(tmp_path))
   header = next(l for l in lines if l.startswith("| step |"))
-  assert header == f"| step | {imglabel} | {uncond} | {scratch} |"
-  assert "| 100 | 0.5 [0.45, 0.55] | 0.25 | - |" in lines
-  assert "| 200 | 0.75 [0.7, 0.8] | - | - |" in lines
+  assert header == f"| step | {imglabel} | {uncond} | {scratch} | {' | '.join(l for l, _ in seed1)} |"
+  rest = " | -" * len(seed1)
+  assert f"| 100 | 0.5 [0.45, 0.55] | 0.25 | -{rest} |" in lines
+  assert f"| 200 | 0.75 [0.7, 0.8] | - | -{rest} |" in lines
   assert not any(l.startswith("| 50 |") for l in lines)  # a row without the evaluation
   assert report.render_fine_tuning_curves(str(tmp_path / "elsewhere")) == []

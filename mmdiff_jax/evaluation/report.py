@@ -118,10 +118,21 @@ def render_sampler_sweep(runs) -> list[str]:
   return lines
 
 
-# Figure 4 read as fine-tuning: the classifiers' accuracy while they train (periodic evaluations).
-FINE_TUNING_CURVES = (("from the joint model", "classifier_1500steps_from_imglabel"),
-                      ("from the unconditional model", "classifier_1500steps_from_uncond"),
-                      ("from scratch", "classifier_1500steps_from_scratch"))
+# C4's runs trained at one commit: the joint model at configs/imglabel.py's defaults, and the classifier
+# fine-tuned for 1500 steps from the unconditional model trained beside it.
+C4_JOINT_RUN = "imglabel_c4_small"
+C4_CLASSIFIER_RUN = "classifier_1500steps_from_uncond_seed0"
+
+# Figure 4 read as fine-tuning: (steps, run-name suffix, the claim's words) of the classifiers
+# fine-tuned from each backbone (classifier_<steps>steps_from_<imglabel|uncond|scratch><suffix>), and
+# their accuracy while they train (periodic evaluations); seed 1's 1500-step pair has no scratch run.
+FINE_TUNING_RUNS = ((200, "_seed0", ", seed 0"), (200, "_seed1", ", seed 1"),
+                    (1500, "_seed0", ", seed 0"), (1500, "_seed1", ", seed 1"))
+FINE_TUNING_CURVES = (("from the joint model", "classifier_1500steps_from_imglabel_seed0"),
+                      ("from the unconditional model", "classifier_1500steps_from_uncond_seed0"),
+                      ("from scratch", "classifier_1500steps_from_scratch_seed0"),
+                      ("from the joint model, seed 1", "classifier_1500steps_from_imglabel_seed1"),
+                      ("from the unconditional model, seed 1", "classifier_1500steps_from_uncond_seed1"))
 PERIODIC_ACCURACY = "periodic_eval/label_accuracy"
 
 
@@ -629,6 +640,25 @@ ABLATIONS = (
               ("imgseg (eps), 0.01", "imgseg_eps_gamma001_small", "eval_metrics"),
               ("imgemb, 0.1 (the default)", "imgemb_v_head_small", "eval_metrics"),
               ("imgemb, 1", "imgemb_v_gamma1_small", "eval_metrics"))),
+    Ablation("Reading a label off the joint model: its sampler or its bound (`label_accuracy`, "
+             "`label_accuracy_by_bound`)",
+             f"One checkpoint of `configs/imglabel.py:small` at its defaults (`{C4_JOINT_RUN}`), "
+             "the same 2000 test images. The sampler observes the image and generates the label "
+             "(DDIM, the label fed back each step); the bound scores each (image, class) pair "
+             "(`eval.label_bound_draws` stratified draws of t shared by every class) and takes the "
+             "lowest, with the whole bound or with its image terms alone. For reference, the "
+             "classifiers fine-tuned for 1500 steps from this model's backbone and from the "
+             "unconditional model's (their own predictions, in the first column).",
+             (("image -> label acc. (sampler; a classifier's own)", "eval/label_accuracy"),
+              ("by the whole bound", "eval/label_accuracy_by_bound"),
+              ("by the bound's image terms", "eval/label_accuracy_by_image_bound")),
+             (("DDIM-10 (the `small` evaluation's); the bound with 10 draws (the default)",
+               C4_JOINT_RUN, "eval_metrics"),
+              ("the bound with 30 draws", C4_JOINT_RUN, "eval_metrics_bound_draws_30"),
+              ("a classifier fine-tuned from this model's backbone, 1500 steps",
+               "classifier_1500steps_from_imglabel_seed0", "eval_metrics"),
+              ("a classifier fine-tuned from the unconditional model's backbone, 1500 steps",
+               C4_CLASSIFIER_RUN, "eval_metrics"))),
 )
 
 
@@ -932,6 +962,17 @@ CLAIMS = (
           Comparison(_seeds("imglabel_readme_small", key="eval/label_accuracy"),
                      _seeds("classifier_from_uncond_v_small", key="eval/label_accuracy"),
                      difference=True), bound=0.0, below=False),
+    Claim("C4", "The same, both trained at one commit (configs/imglabel.py's defaults; the classifier "
+          "fine-tuned for 1500 steps from the unconditional model trained beside it)",
+          "joint better (Figure 4)",
+          Comparison(_seeds(C4_JOINT_RUN, key="eval/label_accuracy"),
+                     _seeds(C4_CLASSIFIER_RUN, key="eval/label_accuracy"),
+                     difference=True), bound=0.0, below=False),
+    Claim("C4", "The same, the label read off the joint model's bound instead of its sampler "
+          "(`label_accuracy_by_bound`, 10 draws)", "joint better (Figure 4)",
+          Comparison(_seeds(C4_JOINT_RUN, key="eval/label_accuracy_by_bound"),
+                     _seeds(C4_CLASSIFIER_RUN, key="eval/label_accuracy"),
+                     difference=True), bound=0.0, below=False),
     # Figure 4 read as fine-tuning: classifiers trained from each model's backbone for the same steps.
     *(Claim("C4 fine-tuned", f"Figure 4 read as fine-tuning: accuracy of the classifier fine-tuned "
             f"from the joint model's backbone (configs/imglabel.py's defaults) minus that of the one "
@@ -939,8 +980,7 @@ CLAIMS = (
             Comparison(_seeds(f"classifier_{steps}steps_from_imglabel{suffix}", key="eval/label_accuracy"),
                        _seeds(f"classifier_{steps}steps_from_uncond{suffix}", key="eval/label_accuracy"),
                        difference=True), bound=0.0, below=False)
-      for steps, suffix, seed_text in ((200, "_seed0", ", seed 0"), (200, "_seed1", ", seed 1"),
-                                       (1500, "", ""))),
+      for steps, suffix, seed_text in FINE_TUNING_RUNS),
     *(Claim("C4 fine-tuned vs scratch", f"The classifier fine-tuned from the {source} model's backbone "
             f"minus one trained from scratch > 0 (the pretraining helps), {steps} steps{seed_text}",
             "not in the paper",
@@ -948,8 +988,7 @@ CLAIMS = (
                        _seeds(f"classifier_{steps}steps_from_scratch{suffix}", key="eval/label_accuracy"),
                        difference=True), bound=0.0, below=False)
       for source, run in (("joint", "imglabel"), ("unconditional", "uncond"))
-      for steps, suffix, seed_text in ((200, "_seed0", ", seed 0"), (200, "_seed1", ", seed 1"),
-                                       (1500, "", ""))),
+      for steps, suffix, seed_text in FINE_TUNING_RUNS if (steps, suffix) != (1500, "_seed1")),
     Claim("-", "MT inpainting LPIPS / the supervised reconstruction regressor's, mask ratio 0.5 "
           "(the strongest non-generative reference, not the paper's comparator)", "not in the paper",
           Comparison(_seeds(MT_U_RUN, key="eval/inpainting/lpips@0.5"),
