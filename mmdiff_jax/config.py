@@ -158,8 +158,9 @@ def default_config() -> ml_collections.ConfigDict:
       num_generated=10_000,  # joint samples for the Frechet AlexNet distance and precision/recall
       mask_ratios=(0.1, 0.3, 0.5, 0.7),  # inpainting is reported per masked fraction
       bound_batches=20,  # test batches for the variational bound in bits/dim
-      label_bound_draws=10,  # label_accuracy_by_bound: (t, noise) draws per test image and class,
-                             # one per stratum of 1..T, shared by every class
+      label_bound_draws=30,  # label_accuracy_by_bound: (t, noise) draws per test image and class,
+                             # one per stratum of 1..T (at most T), shared by every class (10
+                             # read labels 3 points worse on imglabel:small)
       after_training=("label_accuracy", "segmentation_miou", "segmentation_agreement", "inpainting",
                       "embedding_consistency"),  # run by main at the end
       during_training=("label_accuracy", "bound"),  # run every training.eval_every steps (those

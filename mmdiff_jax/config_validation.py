@@ -244,8 +244,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   _require(e.sampler in SAMPLERS, "eval.sampler", e.sampler, f"one of {SAMPLERS}")
   _require(1 <= e.sampler_steps <= d.num_timesteps, "eval.sampler_steps", e.sampler_steps,
            f"1..{d.num_timesteps} (diffusion.num_timesteps)")
-  _require(e.label_bound_draws <= d.num_timesteps, "eval.label_bound_draws", e.label_bound_draws,
-           f"1..{d.num_timesteps} (diffusion.num_timesteps: one stratum of steps per draw)")
   _require(0.0 <= e.sdedit_t0_fraction <= 1.0, "eval.sdedit_t0_fraction", e.sdedit_t0_fraction,
            "a value in [0, 1]")
   _require(int(e.replacement_resamples) >= 1, "eval.replacement_resamples", e.replacement_resamples,
