@@ -974,7 +974,8 @@ CLAIMS = (
     # Figure 4 read as fine-tuning: classifiers trained from each model's backbone for the same steps.
     *(Claim("C4 fine-tuned", f"Figure 4 read as fine-tuning: accuracy of the classifier fine-tuned "
             f"from the joint model's backbone (configs/imglabel.py's defaults) minus that of the one "
-            f"fine-tuned from the unconditional model's, {steps} steps{seed_text}", "joint better (Figure 4)",
+            f"fine-tuned from the unconditional model's > 0, {steps} steps{seed_text}",
+            "joint better (Figure 4)",
             Comparison(_seeds(f"classifier_{steps}steps_from_imglabel{suffix}", key="eval/label_accuracy"),
                        _seeds(f"classifier_{steps}steps_from_uncond{suffix}", key="eval/label_accuracy"),
                        difference=True), bound=0.0, below=False)
