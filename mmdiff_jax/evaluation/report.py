@@ -136,13 +136,17 @@ FINE_TUNING_CURVES = (("from the joint model", "classifier_1500steps_from_imglab
 PERIODIC_ACCURACY = "periodic_eval/label_accuracy"
 
 
+def _metrics_log_rows(path: str) -> list[dict[str, Any]]:
+  """The rows of a run's metrics.jsonl; [] without one."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def _periodic(results_dir: str, name: str, key: str) -> dict[int, tuple[float, list[float] | None]]:
   """{step: (value, its 95% interval or None)} of a periodic evaluation in a run's metrics.jsonl."""
-  path = os.path.join(results_dir, name, "metrics.jsonl")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  rows = _metrics_log_rows(os.path.join(results_dir, name, "metrics.jsonl"))
   return {r["step"]: (r[key], r.get(key + "_ci95")) for r in rows if key in r}
 
 
@@ -178,11 +182,7 @@ def render_fine_tuning_curves(results_dir: str) -> list[str]:
 def _run_from_metrics_log(path: str) -> dict[str, Any]:
   """For runs made before run.json existed: steps and training time (sum over the logged intervals of
   steps / steps_per_s) from metrics.jsonl; {} without it."""
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  rows = [r for r in rows if "steps_per_s" in r]
+  rows = [r for r in _metrics_log_rows(path) if "steps_per_s" in r]
   if not rows:
     return {}
   wall, previous = 0.0, 0
