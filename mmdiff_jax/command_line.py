@@ -40,11 +40,16 @@ def unknown_override(argv: list[str]) -> str | None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, but an override of a key the config lacks is named in full, without a
-  traceback (ml_collections raises a KeyError or AttributeError naming only its last part), and
-  absl's own errors are one line too."""
+  """absl's parsing (an entry point's `flags_parser` for `app.run`), but an override of a key the
+  config lacks is named in full, without a traceback (ml_collections raises a KeyError or
+  AttributeError naming only its last part), absl's own errors are one line too, and asking for
+  help exits with status 0."""
   try:
     return flags.FLAGS(argv)
+  except SystemExit as exit_:
+    # Only absl's help flags (--help, --helpfull, ...) exit while parsing: they print the help to
+    # stdout and then exit with status 1, which would fail a script that merely asked for help.
+    sys.exit(0 if exit_.code == 1 else exit_.code)
   except (KeyError, AttributeError) as error:
     print(f"FATAL Flags parsing error: {unknown_override(argv) or error}", file=sys.stderr)
     sys.exit(1)

@@ -992,6 +992,18 @@ def test_flags_a_mode_would_ignore_or_cannot_use_are_one_line_errors(tmp_path, e
   assert lines[1:] in ([], ["Pass --helpshort or --helpfull to see help on flags."]), lines
 
 
+@pytest.mark.parametrize("module, flag", [
+    ("mmdiff_jax.main", "--help"), ("mmdiff_jax.evaluate", "--helpfull"),
+    ("mmdiff_jax.evaluation.report", "--help"), ("mmdiff_jax.data.prepare", "--helpshort")])
+def test_asking_for_help_succeeds(module, flag):
+  """absl ends its help flags with exit status 1; a script under `set -e` that only asked for help
+  must not fail."""
+  result = subprocess.run([sys.executable, "-m", module, flag], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "--" in result.stdout and "FATAL" not in result.stderr, result.stdout[-2000:]
+
+
 def test_a_changed_input_position_is_damage(tmp_path):
   """The input position is part of what a checkpoint promises: resuming from an edited one would
   feed other batches than the run would have seen, silently."""

@@ -62,7 +62,7 @@ from absl import app, flags
 from etils import epath
 from PIL import Image
 
-from mmdiff_jax import console
+from mmdiff_jax import command_line, console
 from mmdiff_jax.data import sources
 from mmdiff_jax.errors import BadValueError
 
@@ -618,4 +618,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(console.exit_on_user_error(main))
+  app.run(console.exit_on_user_error(main), flags_parser=command_line.parse_flags)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from mmdiff_jax import console
+from mmdiff_jax import command_line, console
 from mmdiff_jax.atomic_files import replace_file
 from mmdiff_jax.errors import BadValueError, MissingFileError
 from mmdiff_jax.evaluation import metrics
@@ -1083,4 +1083,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(console.exit_on_user_error(main))
+  app.run(console.exit_on_user_error(main), flags_parser=command_line.parse_flags)
