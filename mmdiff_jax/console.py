@@ -29,8 +29,9 @@ def exit_on_user_error(main: Callable[[list[str]], Any]) -> Callable[[list[str]]
   """A function of the command line (an entry point's `main` for absl's `app.run`, or what rewrites
   its arguments first), but an error in the user's input (`mmdiff_jax.errors.UserError`, whose
   message names what to change) ends the program with that message as one line on stderr and exit
-  status 1, not a traceback. Any other exception is a bug and keeps its traceback; so does a
-  user error when $MMDIFF_JAX_TRACEBACK=1."""
+  status 1, not a traceback; Ctrl-C that reaches it (training saves and exits on the first one
+  instead) ends it with one line and status 130, the shell's for SIGINT. Any other exception is a
+  bug and keeps its traceback; so do a user error and Ctrl-C when $MMDIFF_JAX_TRACEBACK=1."""
   @functools.wraps(main)
   def main_printing_user_errors(argv: list[str]) -> Any:
     try:
@@ -40,4 +41,9 @@ def exit_on_user_error(main: Callable[[list[str]], Any]) -> Callable[[list[str]]
         raise
       print(f"FATAL {error}", file=sys.stderr, flush=True)
       sys.exit(1)
+    except KeyboardInterrupt:
+      if os.environ.get(TRACEBACK_ENV) == "1":
+        raise
+      print("Interrupted (Ctrl-C).", file=sys.stderr, flush=True)
+      sys.exit(130)
   return main_printing_user_errors

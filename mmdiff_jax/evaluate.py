@@ -47,8 +47,8 @@ def evaluate(config, workdir: str, evaluators=None, *, metrics_name: str = "eval
   bootstrap replicates into WORKDIR/<metrics_name>.bootstrap.json; returns this call's metrics."""
   if evaluators is not None:
     _check_evaluators(tuple(evaluators), config)
+  experiment, step, state = restore_latest(config, workdir)  # first: no checkpoint, nothing to read
   sources.check_splits(config.data, ("eval_split",))
-  experiment, step, state = restore_latest(config, workdir)
   results = {"step": step, **evaluators_lib.run_evaluators(
       experiment, state.ema_params, config, evaluators, classify=classifier_for(config, experiment))}
   save_eval_metrics(workdir, step, results, name=metrics_name)

@@ -190,10 +190,17 @@ def test_unprepared_tfds_dataset_error(tmp_path):
   msg = str(e.value)
   assert "'mnist'" in msg and str(tmp_path) in msg
   assert "tfds build mnist" in msg and "array_record" in msg
+  assert "prepared there: none" in msg and "python3 -m mmdiff_jax.data.prepare --help" in msg
   assert os.listdir(tmp_path) == []  # Nothing downloaded or created.
   cfg.name = "no_such_dataset_abc"
   with pytest.raises(sources.DatasetNotPreparedError, match="no_such_dataset_abc"):
     sources.load_source(cfg, "train")
+
+
+def test_a_mistyped_dataset_name_is_shown_what_is_prepared(prepared):
+  with pytest.raises(sources.DatasetNotPreparedError,
+                     match=r"'fashion_mnist_offlin'.*prepared there: \['fashion_mnist_offline'\]"):
+    sources.load_source(_config(prepared, name="fashion_mnist_offlin"), "train")
 
 
 def test_choose_fashion_mnist(prepared, tmp_path):
@@ -520,6 +527,9 @@ def test_a_derived_feature_never_replaces_the_datasets_own():
   del batch["segmentation"]
   made = derived.derive(dict(batch), ("garment_segmentation",), seed=0, positions=[0, 1])
   np.testing.assert_array_equal(made["segmentation"][:, 0, 0], [2, 3])
+  with pytest.raises(ValueError, match=r"config.data.derived: 'garment_segmentation' .* no 'label' "
+                                       r"feature \(it has \['image'\]\).*--config.data.derived='\(\)'"):
+    derived.derive({"image": batch["image"]}, ("garment_segmentation",), seed=0, positions=[0, 1])
 
 
 def _read_batch(records, *, keys, geometry, read_features=None):

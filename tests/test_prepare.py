@@ -203,6 +203,19 @@ def test_unlabelled_flat_folder_trains_without_label(sets, data_dir, env, tmp_pa
   np.testing.assert_array_equal(images[..., 0], images[..., 2])
   assert not os.path.exists(workdir / "samples" / "export_step2" / "png")
 
+  # Configs that need labels name the missing feature in one line (the label code is read from the
+  # training split before the first step; the segmentation map is derived from the label).
+  for config, message in (
+      ("imglabel.py:smoke", "FATAL dataset 'flat_gray' (train): feature 'label' is missing "
+                            "(modality 'label'); the batch has ['image']"),
+      ("imgseg.py:smoke", "FATAL config.data.derived: 'garment_segmentation' makes the segmentation "
+                          "map from the image and its class, and the dataset has no 'label' feature")):
+    result = _run(["mmdiff_jax.main", f"--config=configs/{config}", f"--workdir={tmp_path / config}"]
+                  + [f"--config.{k}={v}" for k, v in {**SMOKE, "data.name": "flat_gray",
+                                                      "data.data_dir": data_dir}.items()], env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-3000:]
+
 
 def test_manifest_masks_of_another_size_resized_together(sets, data_dir, env, tmp_path):
   _prepare_cli(env, f"--manifest={sets / 'manifest' / 'examples.csv'}", "--name=seg_set",
@@ -309,12 +322,16 @@ def _bad_case(tmp_path, kind):
     _save(base / "img" / "0.png", _images(rng, 1, (6, 6, 3))[0])
     (base / "m.csv").write_text("image,lable\nimg/0.png,1\n")
     return base / "m.csv", {}, str(base / "m.csv") + " row 1", "unknown columns \\['lable'\\]"
+  if kind == "splits_without_split_folders":
+    _save(base / "train" / "cat" / "0.png", _images(rng, 1, (6, 6, 3))[0])
+    return base, {}, str(base / "train"), "class folder holds sub-folders \\(cat, ...\\).*pass --split_folders"
   raise ValueError(kind)
 
 
 @pytest.mark.parametrize("kind", ["unreadable", "mixed_channels", "mixed_sizes", "mask_size",
                                   "missing_mask", "label_outside", "manifest_missing_file",
-                                  "negative_label", "manifest_column"])
+                                  "negative_label", "manifest_column",
+                                  "splits_without_split_folders"])
 def test_bad_inputs_name_the_file_and_leave_prepared_data_alone(good, kind):
   tmp_path, data_dir = good
   before = _prepared_listing(data_dir)

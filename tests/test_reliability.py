@@ -128,6 +128,38 @@ def test_sigterm_saves_current_step_and_exits_cleanly(data_dir, tmp_path):
   assert [i["steps"] for i in invocations] == [[0, stopped], [stopped, stopped + 2]]
 
 
+def test_ctrl_c_saves_like_sigterm_and_a_second_one_interrupts(data_dir, tmp_path):
+  workdir = str(tmp_path / "wd")
+  command = _main_command(data_dir, workdir, **{"training.num_steps": 100_000,
+                                                "training.save_every": 1000})
+  proc, lines = _run_until(command, _env(), "step 3/")
+  proc.send_signal(signal.SIGINT)
+  out = _finish(proc, lines)
+  assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+  assert "Ctrl-C: saving a checkpoint after this step" in out
+  stopped = int(out.split("Received Ctrl-C (SIGINT): saved a checkpoint at step ")[1].split()[0])
+  assert stopped >= 3 and _checkpoint_steps(workdir) == [stopped]
+  assert _run_json(workdir)["invocations"][-1]["outcome"] == "stopped by Ctrl-C (SIGINT)"
+
+
+def test_an_error_in_the_loop_is_the_invocations_outcome(tmp_path):
+  record = run_files.RunRecord(str(tmp_path), _smoke_config(str(tmp_path)))
+  record.start(first_step=0)
+  record.update(last_step=4, wall_s=1.0)
+  with pytest.raises(errors.BadValueError), record.noting_errors():
+    raise errors.BadValueError("dataset 'x' (train): feature 'label' is missing\nmore")
+  invocation = _run_json(str(tmp_path))["invocations"][-1]
+  assert invocation["outcome"] == ("failed: BadValueError: dataset 'x' (train): feature 'label' is "
+                                   "missing")
+  assert invocation["steps"] == [0, 4]
+  record = run_files.RunRecord(str(tmp_path), _smoke_config(str(tmp_path)))
+  record.start(first_step=4)
+  with pytest.raises(KeyboardInterrupt), record.noting_errors():
+    raise KeyboardInterrupt
+  assert [i["outcome"] for i in _run_json(str(tmp_path))["invocations"]] == [
+      "failed: BadValueError: dataset 'x' (train): feature 'label' is missing", "interrupted (Ctrl-C)"]
+
+
 def test_sigkill_loses_at_most_save_interval_and_never_restores_partial(data_dir, tmp_path):
   workdir = str(tmp_path / "wd")
   env = _env()
@@ -964,6 +996,13 @@ def test_only_user_errors_lose_their_traceback(monkeypatch, capsys):
   monkeypatch.setenv(console.TRACEBACK_ENV, "1")
   with pytest.raises(errors.BadValueError):
     fails_with(errors.BadValueError("config.x: got 1"))(["main"])
+  with pytest.raises(KeyboardInterrupt):
+    fails_with(KeyboardInterrupt())(["main"])
+  monkeypatch.delenv(console.TRACEBACK_ENV)
+  with pytest.raises(SystemExit) as exit_info:
+    fails_with(KeyboardInterrupt())(["main"])
+  assert exit_info.value.code == 130
+  assert capsys.readouterr().err == "Interrupted (Ctrl-C).\n"
   # Each user error is also the builtin a caller would catch.
   assert issubclass(ModelMismatchError, ValueError) and issubclass(ModelMismatchError, errors.UserError)
   assert issubclass(sources.DatasetNotPreparedError, FileNotFoundError)

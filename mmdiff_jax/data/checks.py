@@ -11,6 +11,11 @@ from mmdiff_jax.models import kinds
 from mmdiff_jax.models.modalities import ModalitySpec
 
 
+def training_source(data_config) -> str:
+  """How errors about the training batches name where they come from (check_batch's `where`)."""
+  return f"dataset {data_config.name!r} ({data_config.train_split})"
+
+
 def _fail(where: str, feature: str, problem: str) -> None:
   raise BadValueError(f"{where}: feature {feature!r} {problem}")
 

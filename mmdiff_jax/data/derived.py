@@ -32,6 +32,11 @@ def garment_segmentation(batch, rngs: Generators) -> dict[str, np.ndarray]:
   is derived from the image and its label, so a model of (image, map) must get shape and class right.
   """
   del rngs
+  if "label" not in batch:
+    raise BadValueError(
+        f"config.data.derived: 'garment_segmentation' makes the segmentation map from the image and "
+        f"its class, and the dataset has no 'label' feature (it has {sorted(batch)}). A dataset with "
+        f"masks of its own needs no derived map: --config.data.derived='()'")
   ink = batch["image"][..., 0] > INK_THRESHOLD
   return {"segmentation": np.where(ink, batch["label"][:, None, None] + 1, 0).astype(np.int32)}
 

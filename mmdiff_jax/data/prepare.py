@@ -127,8 +127,9 @@ def _folder_entries(folder: str, mask_suffix: str | None) -> tuple[list[str], li
   return images, subdirs
 
 
-def _list_one_split(folder: str, split: str, mask_suffix: str | None):
-  """(rows of (split, image, class name or None, mask), class names or None) of one folder."""
+def _list_one_split(folder: str, split: str, mask_suffix: str | None, *, split_folders: bool):
+  """(rows of (split, image, class name or None, mask), class names or None) of one folder
+  (`split_folders`: whether it is one of --split_folders' splits, for the errors' advice)."""
   images, subdirs = _folder_entries(folder, mask_suffix)
   if images and subdirs:
     raise PrepareError(f"{folder}: holds both images ({os.path.basename(images[0])}, ...) and "
@@ -140,8 +141,11 @@ def _list_one_split(folder: str, split: str, mask_suffix: str | None):
   for name in subdirs:
     class_images, nested = _folder_entries(os.path.join(folder, name), mask_suffix)
     if nested:
+      hint = ("" if split_folders else
+              f"; if {os.path.basename(folder)}'s sub-folders are splits ({name}/, ...), each with "
+              f"class folders in it, pass --split_folders")
       raise PrepareError(f"{os.path.join(folder, name)}: class folder holds sub-folders "
-                         f"({nested[0]}, ...); expected only images")
+                         f"({nested[0]}, ...); expected only images{hint}")
     if not class_images:
       print(f"prepare: note: class folder {os.path.join(folder, name)} holds no images: no "
             f"{split!r} examples of class {name!r}", file=sys.stderr, flush=True)
@@ -187,9 +191,10 @@ def list_folder(folder: str, *, split_folders: bool = False, mask_suffix: str | 
     if not splits:
       raise PrepareError(f"{folder}: --split_folders expects one sub-folder per split "
                          f"(e.g. train/, test/); found none")
-    listed = [_list_one_split(os.path.join(folder, s), s, mask_suffix) for s in splits]
+    listed = [_list_one_split(os.path.join(folder, s), s, mask_suffix, split_folders=True)
+              for s in splits]
   else:
-    listed = [_list_one_split(folder, "train", mask_suffix)]
+    listed = [_list_one_split(folder, "train", mask_suffix, split_folders=False)]
   rows = [row for part, _ in listed for row in part]
   labelled = {names is not None for _, names in listed}
   if len(labelled) > 1:

@@ -140,10 +140,13 @@ def remove_incomplete(dataset_dir: str) -> None:
 
 
 def _not_prepared_message(name: str, data_dir: str, reason: str) -> str:
+  prepared = prepared_datasets(data_dir)
   return (
       f"TFDS dataset {name!r} is not available in array_record format under "
-      f"data_dir={data_dir} ({reason}). mmdiff_jax never downloads data. "
-      "Prepare it once on a machine with internet access and copy the "
+      f"data_dir={data_dir} ({reason}); prepared there: {prepared or 'none'}. "
+      "Your own images or arrays: `python3 -m mmdiff_jax.data.prepare --help`. A public TFDS "
+      "dataset (mmdiff_jax never downloads data): prepare it once on a machine with internet "
+      "access and copy the "
       f"directory {os.path.join(data_dir, name.split(':')[0].split('/')[0])} "
       f"here, e.g. `tfds build {name} --data_dir={data_dir} "
       "--file_format=array_record` (or `tfds.builder(name, data_dir=...)"
@@ -151,6 +154,12 @@ def _not_prepared_message(name: str, data_dir: str, reason: str) -> str:
       "`data.data_dir` to the directory that holds it. For Fashion-MNIST "
       f"without internet use data.name='{OFFLINE_FASHION_MNIST}'."
   )
+
+
+def prepared_datasets(data_dir: str) -> list[str]:
+  """The names of the datasets prepared in `data_dir` (a folder NAME/VERSION/dataset_info.json)."""
+  found = glob.glob(os.path.join(glob.escape(data_dir), "*", "*", "dataset_info.json"))
+  return sorted({os.path.basename(os.path.dirname(os.path.dirname(path))) for path in found})
 
 
 def get_builder(data_config) -> tfds.core.DatasetBuilder:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from mmdiff_jax.data import pipeline
@@ -49,15 +51,19 @@ CLASS_MEAN_EXAMPLES = 10_000
 
 
 def read_class_mean_codes(data_config, *, label_feature: str, num_classes: int,
-                          max_examples: int = CLASS_MEAN_EXAMPLES) -> np.ndarray:
+                          max_examples: int = CLASS_MEAN_EXAMPLES,
+                          check_first_batch: Callable[[dict], None] | None = None) -> np.ndarray:
   """class_mean_codes of `max_examples` examples of the training split drawn at random (a fixed
   draw; more if a class has not occurred by then, all if the split is smaller), at data.image_size,
-  with the training stream's preprocessing but not its random augmentations."""
+  with the training stream's preprocessing but not its random augmentations. `check_first_batch`
+  (e.g. data.checks.check_batch) raises if the split's batches do not hold what the model needs."""
   iterator = pipeline.make_iterator(data_config, split=data_config.train_split,
                                     global_batch_size=1000, seed=0, shuffle=True, num_epochs=1,
                                     drop_remainder=False)
   images, labels, seen = [], [], np.zeros(num_classes, bool)
   for batch in iterator:
+    if check_first_batch is not None and not images:
+      check_first_batch(batch)
     images.append(batch["image"])
     labels.append(batch[label_feature])
     seen[np.asarray(labels[-1])[np.asarray(labels[-1]) < num_classes]] = True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 
+from mmdiff_jax.data.checks import check_batch, training_source
 from mmdiff_jax.data.statistics import CLASS_MEAN_EXAMPLES, read_class_mean_codes
 from mmdiff_jax.errors import BadValueError
 from mmdiff_jax.multihost import place
@@ -18,8 +20,12 @@ def with_class_mean_codes(state, experiment, config):
   params, ema = dict(state.params), dict(state.ema_params)
   for spec in specs:
     name = f"encoders_{spec.name}"
+    # The training loop's check of a batch, on the first batch read here: a dataset without labels,
+    # or with other image shapes, gets the loop's error naming the feature, not a failure in here.
+    check = functools.partial(check_batch, specs=experiment.specs, z_shape=experiment.model.z_shape,
+                              where=training_source(config.data), ignore_label=config.data.ignore_label)
     table = read_class_mean_codes(config.data, label_feature=spec.feature,
-                                  num_classes=spec.num_classes)
+                                  num_classes=spec.num_classes, check_first_batch=check)
     old = params[name]["codes"]
     if table.shape != old.shape:
       raise BadValueError(f"modalities.{spec.name}.encoder='class_mean': the training split's images "

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -227,6 +227,29 @@ class RunRecord:
       invocation["outcome"] = outcome
     self.record.update(train_wall_s=self.wall_before + wall_s, steps_done=last_step,
                        commit=self.commit)
+    if self.enabled:
+      replace_file(self.path, json.dumps(self.record, indent=1))
+
+  @contextlib.contextmanager
+  def noting_errors(self) -> Iterator[None]:
+    """An error that ends the block (a bug, a user error, Ctrl-C) ends the current invocation: its
+    outcome names the error, unless it already has one; its steps stay those of the last logged step."""
+    try:
+      yield
+    except BaseException as error:
+      self._end_with(error)
+      raise
+
+  def _end_with(self, error: BaseException) -> None:
+    invocation = (self.record["invocations"] or [{}])[-1]
+    if invocation.get("outcome") != "running":
+      return
+    if isinstance(error, KeyboardInterrupt):
+      outcome = "interrupted (Ctrl-C)"
+    else:
+      first_line = (str(error).splitlines() or [""])[0][:300]
+      outcome = f"failed: {type(error).__name__}" + (f": {first_line}" if first_line else "")
+    invocation.update(outcome=outcome, finished_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
     if self.enabled:
       replace_file(self.path, json.dumps(self.record, indent=1))
 

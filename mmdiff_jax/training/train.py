@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ from mmdiff_jax import random_streams
 from mmdiff_jax.atomic_files import replace_file
 from mmdiff_jax.config_validation import validate_config
 from mmdiff_jax.data import pipeline, sources
-from mmdiff_jax.data.checks import check_batch
+from mmdiff_jax.data.checks import check_batch, training_source
 from mmdiff_jax.errors import BadValueError, DivergedError
 from mmdiff_jax.evaluation.evaluators import run_evaluators
 from mmdiff_jax.evaluation.harness import (BOOTSTRAP_KEY, conditions_of, masked_test_images,
@@ -258,8 +259,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   t = config.training
   writer = MetricsWriter(workdir, dashboard)
   if jax.process_index() == 0:
+    # The viewer is not a dependency (the events are written with tensorboardX alone).
+    viewer_missing = "" if shutil.which("tensorboard") else " (after pip install tensorboard)"
     print(f"Outputs in {workdir}: metrics.jsonl, checkpoints/, samples/; dashboard: tensorboard "
-          f"--logdir={dashboard.logdir}", flush=True)
+          f"--logdir={dashboard.logdir}{viewer_missing}", flush=True)
   print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es). Prior check: {experiment.prior_report()}", flush=True)
 
@@ -304,11 +307,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   if start < t.num_steps:
     run_record.start(first_step=start)
   stop = StopRequest(first_step=start)
-  with stop.on_sigterm():
+  with run_record.noting_errors(), stop.on_signals():
     for step in range(start + 1, t.num_steps + 1):
       local_batch = next(train_iter)
       check_batch(local_batch, experiment.specs, experiment.model.z_shape,
-                  where=f"dataset {config.data.name!r} ({config.data.train_split})",
+                  where=training_source(config.data),
                   ignore_label=config.data.ignore_label)
       # Only the features the model reads go in: derived extras (a mask beside its masked image)
       # would change the step's input tree, which a precompiled multi-process step refuses.
@@ -351,8 +354,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
           _save(checkpointer, step, state, train_iter)
         checkpointer.close()  # the save is complete before the message says so
         run_record.update(last_step=step, wall_s=time.perf_counter() - loop_start,
-                          outcome="stopped by SIGTERM")
-        print(f"Received SIGTERM: saved a checkpoint at step {step} in {checkpointer.directory}; "
+                          outcome=f"stopped by {stop.signal_name}")
+        print(f"Received {stop.signal_name}: saved a checkpoint at step {step} in "
+              f"{checkpointer.directory}; "
               f"exiting. Rerun the same command to resume.", flush=True)
         return {"step": step, "stopped": True, "sample_grids": []}
       if step % t.sample_every == 0 and step != t.num_steps:
