@@ -14,14 +14,21 @@ import struct
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
 from configs import imglabel
 from mmdiff_jax import installed_configs
+from mmdiff_jax.data import fashion_mnist
+from mmdiff_jax.experiment import build_experiment
+from mmdiff_jax.models.mtdiffusion import MTDiffusion
+from mmdiff_jax.sampling import grids
 from mmdiff_jax.training import dashboard, restore, train
+from mmdiff_jax.training import state as state_lib
 from mmdiff_jax.training import params_export as export
 
 
@@ -175,3 +182,29 @@ def test_evaluate_command_prints_its_results_not_the_library_logs(run, data_dir)
     assert '"eval/label_accuracy":' in done.stdout
     # absl's INFO lines ("I1205 12:00:00.000 ...": orbax writes them on every checkpoint it opens)
     assert bool(re.search(r"^I\d{4} \d\d:\d\d", out, re.M)) == info_lines_expected, out[-3000:]
+
+
+@pytest.mark.parametrize("num_classes, expected", [
+    (10, ["T-shirt/top", "Trouser"]),  # the dataset's labels: its class names
+    (12, ["0", "1"])])  # another class count: not the dataset's classes, so their ids
+def test_sample_grid_captions_name_classes_only_for_the_datasets_labels(
+    tmp_path, monkeypatch, num_classes, expected):
+  config = imglabel.get_config("smoke")
+  config.modalities.label.update(num_classes=num_classes, encoder="categorical")
+  config.sampling.update(num_samples=num_classes * 2, sampler_steps=2)
+  experiment = build_experiment(config)
+  batch = {k: jnp.zeros(v.shape, v.dtype)
+           for k, v in state_lib.example_batch(experiment.model, 2).items()}
+  params = nn.meta.unbox(experiment.model.init(
+      jax.random.PRNGKey(0), batch, batch["image"], jnp.ones((2,), jnp.int32),
+      method=MTDiffusion.initialize))["params"]
+  captioned = {}
+
+  def record_captions(path, images, captions=None, **_):
+    captioned[os.path.basename(path)] = list(captions or [])
+    return path
+
+  monkeypatch.setattr(grids, "save_grid", record_captions)
+  train.save_sample_grids(experiment, params, config, str(tmp_path), 1,
+                          class_names=list(fashion_mnist.CLASS_NAMES))
+  assert captioned["class_conditional_step1.png"][::2][:2] == expected

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,26 @@ def test_smoke_end_to_end_and_rerun_resumes(data_dir, tmp_path, capsys):
 
   train.train_and_evaluate(config, workdir)
   assert "Resuming from step 20" in capsys.readouterr().out
+
+
+def test_steps_per_second_leave_out_evaluations_during_training(data_dir, tmp_path, monkeypatch):
+  def slow_evaluation(*args, **kwargs):
+    time.sleep(EVALUATION_S)
+    return {"periodic_eval/made_up": 0.0}
+
+  EVALUATION_S = 6.0
+  monkeypatch.setattr(train, "evaluate_during_training", slow_evaluation)
+  config = smoke_config(data_dir, **{"training.num_steps": 6, "training.log_every": 2,
+                                     "training.eval_every": 4, "training.save_every": 6,
+                                     "training.sample_every": 100})
+  config.eval.after_training = ()
+  config.sampling.num_samples = 0
+  workdir = str(tmp_path / "wd")
+  train.train_and_evaluate(config, workdir)
+  rows = {row["step"]: row for row in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
+          if "loss" in row}
+  # Steps 5 and 6 follow the evaluation at step 4: counted in, they would run at < 2 / 6 steps/s.
+  assert rows[6]["steps_per_s"] > 1.0, rows
 
 
 def _restore(config, workdir, step=None):

@@ -123,6 +123,11 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   label_spec = next((x for x in experiment.specs if x.kind == "label"), None)
   previewed = [x for x in experiment.model.aggregated if kinds.get(x.kind).preview is not None]
   rng = random_streams.key(config.seed, "sample_grids")
+  # The dataset's class names caption the labels only if the label modality reads the dataset's
+  # labels (batch feature "label", from data.label_key) and has as many classes; else class ids.
+  if not (label_spec and label_spec.feature == "label" and class_names
+          and len(class_names) == label_spec.num_classes):
+    class_names = None
   name = lambda i: class_names[i] if class_names else str(i)
   out_dir = os.path.join(workdir, "samples")
   paths = []
@@ -359,12 +364,19 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
               f"{checkpointer.directory}; "
               f"exiting. Rerun the same command to resume.", flush=True)
         return {"step": step, "stopped": True, "sample_grids": []}
-      if step % t.sample_every == 0 and step != t.num_steps:
-        dashboard.images(step, save_sample_grids(experiment, state.ema_params, config, workdir, step))
+      sampling_now = step % t.sample_every == 0 and step != t.num_steps
       # At the last step too, so that each periodic curve ends where training did (the evaluations
       # after training use other examples and counts, under eval/ rather than periodic_eval/).
-      if t.eval_every and step % t.eval_every == 0:
-        writer.write(step, evaluate_during_training(experiment, state.ema_params, config))
+      evaluating_now = bool(t.eval_every) and step % t.eval_every == 0
+      if sampling_now or evaluating_now:
+        jax.block_until_ready(state)  # the step's own time stays in steps/s; what follows does not
+        paused = time.perf_counter()
+        if sampling_now:
+          dashboard.images(step, save_sample_grids(experiment, state.ema_params, config, workdir,
+                                                   step))
+        if evaluating_now:
+          writer.write(step, evaluate_during_training(experiment, state.ema_params, config))
+        last_time += time.perf_counter() - paused
   checkpointer.wait()
   if int(state.step) > start:
     run_record.update(last_step=int(state.step), wall_s=time.perf_counter() - loop_start,
