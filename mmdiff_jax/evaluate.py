@@ -50,7 +50,8 @@ def evaluate(config, workdir: str, evaluators=None, *, metrics_name: str = "eval
   experiment, step, state = restore_latest(config, workdir)  # first: no checkpoint, nothing to read
   sources.check_splits(config.data, ("eval_split",))
   results = {"step": step, **evaluators_lib.run_evaluators(
-      experiment, state.ema_params, config, evaluators, classify=classifier_for(config, experiment))}
+      experiment, state.ema_params, config, evaluators, classify=classifier_for(config, experiment),
+      show_progress=True)}
   save_eval_metrics(workdir, step, results, name=metrics_name)
   results.pop(BOOTSTRAP_KEY, None)  # in WORKDIR/<metrics_name>.bootstrap.json
   if jax.process_index() == 0:

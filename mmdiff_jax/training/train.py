@@ -388,7 +388,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
                             class_names=sources.class_names(config.data))
   dashboard.images(final_step, grids)
   evaluated = run_evaluators(experiment, state.ema_params, config, config.eval.after_training,
-                             classify=classifier_for(config, experiment))
+                             classify=classifier_for(config, experiment), show_progress=True)
   results: dict[str, Any] = {"sample_grids": grids, **evaluated}
   if evaluated:
     merged = save_eval_metrics(workdir, final_step, evaluated)

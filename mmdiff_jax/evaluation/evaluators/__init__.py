@@ -14,8 +14,10 @@ needs (`Evaluator.applies`); `run_evaluators` runs those named that apply.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
 
 from mmdiff_jax.evaluation import harness, metrics
@@ -85,7 +87,7 @@ def to_run(experiment, selected: Sequence[str] | None) -> list[str]:
 
 
 def run_evaluators(experiment, params, config, selected: Sequence[str] | None, *,
-                   classify=None) -> dict[str, Any]:
+                   classify=None, show_progress: bool = False) -> dict[str, Any]:
   """Runs the evaluators named in `selected` (None: every one but those only_when_named) that apply
   to this experiment; returns
   {"eval/<metric>": value}, "eval/<metric>_ci95": [lower, upper] (95% percentile bootstrap interval
@@ -96,16 +98,26 @@ def run_evaluators(experiment, params, config, selected: Sequence[str] | None, *
   its reason in "eval/<name>_skipped".
   classify: the independent classifier of config.eval.classifier_workdir (images (B, H, W, C) ->
   labels (B,); mmdiff_jax.training.restore.load_classifier), for the evaluators that use one.
+  show_progress: print a line as each evaluator starts and ends (process 0; some take minutes).
   """
   results, evaluated, replicates = {}, [], {}
-  for name in to_run(experiment, selected):
+  names_to_run = to_run(experiment, selected)
+  show_progress = show_progress and jax.process_index() == 0
+  for i, name in enumerate(names_to_run):
     evaluator = get(name)
     reason = evaluator.unavailable(config)
     if reason:
       results[f"eval/{name}_skipped"] = reason
+      if show_progress:
+        print(f"Evaluator {name} ({i + 1}/{len(names_to_run)}) skipped: {reason}", flush=True)
       continue
+    if show_progress:
+      print(f"Evaluator {name} ({i + 1}/{len(names_to_run)}) ...", flush=True)
+      started = time.perf_counter()
     extra = {"classify": classify} if evaluator.uses_classifier else {}
     values = dict(evaluator.evaluate(experiment, params, config, **extra))
+    if show_progress:
+      print(f"Evaluator {name} done in {time.perf_counter() - started:.1f} s", flush=True)
     for metric, draws in values.pop("bootstrap", {}).items():
       if f"{metric}_examples" not in values:  # what the report checks before pairing two runs
         raise AssertionError(f"evaluator {name!r}: {metric!r} has bootstrap replicates but no "
