@@ -14,6 +14,7 @@ import ml_collections
 
 from mmdiff_jax.diffusion import aggregation, bound
 from mmdiff_jax.diffusion.schedules import Schedule, get_schedule
+from mmdiff_jax.models import kinds
 from mmdiff_jax.models.modalities import (ModalitySpec, aggregated_specs, aggregation_weights,
                                           specs_from_config)
 from mmdiff_jax.models.mtdiffusion import MTDiffusion
@@ -41,6 +42,16 @@ class Experiment:
   @property
   def is_generative(self) -> bool:
     return self.task == "diffusion"
+
+  @property
+  def class_modality(self) -> ModalitySpec | None:
+    """The categorical modality whose classes samples are asked for (the class-conditional grid,
+    --sample_labels): a conditioned model's condition, else the first generated modality of kind
+    "label"; None if there is none (a condition that is not categorical: None as well)."""
+    if self.is_generative and self.model.conditions:
+      condition = self.model.conditions[0]
+      return condition if kinds.get(condition.kind).categorical else None
+    return next((s for s in self.specs if s.kind == "label"), None)
 
   def objective(self) -> Objective | PredictionObjective:
     if not self.is_generative:

@@ -5,6 +5,7 @@ evaluators are found by their file name."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -23,6 +24,9 @@ from mmdiff_jax.evaluation import evaluators, harness
 from mmdiff_jax.experiment import build_experiment
 from mmdiff_jax.models import heads, kinds
 from mmdiff_jax.models.modalities import specs_from_config
+from mmdiff_jax.models.mtdiffusion import MTDiffusion
+from mmdiff_jax.sampling import sample_export
+from mmdiff_jax.training import state as state_lib
 from mmdiff_jax.training import train
 
 
@@ -268,3 +272,49 @@ def test_a_file_of_the_folder_without_its_record_is_named(tmp_path, monkeypatch)
   with pytest.raises(ValueError, match=r"unknown evaluator 'nope'; expected one of \['misnamed', "
                                        r"'shared'\]"):
     found.get("nope")
+
+
+def _untrained_params(experiment):
+  batch = {k: jnp.zeros(v.shape, v.dtype)
+           for k, v in state_lib.example_batch(experiment.model, 2).items()}
+  return nn.meta.unbox(experiment.model.init(
+      jax.random.PRNGKey(0), batch, batch["image"], jnp.ones((2,), jnp.int32),
+      method=MTDiffusion.initialize))["params"]
+
+
+def _export(experiment, params, labels):
+  return sample_export.generate(experiment, params, num_samples=4, batch_size=4,
+                                rng=jax.random.PRNGKey(1), labels=labels,
+                                sampler=experiment.sampler("ddim", 2))
+
+
+def test_a_conditioning_kind_defined_here_is_the_one_samples_are_asked_for(monkeypatch):
+  """Any categorical kind that can condition is given by --sample_labels, not only "label"."""
+  attribute = dataclasses.replace(kinds.get("label"), name="attribute")
+  monkeypatch.setitem(kinds._REGISTERED, attribute.name, attribute)
+  config = importlib.import_module("configs.baseline_classcond").get_config("smoke")
+  del config.modalities["label"]
+  config.modalities.attribute = dict(kind="attribute", feature="label", num_classes=3,
+                                     role="condition")
+  experiment = build_experiment(config)
+  assert experiment.class_modality.name == "attribute"
+  params = _untrained_params(experiment)
+  with pytest.raises(ValueError, match="conditioned on 'attribute': give --sample_labels"):
+    _export(experiment, params, None)
+  given = sample_export.sample_labels("balanced", num_samples=4,
+                                      num_classes=experiment.class_modality.num_classes)
+  exported = _export(experiment, params, given)
+  np.testing.assert_array_equal(exported["labels"], [0, 1, 2, 0])
+  assert exported["images"].shape == (4, 28, 28, 1)
+
+
+def test_every_generated_modality_is_exported_a_second_label_by_its_name():
+  config = importlib.import_module("configs.imglabel").get_config("smoke")
+  config.modalities.label.encoder = "categorical"
+  config.modalities.coarse = dict(kind="label", feature="label", num_classes=10,
+                                  encoder="categorical")
+  experiment = build_experiment(config)
+  exported = _export(experiment, _untrained_params(experiment), None)
+  (other,) = {"coarse", "label"} - {experiment.class_modality.name}  # "labels" holds the first
+  assert sorted(exported) == sorted(["images", "labels", other])
+  assert exported[other].shape == exported["labels"].shape == (4,)

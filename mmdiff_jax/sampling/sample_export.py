@@ -54,7 +54,8 @@ def sample_labels(spec: str, *, num_samples: int, num_classes: int) -> np.ndarra
   if not spec:
     return None
   if num_classes == 0:
-    raise BadValueError(f"--sample_labels={spec!r}: this model has no label modality")
+    raise BadValueError(f"--sample_labels={spec!r}: this model has no categorical modality (a "
+                        f"label, or a class it is conditioned on) whose classes could be given")
   if spec == "balanced":
     classes = np.arange(num_classes)
   else:
@@ -77,13 +78,15 @@ def generate(experiment, params, *, num_samples: int, batch_size: int, rng: jax.
   Every process must call it (the sampler runs over the whole mesh).
   """
   base = experiment.specs[0]
-  label = next((s for s in experiment.specs if s.kind == "label"), None)
-  others = [s.name for s in experiment.specs if s.is_aggregated and s.kind != "label"]
+  label = experiment.class_modality  # exported as "labels"; every other generated one by its name
+  others = [s.name for s in experiment.specs
+            if s.is_aggregated and (label is None or s.name != label.name)]
   taken = [name for name in others if name in ("images", "labels", "arr_0")]
   if taken:
     raise BadValueError(f"config.modalities.{taken[0]}: the name is the export's own key; rename it")
   if labels is None and experiment.model.conditions:
-    raise BadValueError("this model is class-conditional: give --sample_labels (e.g. 'balanced')")
+    raise BadValueError(f"this model is conditioned on {experiment.model.conditions[0].name!r}: give "
+                        f"--sample_labels (e.g. 'balanced')")
   def exported_batch(p, r, y, n):  # named: compile logs and profiles show this name
     return sampler.sample(p, r, n, observed=None if y is None else {label.name: y})
 
@@ -203,7 +206,7 @@ def export_samples(config, workdir: str, *, num_samples: int, formats: Sequence[
     step = params_export.step_of(params_path)
   if not experiment.is_generative:
     raise BadValueError(f"task {experiment.task!r}: a predictor baseline has no samples to export")
-  label = next((s for s in experiment.specs if s.kind == "label"), None)
+  label = experiment.class_modality
   given = sample_labels(labels, num_samples=num_samples,
                         num_classes=label.num_classes if label else 0)
   samples = generate(experiment, params, num_samples=num_samples,

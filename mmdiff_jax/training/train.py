@@ -120,7 +120,7 @@ def save_sample_grids(experiment: Experiment, params, config, workdir: str, step
   sampler = experiment.configured_sampler(s)
   sample = jax.jit(sampler.sample, static_argnums=(2,))
   base = experiment.specs[0]
-  label_spec = next((x for x in experiment.specs if x.kind == "label"), None)
+  label_spec = experiment.class_modality
   previewed = [x for x in experiment.model.aggregated if kinds.get(x.kind).preview is not None]
   rng = random_streams.key(config.seed, "sample_grids")
   # The dataset's class names caption the labels only if the label modality reads the dataset's
