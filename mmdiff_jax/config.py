@@ -177,7 +177,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def apply_size(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
   """Sizes an experiment config: "smoke" (the whole pipeline in about a minute on 2 CPU cores; tests
-  and CI), "small" (a meaningful run on 2 CPU cores in about 15 minutes), "" (the defaults, for one
+  and CI), "small" (a meaningful run on 2 CPU cores in about 8 minutes), "" (the defaults, for one
   accelerator)."""
   if variant == "smoke":
     config.data.image_size = 28

@@ -266,10 +266,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, checkpointer: Checkpoi
   if jax.process_index() == 0:
     # The viewer is not a dependency (the events are written with tensorboardX alone).
     viewer_missing = "" if shutil.which("tensorboard") else " (after pip install tensorboard)"
-    print(f"Outputs in {workdir}: metrics.jsonl, checkpoints/, samples/; dashboard: tensorboard "
+    samples = ", samples/" if experiment.is_generative else ""  # predictor baselines have none
+    print(f"Outputs in {workdir}: metrics.jsonl, checkpoints/{samples}; dashboard: tensorboard "
           f"--logdir={dashboard.logdir}{viewer_missing}", flush=True)
+  prior = experiment.prior_report()  # empty for a predictor baseline: no forward process
   print(f"Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
-        f"{jax.process_count()} process(es). Prior check: {experiment.prior_report()}", flush=True)
+        f"{jax.process_count()} process(es)." + (f" Prior check: {prior}" if prior else ""),
+        flush=True)
 
   # ---------------------------------------------------------------- input
   train_iter = pipeline.make_iterator(
