@@ -190,6 +190,11 @@ def _shell_quote(arg: str) -> str:
   return quoted
 
 
+def _utc_minute() -> str:
+  """Now in UTC to the minute, as run.json's times are written."""
+  return time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+
+
 class RunRecord:
   """WORKDIR/run.json: the training budget behind a run's numbers (steps, batch, wall time summed
   over resumed invocations, machine). RESULTS.md is generated from it and eval_metrics.json.
@@ -214,7 +219,7 @@ class RunRecord:
   def start(self, *, first_step: int) -> None:
     self.record["invocations"].append({
         "steps": [first_step, first_step], "wall_s": 0.0,
-        "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": self.commit,
+        "started_utc": _utc_minute(), "commit": self.commit,
         "outcome": "running", **machine_description()})
     self.update(last_step=first_step, wall_s=0.0)
 
@@ -222,13 +227,12 @@ class RunRecord:
     """The current invocation reached `last_step` after `wall_s` seconds (ended: `outcome`)."""
     invocation = self.record["invocations"][-1]
     invocation.update(steps=[invocation["steps"][0], last_step], wall_s=round(wall_s, 1),
-                      finished_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
+                      finished_utc=_utc_minute())
     if outcome:
       invocation["outcome"] = outcome
     self.record.update(train_wall_s=self.wall_before + wall_s, steps_done=last_step,
                        commit=self.commit)
-    if self.enabled:
-      replace_file(self.path, json.dumps(self.record, indent=1))
+    self._write()
 
   @contextlib.contextmanager
   def noting_errors(self) -> Iterator[None]:
@@ -240,6 +244,10 @@ class RunRecord:
       self._end_with(error)
       raise
 
+  def _write(self) -> None:
+    if self.enabled:
+      replace_file(self.path, json.dumps(self.record, indent=1))
+
   def _end_with(self, error: BaseException) -> None:
     invocation = (self.record["invocations"] or [{}])[-1]
     if invocation.get("outcome") != "running":
@@ -249,9 +257,8 @@ class RunRecord:
     else:
       first_line = (str(error).splitlines() or [""])[0][:300]
       outcome = f"failed: {type(error).__name__}" + (f": {first_line}" if first_line else "")
-    invocation.update(outcome=outcome, finished_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
-    if self.enabled:
-      replace_file(self.path, json.dumps(self.record, indent=1))
+    invocation.update(outcome=outcome, finished_utc=_utc_minute())
+    self._write()
 
 
 def check_writable(workdir: str) -> None:
